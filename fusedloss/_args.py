@@ -1,0 +1,92 @@
+"""Argument handling every loss family shares: reduction names, torch's deprecated
+size_average/reduce mapping, and the checks that raise the error torch raises for the same call.
+
+Nothing here validates with `assert`: a user's mistake must survive `python -O`.
+"""
+import warnings
+
+import torch
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def reduction_from_legacy(size_average, reduce, reduction):
+    """torch's mapping of the deprecated size_average/reduce pair onto a reduction name."""
+    if size_average is None and reduce is None:
+        return check_reduction(reduction)
+    warnings.warn("size_average and reduce args will be deprecated, please use reduction='"
+                  f"{_legacy_name(size_average, reduce)}' instead.", stacklevel=3)
+    return _legacy_name(size_average, reduce)
+
+
+def _legacy_name(size_average, reduce):
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    if not reduce:
+        return "none"
+    return "mean" if size_average else "sum"
+
+
+def check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction; expected one of "
+                         f"{', '.join(map(repr, REDUCTIONS))}")
+    return reduction
+
+
+def reduce(loss, reduction, denominator=None):
+    """Apply a reduction; 'mean' divides the sum by `denominator` (default: the element count)."""
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    return total / (loss.numel() if denominator is None else denominator)
+
+
+def check_same_size(input, target, message):
+    if target.size() != input.size():
+        raise ValueError(message.format(target=tuple(target.shape), input=tuple(input.shape)))
+
+
+def warn_if_broadcasting(input, target):
+    """torch's warning when a pointwise loss is asked to broadcast target against input."""
+    if target.size() != input.size():
+        warnings.warn(f"Using a target size ({target.size()}) that is different to the input size "
+                      f"({input.size()}). This will likely lead to incorrect results due to "
+                      "broadcasting. Please ensure they have the same size.", stacklevel=3)
+
+
+def check_floating(name, tensor):
+    if not tensor.is_floating_point():
+        raise RuntimeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+
+
+def check_class_indices(target, num_classes, ignore_index):
+    """Class-index targets: int64 or uint8 as torch requires, each in [0, num_classes) or equal to ignore_index.
+
+    On the CPU an out-of-range target raises IndexError as torch does. On CUDA the check is
+    queued on the device (torch._assert_async, as torch's own CUDA kernels assert) so the hot path
+    keeps no host synchronisation.
+    """
+    if target.dtype not in (torch.int64, torch.uint8):
+        raise RuntimeError(f"expected target dtype to be Long or Byte (class indices), got {target.dtype}")
+    if target.numel() == 0:
+        return
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if target.device.type == "cuda":
+        torch._assert_async(~bad.any(), f"target out of bounds for {num_classes} classes")
+    elif bool(bad.any()):
+        value = int(target[bad].flatten()[0])
+        raise IndexError(f"Target {value} is out of bounds (expected a class index in "
+                         f"[0, {num_classes}) or ignore_index={ignore_index}).")
+
+
+def check_class_weight(weight, num_classes, name="weight"):
+    if weight is None:
+        return
+    if weight.dim() != 1 or weight.numel() != num_classes:
+        raise RuntimeError(f"{name} tensor should be defined either for all {num_classes} classes "
+                           f"or no classes but got {name} tensor of shape: {list(weight.shape)}")

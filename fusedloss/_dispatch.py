@@ -1,0 +1,25 @@
+"""Routes a normalised call to the reference or to the Triton kernel of the same name.
+
+Both backends expose the same function names with the same normalised signatures (the argument
+handling in functional.py has already run). A loss without a kernel yet runs its reference under
+every backend; `has_kernel` says which do, for the README table and the fuzzer.
+"""
+import importlib
+
+from . import _backend
+
+
+def has_kernel(name):
+    kernels = importlib.import_module("fusedloss.triton_kernels")
+    return name in kernels.KERNELS
+
+
+def call(name, device, *args, **kwargs):
+    """Run loss `name` on the backend chosen for tensors on `device`."""
+    if _backend.resolve(device) == "triton":
+        kernels = importlib.import_module("fusedloss.triton_kernels")
+        kernel = kernels.KERNELS.get(name)
+        if kernel is not None:
+            return kernel(*args, **kwargs)
+    reference = importlib.import_module("fusedloss.reference")
+    return getattr(reference, name)(*args, **kwargs)

@@ -1,0 +1,10 @@
+"""The oracle: every loss as its obvious PyTorch formula, differentiable by autograd.
+
+Functions take the normalised arguments functional.py produces (a reduction name, tensors for
+lengths, validated shapes); they do no argument checking of their own and run in any float dtype,
+float64 included, which is how the tests use them as ground truth.
+"""
+from .binary import binary_cross_entropy, binary_cross_entropy_with_logits, sigmoid_focal_loss
+from .cross_entropy import cross_entropy, linear_cross_entropy, nll_loss, softmax_focal_loss
+from .ranking import dice_loss, margin_ranking_loss, rank_loss
+from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss

@@ -1,0 +1,34 @@
+"""Regression losses on the difference input - target, with torch 2.13's optional weight
+(weighted mean = sum(w * loss) / sum(w))."""
+import torch
+
+from .._args import reduce
+
+
+def _weighted(loss, weight, reduction):
+    if weight is None:
+        return reduce(loss, reduction)
+    return reduce(loss * weight, reduction, weight.sum())
+
+
+def l1_loss(input, target, reduction="mean", weight=None):
+    return _weighted((input - target).abs(), weight, reduction)
+
+
+def mse_loss(input, target, reduction="mean", weight=None):
+    return _weighted((input - target) ** 2, weight, reduction)
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """0.5 d**2 / beta inside |d| < beta, |d| - beta / 2 outside; beta = 0 is the L1 loss."""
+    diff = (input - target).abs()
+    if beta == 0:
+        return reduce(diff, reduction)
+    return reduce(torch.where(diff < beta, 0.5 * diff ** 2 / beta, diff - 0.5 * beta), reduction)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
+    """0.5 d**2 inside |d| < delta, delta * (|d| - delta / 2) outside."""
+    diff = (input - target).abs()
+    loss = torch.where(diff < delta, 0.5 * diff ** 2, delta * (diff - 0.5 * delta))
+    return _weighted(loss, weight, reduction)

@@ -1,0 +1,155 @@
+"""The one definition of "agrees with the reference" (DESIGN.md's tolerance rule).
+
+A call runs three times: as the user runs it (the backend in force: kernels under CUDA or the
+Triton interpreter), through the reference on float64 copies of every floating input (the
+truth), and, where torch has a twin, through torch at the input's own dtype. An element passes
+when its error against the truth is at most max(atol + rtol * |truth|, 2 * torch's error there).
+Gradients of every floating input that requires grad are compared the same way after a backward
+with a random grad_output (never all ones). The figure of merit is the worst ratio
+error / allowed over all elements: a call passes when it is at most 1.
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as torch_F
+
+from .. import _backend
+from .. import functional
+
+# (rtol, atol) for values and for gradients, per input dtype
+TOLERANCES = {
+    torch.float64: ((1e-7, 1e-9), (1e-7, 1e-9)),
+    torch.float32: ((1e-5, 1e-6), (1e-4, 1e-5)),
+    torch.float16: ((1e-3, 1e-3), (1e-3, 1e-3)),
+    torch.bfloat16: ((1e-2, 1e-2), (1e-2, 1e-2)),
+}
+
+# Keyword arguments only fusedloss knows; a call using one (with a non-default value) has no
+# torch twin to measure torch's own error against.
+_EXTRAS = {"z_loss": 0.0, "softcap": None, "return_lse": False, "inplace_backward": False}
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Outcome of one call: the worst error/allowed ratio and where it was seen."""
+    ratio: float
+    where: str
+
+    @property
+    def ok(self):
+        return self.ratio <= 1.0
+
+
+def _floating_dtype(args):
+    for value in args:
+        if torch.is_tensor(value) and value.is_floating_point():
+            return value.dtype
+    return torch.float32
+
+
+def _copy(value, dtype=None):
+    """A fresh leaf copy of a tensor argument (optionally cast), keeping requires_grad."""
+    if not torch.is_tensor(value):
+        return value
+    copy = value.detach().clone()
+    if dtype is not None and copy.is_floating_point():
+        copy = copy.to(dtype)
+    return copy.requires_grad_(value.requires_grad)
+
+
+def _outputs(result):
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+def run_with_gradients(fn, args, kwargs, grad_seed, dtype=None):
+    """Call fn on fresh copies, backward a seeded random grad_output through the loss output;
+    return (detached outputs, gradients of the inputs that require grad, in argument order)."""
+    args = [_copy(a, dtype) for a in args]
+    kwargs = {k: _copy(v, dtype) for k, v in kwargs.items()}
+    leaves = [a for a in list(args) + list(kwargs.values())
+              if torch.is_tensor(a) and a.requires_grad]
+    outputs = _outputs(fn(*args, **kwargs))
+    loss = outputs[0]
+    grads = []
+    if leaves and torch.is_tensor(loss) and loss.requires_grad:
+        generator = torch.Generator().manual_seed(grad_seed)
+        grad_output = torch.randn(loss.shape, generator=generator, dtype=torch.float64) + 0.5
+        grads = torch.autograd.grad(loss, leaves, grad_output.to(loss.dtype), allow_unused=True)
+        grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]
+    return [o.detach() if torch.is_tensor(o) else o for o in outputs], list(grads)
+
+
+def _torch_twin(fn_name, kwargs):
+    twin = getattr(torch_F, fn_name, None)
+    if twin is None or any(kwargs.get(k, default) != default for k, default in _EXTRAS.items()):
+        return None
+    return twin
+
+
+def _element_ratio(candidate, truth, torch_value, rtol, atol):
+    """Worst error/allowed over the elements of one tensor; non-finite truths must match exactly."""
+    if candidate.shape != truth.shape:
+        return math.inf, f"shape {tuple(candidate.shape)} != reference {tuple(truth.shape)}"
+    if not candidate.is_floating_point():
+        return (0.0 if torch.equal(candidate, truth.to(candidate.dtype)) else math.inf), "exact values"
+    candidate, truth = candidate.double(), truth.double()
+    finite = torch.isfinite(truth)
+    same_nonfinite = (candidate == truth) | (torch.isnan(candidate) & torch.isnan(truth))
+    if not bool(same_nonfinite[~finite].all()):
+        return math.inf, "non-finite values differ from the reference"
+    allowed = atol + rtol * truth.abs()
+    if torch_value is not None and torch_value.shape == truth.shape:
+        torch_error = (torch_value.double() - truth).abs()
+        allowed = torch.maximum(allowed, 2 * torch.nan_to_num(torch_error, nan=0.0, posinf=0.0))
+    error = (candidate - truth).abs()
+    ratio = torch.where(finite, error / allowed, torch.zeros_like(error))
+    ratio = torch.nan_to_num(ratio, nan=math.inf)
+    if ratio.numel() == 0:
+        return 0.0, "empty"
+    index = int(ratio.flatten().argmax())
+    return float(ratio.flatten()[index]), f"element {index}: {float(candidate.flatten()[index])!r} vs reference {float(truth.flatten()[index])!r}"
+
+
+def compare(fn_name, *args, grad_seed=0, **kwargs):
+    """Run `fusedloss.functional.<fn_name>(*args, **kwargs)` on the backend in force and against
+    the float64 reference; return the worst error/allowed ratio over values and gradients."""
+    fn = getattr(functional, fn_name)
+    dtype = _floating_dtype(list(args) + list(kwargs.values()))
+    value_tol, grad_tol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+
+    candidate_out, candidate_grads = run_with_gradients(fn, args, kwargs, grad_seed)
+    with _backend.use_backend("reference"):
+        truth_out, truth_grads = run_with_gradients(fn, args, kwargs, grad_seed, dtype=torch.float64)
+    torch_out, torch_grads = [None] * len(truth_out), [None] * len(truth_grads)
+    twin = _torch_twin(fn_name, kwargs)
+    if twin is not None:
+        try:
+            torch_out, torch_grads = run_with_gradients(twin, args, kwargs, grad_seed)
+        except (RuntimeError, NotImplementedError):  # e.g. a dtype torch's CPU kernels lack
+            pass
+
+    worst = Comparison(0.0, "")
+    groups = [("output", candidate_out, truth_out, torch_out, value_tol),
+              ("grad", candidate_grads, truth_grads, torch_grads, grad_tol)]
+    for label, candidates, truths, torch_values, (rtol, atol) in groups:
+        if len(candidates) != len(truths):
+            return Comparison(math.inf, f"{label}: {len(candidates)} tensors vs reference {len(truths)}")
+        for i, (cand, truth) in enumerate(zip(candidates, truths)):
+            torch_value = torch_values[i] if i < len(torch_values) else None
+            if not torch.is_tensor(truth):
+                ratio, where = (0.0 if cand == truth else math.inf), "non-tensor output"
+            else:
+                ratio, where = _element_ratio(cand, truth, torch_value, rtol, atol)
+            if ratio > worst.ratio or (math.isinf(ratio) and not worst.where):
+                worst = Comparison(ratio, f"{label} {i}, {where}")
+    return worst
+
+
+def assert_close_to_reference(fn_name, *args, **kwargs):
+    """Raise AssertionError unless fusedloss.functional.<fn_name> on these arguments agrees with
+    the float64 reference within DESIGN.md's tolerance rule (values and gradients)."""
+    result = compare(fn_name, *args, **kwargs)
+    if not result.ok:
+        raise AssertionError(f"{fn_name}: error is {result.ratio:.3g} x the allowed ({result.where})")
+    return result

@@ -1,0 +1,48 @@
+"""What every kernel family decides alike: launch sizes, accumulation dtypes, and the backward
+that scales a gradient precomputed in the forward sweep by grad_output.
+
+One place for these so a tuning change reaches every op (no per-file copies of heuristics).
+"""
+import torch
+import triton
+
+from .._backend import interpreting
+
+# Largest vocabulary block one program sweeps at a time. Rows longer than this loop over blocks
+# with an online log-sum-exp; shorter rows take one block of the next power of two.
+MAX_ROW_BLOCK = 32768 if not interpreting() else 1024
+# Elements per program for flat elementwise kernels.
+ELEMENTWISE_BLOCK = 4096 if not interpreting() else 1024
+
+
+def row_block(num_columns):
+    """Block width for a row-wise kernel over `num_columns` columns."""
+    return min(MAX_ROW_BLOCK, triton.next_power_of_2(max(num_columns, 1)))
+
+
+def row_warps(block):
+    """Warps for a row-wise kernel: enough threads to keep ~8-16 elements per thread."""
+    return max(1, min(32, block // 1024 * 4)) if block >= 1024 else 4
+
+
+def accumulation_dtype(dtype):
+    """fp32 accumulation for 16- and 32-bit inputs, fp64 for fp64 (DESIGN.md)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def triton_accumulation(dtype):
+    import triton.language as tl
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def scale_gradient(grad, grad_output, inplace):
+    """Backward of a loss whose d(loss)/d(input) was written in the forward sweep.
+
+    grad_output is a scalar (reduced loss) or has the loss's shape (reduction='none'); it is
+    broadcast against `grad` after appending the trailing dimensions the loss reduced over. It is
+    never assumed to be 1 and never read on the host.
+    """
+    grad_output = grad_output.to(grad.dtype)
+    while grad_output.dim() and grad_output.dim() < grad.dim():
+        grad_output = grad_output.unsqueeze(-1)
+    return grad.mul_(grad_output) if inplace else grad * grad_output
