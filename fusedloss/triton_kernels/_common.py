@@ -38,11 +38,9 @@ def triton_accumulation(dtype):
 def scale_gradient(grad, grad_output, inplace):
     """Backward of a loss whose d(loss)/d(input) was written in the forward sweep.
 
-    grad_output is a scalar (reduced loss) or has the loss's shape (reduction='none'); it is
-    broadcast against `grad` after appending the trailing dimensions the loss reduced over. It is
-    never assumed to be 1 and never read on the host.
+    grad_output is a scalar (reduced loss) or, for reduction='none', a tensor the caller has
+    shaped to broadcast against `grad` (per-row losses get a unit class dimension). It is never
+    assumed to be 1 and never read on the host.
     """
     grad_output = grad_output.to(grad.dtype)
-    while grad_output.dim() and grad_output.dim() < grad.dim():
-        grad_output = grad_output.unsqueeze(-1)
     return grad.mul_(grad_output) if inplace else grad * grad_output
