@@ -8,3 +8,4 @@ from .binary import binary_cross_entropy, binary_cross_entropy_with_logits, sigm
 from .cross_entropy import cross_entropy, linear_cross_entropy, nll_loss, softmax_focal_loss
 from .ranking import dice_loss, margin_ranking_loss, rank_loss
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
+from .distributed import vocab_parallel_cross_entropy
