@@ -9,3 +9,7 @@ from .cross_entropy import cross_entropy, linear_cross_entropy, nll_loss, softma
 from .ranking import dice_loss, margin_ranking_loss, rank_loss
 from .regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss
 from .distributed import vocab_parallel_cross_entropy
+from .crf import crf_decode, crf_marginals, crf_nll
+from .ctc import ctc_loss, ctc_loss_with_logits
+from .hsigmoid import hsigmoid_loss
+from .nce import nce_loss
