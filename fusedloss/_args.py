@@ -28,6 +28,11 @@ def _legacy_name(size_average, reduce):
 
 
 def check_reduction(reduction):
+    """The reduction name, with torch's deprecated alias 'elementwise_mean' mapped to 'mean'."""
+    if reduction == "elementwise_mean":
+        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
+                      "instead.", stacklevel=3)
+        return "mean"
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction; expected one of "
                          f"{', '.join(map(repr, REDUCTIONS))}")
@@ -35,13 +40,25 @@ def check_reduction(reduction):
 
 
 def reduce(loss, reduction, denominator=None):
-    """Apply a reduction; 'mean' divides the sum by `denominator` (default: the element count)."""
+    """Apply a reduction; 'mean' divides the sum by `denominator` (default: the element count).
+
+    A mean over nothing (zero elements, or every target ignored or weighted 0) is NaN with a zero
+    gradient, as torch gives it.
+    """
     if reduction == "none":
         return loss
     total = loss.sum()
     if reduction == "sum":
         return total
-    return total / (loss.numel() if denominator is None else denominator)
+    denominator = torch.as_tensor(loss.numel() if denominator is None else denominator,
+                                  dtype=total.dtype, device=total.device)
+    nonzero = denominator != 0
+    return torch.where(nonzero, total / torch.where(nonzero, denominator, 1), torch.nan)
+
+
+def check_label_smoothing(label_smoothing):
+    if label_smoothing > 1.0:  # torch bounds it above only; a negative value is accepted
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
 
 
 def check_same_size(input, target, message):

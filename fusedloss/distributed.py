@@ -84,9 +84,8 @@ def vocab_parallel_cross_entropy(logits_shard, target, process_group=None, *, ig
     logits_shard (..., V / world) on each rank, target (...) global class indices. 'mean' divides
     by the number of non-ignored tokens, as cross_entropy without class weights does.
     """
-    _args.check_reduction(reduction)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    reduction = _args.check_reduction(reduction)
+    _args.check_label_smoothing(label_smoothing)
     if logits_shard.shape[:-1] != target.shape:
         raise ValueError(f"target shape {list(target.shape)} must equal the logits' leading "
                          f"dimensions {list(logits_shard.shape[:-1])}")

@@ -50,11 +50,6 @@ def _is_soft_target(input, target):
     return target.is_floating_point() and target.shape == input.shape
 
 
-def _check_label_smoothing(label_smoothing):
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
-
-
 def _check_logit_options(z_loss, softcap):
     if z_loss < 0:
         raise ValueError(f"z_loss must be non-negative, got {z_loss}")
@@ -75,7 +70,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     """
     reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_floating("cross_entropy input", input)
-    _check_label_smoothing(label_smoothing)
+    _args.check_label_smoothing(label_smoothing)
     _check_logit_options(z_loss, softcap)
     if _is_soft_target(input, target):
         num_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
@@ -105,7 +100,7 @@ def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, 
     'mean' averages over the non-ignored tokens (not over alpha), as focal loss is usually
     normalised by the number of samples.
     """
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     _args.check_floating("softmax_focal_loss input", input)
     if gamma < 0:
         raise ValueError(f"gamma must be non-negative, got {gamma}")
@@ -125,10 +120,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     (C, in_features); torch's K-dimensional `out_features` layouts are not supported.
     """
     del options  # chunking hints for torch's own implementation; the kernel always streams
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     ignore_index = -100 if ignore_index is None else ignore_index
     _args.check_floating("linear_cross_entropy input", input)
-    _check_label_smoothing(label_smoothing)
+    _args.check_label_smoothing(label_smoothing)
     _check_logit_options(z_loss, softcap)
     if input.dim() not in (1, 2) or linear_weight.dim() != 2:
         raise ValueError("linear_cross_entropy supports input (N, in_features) or (in_features,) "
@@ -238,7 +233,7 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     """torch.nn.functional.huber_loss; a weight (input's shape) makes 'mean' a weighted mean."""
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
     input, target = _broadcast_pair(input, target)
@@ -264,7 +259,7 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, r
 
 def rank_loss(label, left, right, reduction="mean"):
     """RankNet pairwise loss log(1 + exp(left - right)) - label * (left - right), broadcast."""
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     label, left, right = torch.broadcast_tensors(label, left, right)
     return call("rank_loss", left.device, label, left, right, reduction=reduction)
 
@@ -272,7 +267,7 @@ def rank_loss(label, left, right, reduction="mean"):
 def dice_loss(input, label, epsilon=1e-5, reduction="mean"):
     """Dice loss per sample, 1 - 2|X∩Y| / (|X| + |Y| + epsilon), over probabilities (N, ..., C)
     and class indices (N, ..., 1); 'none' gives the (N,) per-sample losses."""
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     if input.dim() < 2 or label.shape != input.shape[:-1] + (1,):
         raise ValueError(f"dice_loss expects input (N, ..., C) and label (N, ..., 1); got input "
                          f"{list(input.shape)} and label {list(label.shape)}")

@@ -35,7 +35,7 @@ def _ctc_lengths(name, lengths, batch, device):
 
 def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction):
     """torch.nn.functional.ctc_loss's checks and normalisation; returns int64 targets and lengths."""
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     if log_probs.dim() not in (2, 3):
         raise RuntimeError("Expected log_probs to be a 3-dimensional (T, N, C) or 2-dimensional "
                            f"(T, C) tensor, but got a {log_probs.dim()}-dimensional tensor")
@@ -152,7 +152,7 @@ def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, ma
     (B, T) a prefix mask with the first step on (None: all on). Reductions 'none' (B,), 'sum' and
     'mean' (over the batch); pytorch-crf's 'token_mean' lives in fusedloss.nn.CRF only.
     """
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     tags, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, tags, mask)
     return call("crf_nll", emissions.device, emissions, tags, transitions, start_transitions,
                 end_transitions, mask=mask, reduction=reduction)
@@ -199,7 +199,7 @@ def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None,
     labels in [0, num_classes). Custom tree: path_table/path_code (N, L) padded with -1 give each
     sample's inner nodes (rows of weight) and bits; the label is then not used.
     """
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     _check_matrix_input(input, weight)
@@ -235,7 +235,7 @@ def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduct
     input (N, D), target (N,) or (N, 1), weight (C, D), bias (C,) or None, noise_samples (N, k)
     drawn by the caller, noise_log_probs (C,) the log noise probability of every class.
     """
-    _args.check_reduction(reduction)
+    reduction = _args.check_reduction(reduction)
     _check_matrix_input(input, weight)
     batch, num_classes = input.shape[0], weight.shape[0]
     target = _check_rows("target", target, batch)

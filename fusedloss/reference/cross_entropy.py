@@ -42,10 +42,14 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         target = target.unsqueeze(0) if input.dim() == 1 else target
         kept = target != ignore_index
         safe_target = torch.where(kept, target, 0).long()
-        target_weight = class_weight[safe_target] * kept
-        nll = -log_probs.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1) * target_weight
-        smooth = -(log_probs * class_weight).sum(-1) * kept / num_classes
-        per_token = (1 - label_smoothing) * nll + label_smoothing * smooth + z_loss * lse ** 2 * kept
+        target_weight = torch.where(kept, class_weight[safe_target], 0)
+        per_token = -log_probs.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1) * target_weight
+        if label_smoothing:  # skipped at 0 so a -inf logit cannot turn 0 * inf into NaN
+            smooth = -(log_probs * class_weight).sum(-1) / num_classes
+            per_token = (1 - label_smoothing) * per_token + label_smoothing * smooth
+        if z_loss:
+            per_token = per_token + z_loss * lse ** 2
+        per_token = torch.where(kept, per_token, 0)
         denominator = target_weight.sum()
     loss = reduce(_restore_batch(per_token, input), reduction, denominator)
     if return_lse:
@@ -60,8 +64,8 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     kept = target != ignore_index
     safe_target = torch.where(kept, target, 0).long()
     class_weight = log_probs.new_ones(log_probs.shape[-1]) if weight is None else weight.to(log_probs.dtype)
-    target_weight = class_weight[safe_target] * kept
-    per_token = -log_probs.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1) * target_weight
+    target_weight = torch.where(kept, class_weight[safe_target], 0)
+    per_token = torch.where(kept, -log_probs.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1) * target_weight, 0)
     return reduce(_restore_batch(per_token, input), reduction, target_weight.sum())
 
 
@@ -72,7 +76,11 @@ def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, 
     kept = target != ignore_index
     safe_target = torch.where(kept, target, 0).long()
     log_pt = log_probs.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)
-    per_token = -(1 - log_pt.exp()) ** gamma * log_pt * kept
+    # (1 - p_t)**gamma has an infinite slope at p_t = 1 for gamma < 1, while the loss's gradient
+    # tends to 0 there (log p_t vanishes faster): the double `where` gives autograd that limit.
+    uncertain = log_pt < 0
+    modulating = torch.where(uncertain, -torch.expm1(torch.where(uncertain, log_pt, -1.0)), 0) ** gamma
+    per_token = torch.where(kept, -modulating * log_pt, 0)
     if alpha is not None:
         per_token = per_token * alpha.to(per_token.dtype)[safe_target]
     return reduce(_restore_batch(per_token, input), reduction, kept.sum())

@@ -76,8 +76,8 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     alpha[:, 0] = 0
     for t in range(num_frames):
         stay = alpha
-        step = torch.cat([alpha.new_full((batch, 1), -torch.inf), alpha[:, :-1]], dim=1)
-        skip = torch.cat([alpha.new_full((batch, 2), -torch.inf), alpha[:, :-2]], dim=1)
+        step = torch.nn.functional.pad(alpha, (1, 0), value=-torch.inf)[:, :-1]  # from s - 1
+        skip = torch.nn.functional.pad(alpha, (2, 0), value=-torch.inf)[:, :-2]  # from s - 2
         skip = torch.where(can_skip, skip, neg_inf)
         emit = log_probs[t].gather(1, extended)
         new_alpha = safe_logsumexp(torch.stack([stay, step, skip]), dim=0) + emit

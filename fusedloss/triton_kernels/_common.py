@@ -5,6 +5,7 @@ One place for these so a tuning change reaches every op (no per-file copies of h
 """
 import torch
 import triton
+import triton.language as tl
 
 from .._backend import interpreting
 
@@ -31,7 +32,6 @@ def accumulation_dtype(dtype):
 
 
 def triton_accumulation(dtype):
-    import triton.language as tl
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
@@ -44,3 +44,20 @@ def scale_gradient(grad, grad_output, inplace):
     """
     grad_output = grad_output.to(grad.dtype)
     return grad.mul_(grad_output) if inplace else grad * grad_output
+
+
+# The interpreter's fp32 -> bf16 cast truncates where the GPU's rounds to nearest even
+_ROUND_BF16_BY_HAND = tl.constexpr(interpreting())
+
+
+@triton.jit
+def round_to(x, DTYPE: tl.constexpr):
+    """x cast to DTYPE, rounding to nearest even on the GPU and in the interpreter alike: use it
+    for every store of a computed value into a 16-bit output."""
+    if _ROUND_BF16_BY_HAND:  # (nested ifs: older Triton rejects chained `and`)
+        if (DTYPE == tl.bfloat16) and (x.dtype == tl.float32):
+            # add half a bf16 ulp (ties to even), clear the low half: the truncating cast is exact
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # NaN payloads left alone
+    return x.to(DTYPE)

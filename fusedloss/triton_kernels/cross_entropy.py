@@ -1,1 +1,474 @@
-KERNELS = {}
+"""Softmax-family kernels: cross entropy (hard or soft labels, class weights, label smoothing,
+z-loss, tanh soft-capping), softmax focal loss, and the NLL gather.
+
+Algorithm (one program per token, i.e. per row of the (N, C, S) logits view):
+  pass 1  sweeps the row in blocks of BLOCK classes with an online log-sum-exp (running max m
+          and rescaled sum s), plus the row sums the loss needs: sum(w*z) and sum(w) for label
+          smoothing, sum(w*q*z) and sum(w*q) for soft labels q, the probability mass off the
+          target for focal loss (so 1 - p_t has no cancellation). Then it gathers the target
+          logit and writes the per-token loss (and lse when asked).
+  pass 2  (only when the logits require grad) reads the row's blocks again, recomputes
+          p = exp(z - lse) and writes d(loss)/d(logits), already divided by the 'mean'
+          denominator, into the gradient buffer (the logits' own storage with inplace_backward).
+          A row that fits one block keeps it in registers and skips the second read.
+Nothing else is kept: per-token loss and lse are O(N); the reduction over tokens is a
+deterministic torch sum; the backward only scales the stored gradient by grad_output.
+
+Tokens of an (N, C, d1..dk) input are (n, s) pairs addressed through strides (the class stride
+is S there), so no transposed copy is made; `reshape` merges d1..dk without copying unless
+their strides cannot be merged (then the kernel works on that copy, and inplace_backward writes
+its gradient there rather than into the caller's storage).
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, round_to, row_block, row_warps,
+                      scale_gradient, triton_accumulation)
+
+
+@triton.jit
+def _tanh(x):
+    # tanh from exp of a non-positive argument: finite for every x, -inf maps to -1
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _pow(x, exponent):
+    # x ** exponent for x >= 0 (tl has no float pow); exponent 0 gives 1 even at x = 0
+    return tl.where(exponent == 0, 1.0, tl.exp2(exponent * tl.log2(x)))
+
+
+@triton.jit
+def _load_block(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
+                num_classes, label_smoothing, softcap,
+                ACC: tl.constexpr, BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
+                HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+    """One block of a row: (cols, mask, capped logits z with -inf padding, class factor v).
+
+    v is the class weight w (1 without weights, 0 on padding) for hard labels and w * q with q
+    the (smoothed) target probability for soft labels.
+    """
+    cols = start + tl.arange(0, BLOCK)
+    mask = cols < num_classes
+    # cast right after the load: the interpreter keeps bf16 as raw bits
+    z = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
+                other=float("-inf")).to(ACC)
+    if HAS_SOFTCAP:
+        # padding must stay -inf: capped, it would become -softcap and carry probability
+        z = tl.where(mask, softcap * _tanh(z / softcap), float("-inf"))
+    if HAS_WEIGHT:
+        v = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(ACC)
+    else:
+        v = mask.to(ACC)
+    if SOFT_LABELS:
+        q = tl.load(target_row + cols.to(tl.int64) * target_stride_c, mask=mask, other=0.0).to(ACC)
+        if HAS_SMOOTHING:
+            q = tl.where(mask, q * (1.0 - label_smoothing) + label_smoothing / num_classes, 0.0)
+        v = v * q
+    return cols, mask, z, v
+
+
+@triton.jit
+def _block_stats(cols, mask, z, v, target, SOFT_LABELS: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+                 FOCAL: tl.constexpr):
+    """Block max m, sum of exp(z - m) and the two extra sums (see the module header)."""
+    m = tl.max(z, axis=0)
+    e = tl.exp(z - tl.where(m == float("-inf"), 0.0, m))  # an all -inf block sums to 0, not NaN
+    s = tl.sum(e, axis=0)
+    a1 = s * 0.0  # zero in the accumulation dtype; unused sums cost nothing
+    a2 = a1
+    if FOCAL:
+        a1 = tl.sum(tl.where(cols != target, e, 0.0), axis=0)
+    elif SOFT_LABELS or HAS_SMOOTHING:
+        a1 = tl.sum(v * tl.where(mask, z, 0.0), axis=0)
+        a2 = tl.sum(v, axis=0)
+    return m, s, a1, a2
+
+
+@triton.jit
+def _write_grad(grad_row, grad_stride_c, cols, mask, z, v, lse, target, coef, smooth_coef,
+                sum_v, z_coef, row_scale, softcap,
+                SOFT_LABELS: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr,
+                HAS_SOFTCAP: tl.constexpr):
+    p = tl.exp(z - lse)
+    if SOFT_LABELS:
+        g = sum_v * p - v
+    else:
+        # target lane as (p - 1) in the accumulation dtype, before any rounding
+        g = coef * tl.where(cols == target, p - 1.0, p)
+        if HAS_SMOOTHING:
+            g += smooth_coef * (sum_v * p - v)
+    if HAS_Z_LOSS:
+        g += z_coef * p
+    if HAS_SOFTCAP:
+        t = z / softcap
+        g = g * (1.0 - t * t)  # d(softcap * tanh(x / softcap))/dx
+    g = g * row_scale
+    tl.store(grad_row + cols.to(tl.int64) * grad_stride_c,
+             round_to(g, grad_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _softmax_loss_kernel(
+    logits_ptr, logits_stride_n, logits_stride_c, logits_stride_s,
+    target_ptr,  # hard labels: (N*S,) class indices; soft labels: (N, C, S) probabilities
+    target_stride_n, target_stride_c, target_stride_s,  # soft labels only
+    weight_ptr,  # (C,) class weights, alpha for focal loss; read when HAS_WEIGHT
+    grad_ptr, grad_stride_n, grad_stride_c, grad_stride_s,  # written when COMPUTE_GRAD
+    loss_ptr,  # (N*S,) per-token loss, accumulation dtype
+    lse_ptr,  # (N*S,) per-token lse, written when RETURN_LSE
+    denominator_ptr,  # 0-d 'mean' divisor, read when MEAN
+    num_classes, spatial,  # C and S = d1*...*dk; token = n * S + s
+    ignore_index, label_smoothing, z_loss, softcap, gamma,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+    SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+    HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, MEAN: tl.constexpr, RETURN_LSE: tl.constexpr,
+):
+    # scalar arguments arrive as fp32: lift them so fp64 inputs compute in fp64
+    label_smoothing = tl.cast(label_smoothing, ACC)
+    z_loss = tl.cast(z_loss, ACC)
+    softcap = tl.cast(softcap, ACC)
+    gamma = tl.cast(gamma, ACC)
+    token = tl.program_id(0).to(tl.int64)
+    n = token // spatial
+    s_idx = token % spatial
+    logits_row = logits_ptr + n * logits_stride_n + s_idx * logits_stride_s
+    target_row = target_ptr + n * target_stride_n + s_idx * target_stride_s
+    if SOFT_LABELS:
+        target = -1  # no class lane matches
+    else:
+        label = tl.load(target_ptr + token).to(tl.int64)
+        kept = label != ignore_index
+        target = tl.where(kept, label, 0)  # ignored tokens read class 0, never out of bounds
+
+    # pass 1: online log-sum-exp over the blocks (the first block peeled so the running
+    # statistics start with the accumulation dtype)
+    cols, mask, z, v = _load_block(logits_row, logits_stride_c, target_row, target_stride_c,
+                                   weight_ptr, 0, num_classes, label_smoothing, softcap,
+                                   ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
+    m, s, a1, a2 = _block_stats(cols, mask, z, v, target, SOFT_LABELS, HAS_SMOOTHING, FOCAL)
+    if not SINGLE_BLOCK:  # a single block keeps z live for pass 2: no second copy
+        for start in range(BLOCK, num_classes, BLOCK):
+            b_cols, b_mask, b_z, b_v = _load_block(
+                logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
+                num_classes, label_smoothing, softcap,
+                ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
+            b_m, b_s, b_a1, b_a2 = _block_stats(b_cols, b_mask, b_z, b_v, target, SOFT_LABELS,
+                                                HAS_SMOOTHING, FOCAL)
+            new_m = tl.maximum(m, b_m)
+            shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+            r, b_r = tl.exp(m - shift), tl.exp(b_m - shift)
+            s = s * r + b_s * b_r
+            if FOCAL:
+                a1 = a1 * r + b_a1 * b_r  # off-target mass rescales like s
+            else:
+                a1 += b_a1
+            a2 += b_a2
+            m = new_m
+    lse = tl.where(m == float("-inf"), 0.0, m) + tl.log(s)
+
+    if SOFT_LABELS:
+        coef = 0.0
+        loss = a2 * lse - a1  # -sum(w q (z - lse))
+    else:
+        z_t = tl.load(logits_row + target * logits_stride_c).to(ACC)
+        if HAS_SOFTCAP:
+            z_t = softcap * _tanh(z_t / softcap)
+        if HAS_WEIGHT:
+            w_t = tl.load(weight_ptr + target).to(ACC)
+        else:
+            w_t = 1.0
+        if FOCAL:
+            off_target = a1 / s  # 1 - p_t without cancellation
+            # near p_t = 1, z_t - lse rounds to 0: take log(1 - off) from its series there
+            log_pt = tl.where(off_target < 1e-3,
+                              -off_target * (1.0 + off_target * (0.5 + off_target / 3.0)),
+                              z_t - lse)
+            modulator = _pow(off_target, gamma)
+            loss = -w_t * modulator * log_pt
+            # -d(loss)/d(log p_t) = w (1-p)^g (1 - g p log(p) / (1-p)); the logits' gradient is
+            # coef * (p - onehot). log(p) / (1-p) -> -1 as p -> 1, so no 0 * inf at p_t = 1.
+            log_ratio = tl.where(off_target > 0, log_pt / off_target, -1.0)
+            coef = w_t * modulator * (1.0 - gamma * tl.exp(log_pt) * log_ratio)
+        else:
+            coef = (1.0 - label_smoothing) * w_t
+            loss = coef * (lse - z_t)
+            if HAS_SMOOTHING:
+                loss += label_smoothing * (a2 * lse - a1) / num_classes
+    if HAS_Z_LOSS:
+        loss += z_loss * lse * lse
+    if not SOFT_LABELS:
+        loss = tl.where(kept, loss, 0.0)
+    tl.store(loss_ptr + token, loss)
+    if RETURN_LSE:
+        tl.store(lse_ptr + token, lse)
+
+    if COMPUTE_GRAD:
+        # pass 2: gradient of this token's loss, divided by the mean's denominator
+        row_scale = 1.0
+        if MEAN:
+            row_scale = 1.0 / tl.load(denominator_ptr).to(ACC)
+        if not SOFT_LABELS:
+            # ignored tokens get exactly 0, also when all are ignored and 1 / denominator is inf
+            row_scale = tl.where(kept, row_scale, 0.0)
+        smooth_coef = label_smoothing / num_classes
+        z_coef = 2.0 * z_loss * lse
+        grad_row = grad_ptr + n * grad_stride_n + s_idx * grad_stride_s
+        if SINGLE_BLOCK:
+            _write_grad(grad_row, grad_stride_c, cols, mask, z, v, lse, target, coef,
+                        smooth_coef, a2, z_coef, row_scale, softcap,
+                        SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP)
+        else:
+            for start in range(0, num_classes, BLOCK):
+                b_cols, b_mask, b_z, b_v = _load_block(
+                    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
+                    num_classes, label_smoothing, softcap,
+                    ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
+                _write_grad(grad_row, grad_stride_c, b_cols, b_mask, b_z, b_v, lse, target, coef,
+                            smooth_coef, a2, z_coef, row_scale, softcap,
+                            SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP)
+
+
+@triton.jit
+def _nll_kernel(
+    log_probs_ptr, stride_n, stride_c, stride_s,
+    target_ptr,  # (N*S,) class indices
+    weight_ptr,  # (C,) class weights; read when HAS_WEIGHT
+    loss_ptr,  # (N*S,) per-token loss, accumulation dtype
+    target_weight_ptr,  # (N*S,) weight of each token's target, 0 when ignored
+    num_tokens, spatial, ignore_index,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = tokens < num_tokens
+    label = tl.load(target_ptr + tokens, mask=in_range, other=0).to(tl.int64)
+    kept = in_range & (label != ignore_index)
+    target = tl.where(kept, label, 0)
+    offsets = (tokens // spatial) * stride_n + target * stride_c + (tokens % spatial) * stride_s
+    log_p = tl.load(log_probs_ptr + offsets, mask=kept, other=0.0).to(ACC)
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + target, mask=kept, other=0.0).to(ACC)
+    else:
+        w = kept.to(ACC)
+    w = tl.where(kept, w, 0.0)
+    tl.store(loss_ptr + tokens, tl.where(kept, -w * log_p, 0.0), mask=in_range)
+    tl.store(target_weight_ptr + tokens, w, mask=in_range)
+
+
+# --- launchers -----------------------------------------------------------------------------
+
+def _as_tokens(tensor):
+    """(C,), (N, C) or (N, C, d1..dk) as an (N, C, S) tensor (a view whenever strides allow)."""
+    if tensor.dim() == 1:
+        return tensor.unsqueeze(0).unsqueeze(-1)
+    return tensor.reshape(tensor.shape[0], tensor.shape[1], math.prod(tensor.shape[2:]))
+
+
+def _token_shape(input):
+    """Shape of per-token values: the target's shape, () for a single (C,) sample."""
+    return input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size()
+
+
+def _check_no_grad(**tensors):
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError(
+                f"the fusedloss kernels differentiate with respect to the input only; {name} "
+                "requires grad (use fusedloss.use_backend('reference') for that)")
+
+
+def _hard_denominator(target, weight, ignore_index, acc):
+    """Sum of the target weights of the non-ignored tokens, on the device (no host sync)."""
+    kept = target != ignore_index
+    if weight is None:
+        return kept.sum().to(acc)
+    return (weight.to(acc)[torch.where(kept, target, 0).long()] * kept).sum()
+
+
+def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, reduction,
+                          label_smoothing, z_loss, softcap, gamma, return_lse, compute_grad,
+                          inplace):
+    """Launch the row kernel; returns (reduced loss, lse or None, gradient or None)."""
+    acc = accumulation_dtype(input.dtype)
+    logits = _as_tokens(input)
+    num_rows, num_classes, spatial = logits.shape
+    num_tokens = num_rows * spatial
+    device = input.device
+    flat_target = target.reshape(-1).contiguous() if not soft else None
+    soft_target = _as_tokens(target) if soft else None
+
+    loss = torch.empty(num_tokens, dtype=acc, device=device)
+    lse = torch.empty(num_tokens, dtype=acc, device=device) if return_lse else loss
+    grad = None
+    if compute_grad:
+        grad = logits if inplace else torch.empty(logits.shape, dtype=input.dtype, device=device)
+    denominator = loss  # read only for 'mean'
+    if reduction == "mean" and soft:
+        denominator = torch.full((), num_tokens, dtype=acc, device=device)
+    elif reduction == "mean":  # focal loss averages over tokens, not over alpha
+        denominator = _hard_denominator(target, None if focal else weight, ignore_index, acc)
+
+    if num_tokens > 0:
+        block = row_block(num_classes)
+        target_arg = soft_target if soft else flat_target
+        target_strides = soft_target.stride() if soft else (0, 0, 0)
+        grad_arg = grad if compute_grad else loss
+        grad_strides = grad.stride() if compute_grad else (0, 0, 0)
+        _softmax_loss_kernel[(num_tokens,)](
+            logits, *logits.stride(),
+            target_arg, *target_strides,
+            weight if weight is not None else loss,
+            grad_arg, *grad_strides,
+            loss, lse, denominator,
+            num_classes, spatial,
+            ignore_index, float(label_smoothing), float(z_loss),
+            float(softcap) if softcap is not None else 1.0, float(gamma),
+            ACC=triton_accumulation(input.dtype), BLOCK=block,
+            SINGLE_BLOCK=num_classes <= block,
+            SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
+            HAS_SMOOTHING=label_smoothing > 0, HAS_Z_LOSS=z_loss > 0,
+            HAS_SOFTCAP=softcap is not None, FOCAL=focal,
+            COMPUTE_GRAD=compute_grad, MEAN=reduction == "mean", RETURN_LSE=return_lse,
+            num_warps=row_warps(block),
+        )
+
+    token_shape = _token_shape(input)
+    if reduction == "none":
+        reduced = loss.view(token_shape).to(input.dtype)
+    elif reduction == "sum":
+        reduced = loss.sum().to(input.dtype)
+    else:
+        reduced = (loss.sum() / denominator).to(input.dtype)
+    lse = lse.view(token_shape) if return_lse else None
+    if grad is not None:
+        grad = grad.view(input.shape)
+    return reduced, lse, grad
+
+
+def _backward_scale(grad_output, reduction, input_dim):
+    """Per-token grad_output gets a unit class dimension so it broadcasts over the classes."""
+    if reduction == "none" and input_dim > 1:
+        grad_output = grad_output.unsqueeze(1)
+    return grad_output
+
+
+class _SoftmaxLoss(torch.autograd.Function):
+    """Cross entropy and softmax focal loss: the forward writes the gradient, the backward
+    scales it by grad_output."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, options):
+        # detached: with inplace_backward the gradient aliases the input's storage, and a view
+        # made here (grad mode off) could not be scaled in place by the backward
+        loss, lse, grad = _softmax_loss_forward(input.detach(), target, weight, **options)
+        ctx.reduction = options["reduction"]
+        ctx.inplace = options["inplace"]
+        ctx.input_dim = input.dim()
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        if lse is None:
+            return loss
+        ctx.mark_non_differentiable(lse)
+        return loss, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, *unused_lse_grad):
+        (grad,) = ctx.saved_tensors
+        grad_output = _backward_scale(grad_output, ctx.reduction, ctx.input_dim)
+        return scale_gradient(grad, grad_output, ctx.inplace), None, None, None
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, return_lse=False,
+                  inplace_backward=False):
+    soft = target.is_floating_point()
+    _check_no_grad(target=target, weight=weight)
+    weight = weight.contiguous() if weight is not None else None
+    compute_grad = input.requires_grad and torch.is_grad_enabled()
+    options = dict(soft=soft, focal=False, ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, gamma=0.0,
+                   return_lse=return_lse, compute_grad=compute_grad,
+                   inplace=inplace_backward and compute_grad)
+    return _SoftmaxLoss.apply(input, target, weight, options)
+
+
+def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):
+    _check_no_grad(alpha=alpha)
+    alpha = alpha.contiguous() if alpha is not None else None
+    compute_grad = input.requires_grad and torch.is_grad_enabled()
+    options = dict(soft=False, focal=True, ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=0.0, z_loss=0.0, softcap=None, gamma=gamma, return_lse=False,
+                   compute_grad=compute_grad, inplace=False)
+    return _SoftmaxLoss.apply(input, target, alpha, options)
+
+
+class _NLLLoss(torch.autograd.Function):
+    """Forward: a gather kernel. Backward: scatter of -w_t * grad_output / denominator at the
+    target (torch ops; the gradient is zero elsewhere)."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction):
+        acc = accumulation_dtype(input.dtype)
+        log_probs = _as_tokens(input)
+        num_rows, num_classes, spatial = log_probs.shape
+        num_tokens = num_rows * spatial
+        flat_target = target.reshape(-1).contiguous()
+        loss = torch.empty(num_tokens, dtype=acc, device=input.device)
+        target_weight = torch.empty(num_tokens, dtype=acc, device=input.device)
+        if num_tokens > 0:
+            block = min(ELEMENTWISE_BLOCK, triton.next_power_of_2(num_tokens))
+            _nll_kernel[(triton.cdiv(num_tokens, block),)](
+                log_probs, *log_probs.stride(), flat_target,
+                weight if weight is not None else loss, loss, target_weight,
+                num_tokens, spatial, ignore_index,
+                ACC=triton_accumulation(input.dtype), BLOCK=block, HAS_WEIGHT=weight is not None,
+            )
+        denominator = target_weight.sum()
+        token_shape = _token_shape(input)
+        if reduction == "none":
+            reduced = loss.view(token_shape).to(input.dtype)
+        elif reduction == "sum":
+            reduced = loss.sum().to(input.dtype)
+        else:
+            reduced = (loss.sum() / denominator).to(input.dtype)
+        ctx.save_for_backward(flat_target, target_weight, denominator)
+        ctx.shape = (num_rows, num_classes, spatial)
+        ctx.input_shape, ctx.dtype = input.shape, input.dtype
+        ctx.ignore_index, ctx.reduction = ignore_index, reduction
+        return reduced
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        flat_target, target_weight, denominator = ctx.saved_tensors
+        num_rows, num_classes, spatial = ctx.shape
+        kept = flat_target != ctx.ignore_index
+        scale = grad_output.reshape(-1).to(target_weight.dtype)
+        if ctx.reduction == "mean":
+            scale = scale / denominator
+        # ignored tokens get exactly 0 (torch's gradient, also when every token is ignored)
+        values = torch.where(kept, -target_weight * scale, 0.0).to(ctx.dtype)
+        index = torch.where(kept, flat_target, 0).long()
+        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=flat_target.device)
+        grad.scatter_(1, index.view(num_rows, 1, spatial), values.view(num_rows, 1, spatial))
+        return grad.view(ctx.input_shape), None, None, None, None
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+    _check_no_grad(weight=weight)
+    weight = weight.contiguous() if weight is not None else None
+    return _NLLLoss.apply(input, target, weight, ignore_index, reduction)
+
+
+KERNELS = {
+    "cross_entropy": cross_entropy,
+    "nll_loss": nll_loss,
+    "softmax_focal_loss": softmax_focal_loss,
+}

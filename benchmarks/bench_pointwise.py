@@ -1,0 +1,144 @@
+"""Pointwise losses, forward + backward: fusedloss against torch eager and torch.compile.
+
+For each loss, dtype and size the three run in the same process on the same tensors (input and
+target; the gradient is taken w.r.t. the input, reduction 'mean'), timed with
+triton.testing.do_bench (median, with the 20% and 80% quantiles). The bandwidth bound is one read
+of input and target and one write of the input gradient; GB/s and "% bound" use those bytes, so
+every implementation is measured against the same yardstick; "rel. time" is a row's time over
+fusedloss's (above 1: fusedloss is faster). (Without a host sync the backward
+cannot know grad_output is 1, so a fused loss still reads and rewrites its saved gradient once:
+five tensor passes against the bound's three.)
+
+    python benchmarks/bench_pointwise.py [--csv out.csv] [--peak-gbps 3350]
+    python benchmarks/bench_pointwise.py --smoke       # CPU: tiny size through the interpreter
+"""
+import argparse
+import csv
+import os
+import platform
+import time
+
+LOSSES = ("binary_cross_entropy_with_logits", "mse_loss", "smooth_l1_loss", "sigmoid_focal_loss")
+DTYPES = ("bf16", "fp32")
+
+
+def torchvision_focal(inputs, targets, alpha=0.25, gamma=2.0):
+    """torchvision.ops.sigmoid_focal_loss (reduction='mean'), the eager peer of the focal kernel."""
+    import torch
+    import torch.nn.functional as TF
+    p = torch.sigmoid(inputs)
+    ce = TF.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * loss).mean()
+
+
+def make_inputs(loss, numel, dtype, device):
+    import torch
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(numel, device=device, dtype=dtype, generator=generator).requires_grad_()
+    if loss in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss"):
+        y = torch.rand(numel, device=device, dtype=dtype, generator=generator)
+    else:
+        y = torch.randn(numel, device=device, dtype=dtype, generator=generator)
+    return x, y
+
+
+def implementations(loss, compile_peer):
+    import torch
+    import torch.nn.functional as TF
+
+    import fusedloss.functional as F
+    eager = torchvision_focal if loss == "sigmoid_focal_loss" else getattr(TF, loss)
+    impls = {"fusedloss": (lambda x, y: F.sigmoid_focal_loss(x, y, reduction="mean"))
+             if loss == "sigmoid_focal_loss" else getattr(F, loss),
+             "torch": eager}
+    if compile_peer:
+        impls["torch.compile"] = torch.compile(eager, dynamic=False)
+    return impls
+
+
+def measure(fn, x, y, cuda):
+    """(median, q20, q80) milliseconds of one forward + backward."""
+    def step():
+        fn(x, y).backward()
+
+    if cuda:
+        import triton.testing
+        return tuple(triton.testing.do_bench(step, grad_to_none=[x], quantiles=[0.5, 0.2, 0.8]))
+    step()  # warm-up: the interpreter's first launch traces the kernel
+    times = []
+    for _ in range(3):
+        x.grad = None
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return times[1], times[0], times[-1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="CPU: one tiny size through the Triton interpreter")
+    parser.add_argument("--csv", help="also write the rows to this CSV file")
+    parser.add_argument("--peak-gbps", type=float, default=3350.0,
+                        help="HBM bandwidth for the %% of bound (H100 SXM: 3350)")
+    parser.add_argument("--log2-sizes", type=int, nargs="+", default=[24, 26, 28],
+                        help="element counts as powers of two")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    args = parser.parse_args()
+
+    import torch
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before fusedloss imports triton
+    import triton
+
+    import fusedloss
+    fusedloss.set_backend("triton")
+    device = "cuda" if cuda else "cpu"
+    sizes = [2 ** k for k in args.log2_sizes] if cuda else [4099]
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    device_name = (torch.cuda.get_device_name() if cuda
+                   else f"cpu ({platform.processor() or platform.machine()}), interpreter")
+    print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__} | peak {args.peak_gbps:.0f} GB/s")
+
+    rows = []
+    header = (f"{'loss':34} {'dtype':5} {'elements':>10} {'impl':14} {'ms':>9} {'GB/s':>8} {'% bound':>8} "
+              f"{'rel. time':>10}")
+    print(header)
+    print("-" * len(header))
+    for loss in args.losses:
+        impls = implementations(loss, compile_peer=cuda)
+        for dtype_name in args.dtypes:
+            dtype = dtypes[dtype_name]
+            for numel in sizes:
+                x, y = make_inputs(loss, numel, dtype, device)
+                if not cuda:  # the smoke run also checks the kernel still agrees with torch
+                    torch.testing.assert_close(impls["fusedloss"](x, y), impls["torch"](x, y), rtol=2e-2, atol=2e-2)
+                bound_bytes = numel * x.element_size() * 3  # read input and target, write the gradient
+                results = {name: measure(fn, x, y, cuda) for name, fn in impls.items()}
+                ours = results["fusedloss"][0]
+                for name, (ms, q20, q80) in results.items():
+                    gbps = bound_bytes / ms / 1e6
+                    row = dict(device=device_name, torch=torch.__version__, triton=triton.__version__,
+                               loss=loss, dtype=dtype_name, elements=numel, impl=name, ms=ms, ms_q20=q20,
+                               ms_q80=q80, gbps=gbps, pct_bound=100 * gbps / args.peak_gbps,
+                               time_relative_to_fusedloss=ms / ours)
+                    rows.append(row)
+                    print(f"{loss:34} {dtype_name:5} {numel:>10} {name:14} {ms:9.3f} {gbps:8.1f} "
+                          f"{row['pct_bound']:7.1f}% {row['time_relative_to_fusedloss']:9.2f}x")
+                del x, y
+
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Calls that must raise: each raises the exception type torch raises for the same call.
+
+For losses with a torch.nn.functional twin, torch is asked on the very same call and the type of
+its exception is the truth; for the others the strategy states the type (ValueError for bad
+options and shapes, IndexError for out-of-range indices, as pytorch-crf and Paddle do).
+"""
+import warnings
+
+import pytest
+import torch.nn.functional as TF
+from hypothesis import given
+
+import fusedloss
+import fusedloss.functional as F
+from fusedloss.testing.strategies import LOSSES, invalid_calls
+
+
+def _raised(fn, call):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fn(*call.args, **call.kwargs)
+        except Exception as error:  # noqa: BLE001 - the type is what is checked
+            return error
+    return None
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_invalid_call_raises_torchs_error(loss):
+    @given(invalid_calls(loss))
+    def check(call):
+        ours = _raised(getattr(F, loss), call)
+        assert ours is not None, f"{call!r} ({call.note}) did not raise"
+        twin = getattr(TF, loss, None)
+        if call.expected is None:  # a torch twin's call: torch's exception type is the truth
+            theirs = _raised(twin, call)
+            assert theirs is not None, f"torch accepts {call!r} ({call.note}); fusedloss raised {ours!r}"
+            expected = type(theirs)
+        else:  # no twin, or an option only fusedloss has (torch would raise TypeError)
+            expected = call.expected
+        assert isinstance(ours, expected), (
+            f"{call!r} ({call.note}): fusedloss raised {type(ours).__name__}: {ours}; "
+            f"expected {expected.__name__}")
+        with fusedloss.use_backend("reference"):
+            reference = _raised(getattr(F, loss), call)
+        assert type(reference) is type(ours), "the error must not depend on the backend"
+
+    check()

@@ -1,0 +1,376 @@
+"""Differential tests of the softmax-family kernels (cross entropy, NLL, softmax focal loss)
+through the Triton interpreter: each call runs the public function on the kernels and is judged
+against the float64 reference (and torch at the same dtype) by fusedloss.testing's tolerance
+rule, forward and backward with a random grad_output.
+
+Shapes stay small (the interpreter is slow); V = 1500 is above the interpreter's block of 1024
+and not a multiple of it, so the multi-block online softmax and the two-pass gradient run.
+"""
+import pytest
+import torch
+import torch.nn.functional as torch_F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fusedloss import _backend, _dispatch
+from fusedloss import functional as F
+from fusedloss.testing import assert_close_to_reference
+
+# numpy's warnings from the interpreter evaluating log(0), 0 * inf and the like in lanes the
+# kernels then mask or select away
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:(divide by zero|invalid value|overflow) encountered:RuntimeWarning")
+
+BIG_V = 1500  # > interpreter block (1024), not a multiple of it
+LOGIT_OPTIONS = {
+    "plain": {},
+    "z_loss": {"z_loss": 1e-2},
+    "softcap": {"softcap": 2.5},
+    "z_loss+softcap": {"z_loss": 1e-2, "softcap": 2.5},
+}
+
+
+def _logits(shape, dtype=torch.float32, scale=3.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    values = scale * torch.randn(shape, generator=generator, dtype=torch.float64)
+    return values.to(dtype).requires_grad_()
+
+
+def _labels(shape, num_classes, ignored=True, seed=1):
+    """Class indices with every third token from the second on ignored (ignore_index -100)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, shape, generator=generator)
+    if ignored and labels.dim() > 0:
+        labels.view(-1)[1::3] = -100
+    return labels
+
+
+def _probabilities(shape, dtype=torch.float32, seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    dim = 1 if len(shape) > 1 else 0
+    return torch.softmax(torch.randn(shape, generator=generator, dtype=torch.float64), dim).to(dtype)
+
+
+def _class_weight(num_classes, dtype=torch.float32, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(num_classes, generator=generator, dtype=torch.float64) + 0.1).to(dtype)
+
+
+# --- the kernels really run -----------------------------------------------------------------
+
+def test_interpreter_resolves_to_the_kernels():
+    assert _backend.interpreting(), "tests/conftest.py must set TRITON_INTERPRET=1"
+    assert _backend.resolve("cpu") == "triton"
+    for name in ("cross_entropy", "nll_loss", "softmax_focal_loss"):
+        assert _dispatch.has_kernel(name)
+    x = _logits((3, 5))
+    target = torch.tensor([0, 4, 2])
+    assert type(F.cross_entropy(x, target).grad_fn).__name__ == "_SoftmaxLossBackward"
+    assert type(F.softmax_focal_loss(x, target).grad_fn).__name__ == "_SoftmaxLossBackward"
+    assert type(F.nll_loss(x, target).grad_fn).__name__ == "_NLLLossBackward"
+
+
+# --- every option combination ---------------------------------------------------------------
+
+@pytest.mark.parametrize("num_classes", [5, BIG_V])
+@pytest.mark.parametrize("logit_option", list(LOGIT_OPTIONS))
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_cross_entropy_options(labels, reduction, weighted, label_smoothing, logit_option,
+                               num_classes):
+    x = _logits((6, num_classes))
+    target = _labels((6,), num_classes) if labels == "hard" else _probabilities((6, num_classes))
+    weight = _class_weight(num_classes) if weighted else None
+    assert_close_to_reference("cross_entropy", x, target, weight=weight, reduction=reduction,
+                              label_smoothing=label_smoothing, **LOGIT_OPTIONS[logit_option])
+
+
+@pytest.mark.parametrize("num_classes", [5, BIG_V])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_options(reduction, weighted, num_classes):
+    log_probs = torch.log_softmax(_logits((6, num_classes)).detach(), 1).requires_grad_()
+    weight = _class_weight(num_classes) if weighted else None
+    assert_close_to_reference("nll_loss", log_probs, _labels((6,), num_classes), weight=weight,
+                              reduction=reduction)
+
+
+@pytest.mark.parametrize("num_classes", [5, BIG_V])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_softmax_focal_loss_options(reduction, weighted, gamma, num_classes):
+    alpha = _class_weight(num_classes) if weighted else None
+    assert_close_to_reference("softmax_focal_loss", _logits((6, num_classes)),
+                              _labels((6,), num_classes), alpha=alpha, gamma=gamma,
+                              reduction=reduction)
+
+
+@given(num_tokens=st.integers(1, 6),
+       num_classes=st.one_of(st.integers(1, 40), st.integers(1025, 1300)),
+       labels=st.sampled_from(["hard", "soft"]),
+       reduction=st.sampled_from(["mean", "sum", "none"]),
+       weighted=st.booleans(),
+       label_smoothing=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
+       z_loss=st.sampled_from([0.0, 1e-4, 0.1]),
+       softcap=st.sampled_from([None, 0.5, 30.0]),
+       scale=st.sampled_from([0.1, 3.0, 30.0]),
+       seed=st.integers(0, 2**16))
+def test_cross_entropy_fuzz(num_tokens, num_classes, labels, reduction, weighted,
+                            label_smoothing, z_loss, softcap, scale, seed):
+    x = _logits((num_tokens, num_classes), scale=scale, seed=seed)
+    if labels == "hard":
+        target = _labels((num_tokens,), num_classes, seed=seed + 1)
+    else:
+        target = _probabilities((num_tokens, num_classes), seed=seed + 1)
+    weight = _class_weight(num_classes, seed=seed + 2) if weighted else None
+    assert_close_to_reference("cross_entropy", x, target, weight=weight, reduction=reduction,
+                              label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+
+
+# --- dtypes ---------------------------------------------------------------------------------
+
+DTYPE_CASES = {
+    "ce": ("cross_entropy", {}),
+    "ce_weight_smoothing": ("cross_entropy", {"label_smoothing": 0.1, "weighted": True}),
+    "ce_zloss_softcap_none": ("cross_entropy", {"z_loss": 1e-2, "softcap": 5.0, "reduction": "none"}),
+    "ce_soft": ("cross_entropy", {"soft": True, "label_smoothing": 0.1}),
+    "focal": ("softmax_focal_loss", {"weighted": True}),
+    "nll": ("nll_loss", {"weighted": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(DTYPE_CASES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(dtype, case):
+    name, options = DTYPE_CASES[case]
+    options = dict(options)
+    x = _logits((4, BIG_V), dtype=dtype)
+    if name == "nll_loss":
+        x = torch.log_softmax(x.detach().double(), 1).to(dtype).requires_grad_()
+    target = _probabilities((4, BIG_V), dtype) if options.pop("soft", False) else _labels((4,), BIG_V)
+    if options.pop("weighted", False):
+        options["alpha" if name == "softmax_focal_loss" else "weight"] = _class_weight(BIG_V, dtype)
+    assert_close_to_reference(name, x, target, **options)
+    loss = getattr(F, name)(x, target, **options)
+    assert loss.dtype == dtype  # torch's rule: the loss in the input's dtype
+
+
+# --- shapes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "softmax_focal_loss"])
+def test_spatial_input(name, reduction):
+    """(N, C, d1, d2) input: tokens addressed by strides, class stride d1*d2."""
+    x = _logits((2, 7, 3, 4))
+    assert_close_to_reference(name, x, _labels((2, 3, 4), 7), reduction=reduction)
+
+
+def test_spatial_soft_labels_and_options():
+    x = _logits((2, 7, 3, 4))
+    assert_close_to_reference("cross_entropy", x, _probabilities((2, 7, 3, 4)),
+                              label_smoothing=0.1, z_loss=1e-2, softcap=2.0)
+    assert_close_to_reference("cross_entropy", x, _labels((2, 3, 4), 7), reduction="none",
+                              weight=_class_weight(7), label_smoothing=0.3, return_lse=True)
+
+
+def test_non_contiguous_inputs():
+    """Class stride != 1 (a transposed view) and non-mergeable spatial dims (a copy)."""
+    transposed = _logits((BIG_V, 5)).detach().t().requires_grad_()
+    assert_close_to_reference("cross_entropy", transposed, _labels((5,), BIG_V),
+                              label_smoothing=0.1)
+    permuted = _logits((2, 4, 3, 5)).detach().permute(0, 3, 2, 1).requires_grad_()
+    assert_close_to_reference("cross_entropy", permuted, _labels((2, 3, 4), 5), reduction="none")
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "softmax_focal_loss"])
+def test_single_sample(name):
+    """(C,) input with a 0-d target."""
+    assert_close_to_reference(name, _logits((9,)), torch.tensor(3), reduction="none")
+    assert_close_to_reference(name, _logits((9,)), torch.tensor(3))
+
+
+def test_single_sample_soft_labels():
+    assert_close_to_reference("cross_entropy", _logits((9,)), _probabilities((9,)), return_lse=True)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "softmax_focal_loss"])
+def test_one_class(name):
+    x = _logits((4, 1))
+    target = torch.tensor([0, -100, 0, 0])
+    assert_close_to_reference(name, x, target)
+    assert_close_to_reference(name, x, target, reduction="none")
+    if name == "cross_entropy":
+        assert_close_to_reference(name, x, target, label_smoothing=0.3, z_loss=0.1, softcap=1.0)
+        assert_close_to_reference(name, x, torch.ones(4, 1))
+
+
+# --- numerics -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_extreme_logits(dtype):
+    x = torch.full((4, BIG_V), -1e4, dtype=torch.float64)
+    x[:, ::7] = 1e4
+    x[1] = torch.linspace(-1e4, 1e4, BIG_V)
+    x = x.to(dtype).requires_grad_()
+    target = torch.tensor([0, BIG_V - 1, 3, -100])
+    assert_close_to_reference("cross_entropy", x, target)
+    assert_close_to_reference("cross_entropy", x, target, label_smoothing=0.1, reduction="none")
+    assert_close_to_reference("softmax_focal_loss", x, target)
+
+
+def test_target_probability_near_one():
+    """p_t within 1e-10 of 1: the target lane's (p - 1) and focal's 1 - p_t lose nothing."""
+    x = torch.zeros(3, BIG_V, dtype=torch.float64)
+    target = torch.tensor([5, 1200, 7])
+    x[torch.arange(3), target] = 30.0
+    x = x.requires_grad_()
+    assert_close_to_reference("cross_entropy", x, target, reduction="none")
+    assert_close_to_reference("softmax_focal_loss", x, target, reduction="none")
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_focal_gradient_finite_at_certainty(gamma):
+    """p_t == 1 exactly (one class, or a margin of 1e3): the focal gradient is its limit, 0 for
+    the target's coefficient, not 0 * inf. (The float64 reference differentiates
+    (1 - p)**gamma at 0 and gives NaN for gamma < 1, so this is checked against the limit.)"""
+    x = torch.zeros(3, 5)
+    x[:, 2] = 1e3
+    for logits in (x, torch.randn(3, 1)):
+        logits = logits.clone().requires_grad_()
+        target = torch.full((3,), 2 if logits.shape[1] > 1 else 0)
+        loss = F.softmax_focal_loss(logits, target, gamma=gamma, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert loss == 0 and torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_negative_infinite_logits():
+    """-inf logits carry no probability. With label smoothing the loss is +inf (as torch);
+    without it, and for ignored tokens, it stays finite; also checked against torch directly."""
+    x = _logits((4, BIG_V)).detach()
+    x[:, 10:700] = float("-inf")
+    x[2, 1300:] = float("-inf")
+    target = torch.tensor([3, 800, 5, -100])
+    for options in ({}, {"reduction": "none"}, {"label_smoothing": 0.1}, {"softcap": 4.0}):
+        assert_close_to_reference("cross_entropy", x.clone().requires_grad_(), target, **options)
+    ours, expected = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad_output = torch.rand(4) + 0.5
+    loss = F.cross_entropy(ours, target, reduction="none")
+    torch_loss = torch_F.cross_entropy(expected, target, reduction="none")
+    torch.autograd.backward(loss, grad_output)
+    torch.autograd.backward(torch_loss, grad_output)
+    torch.testing.assert_close(loss, torch_loss)
+    torch.testing.assert_close(ours.grad, expected.grad)
+
+
+def test_one_hot_soft_labels_equal_hard_labels():
+    x = _logits((5, BIG_V))
+    target = torch.tensor([0, 17, BIG_V - 1, 1024, 3])
+    one_hot = torch_F.one_hot(target, BIG_V).float()
+    weight = _class_weight(BIG_V)
+    for options in ({}, {"label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 3.0}):
+        hard_x, soft_x = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        hard = F.cross_entropy(hard_x, target, reduction="none", weight=weight, **options)
+        soft = F.cross_entropy(soft_x, one_hot, reduction="none", weight=weight, **options)
+        grad_output = torch.rand(5) + 0.5
+        torch.autograd.backward(hard, grad_output)
+        torch.autograd.backward(soft, grad_output)
+        torch.testing.assert_close(hard, soft)
+        torch.testing.assert_close(hard_x.grad, soft_x.grad)
+
+
+def test_gradient_scales_with_grad_output():
+    x = _logits((4, BIG_V))
+    target = _labels((4,), BIG_V)
+    (once,) = torch.autograd.grad(F.cross_entropy(x, target, label_smoothing=0.1), x)
+    (thrice,) = torch.autograd.grad(3.0 * F.cross_entropy(x, target, label_smoothing=0.1), x)
+    torch.testing.assert_close(thrice, 3.0 * once)
+    per_token = torch.tensor([2.0, 0.0, -1.0, 0.5])
+    loss = F.cross_entropy(x, target, reduction="none", z_loss=1e-2)
+    (grad,) = torch.autograd.grad(loss, x, per_token)
+    expected_x = x.detach().clone().requires_grad_()
+    expected = torch_F.cross_entropy(expected_x, target, reduction="none") \
+        + 1e-2 * torch.logsumexp(expected_x, 1) ** 2 * (target != -100)
+    (expected_grad,) = torch.autograd.grad(expected, expected_x, per_token)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "softmax_focal_loss"])
+def test_all_ignored(name):
+    """torch: NaN for 'mean' (0 / 0), 0 for 'sum', and a zero gradient either way."""
+    x = _logits((3, BIG_V))
+    target = torch.full((3,), -100)
+    for reduction, expected in (("mean", float("nan")), ("sum", 0.0)):
+        loss = getattr(F, name)(x, target, reduction=reduction)
+        torch.testing.assert_close(loss, torch.tensor(expected), equal_nan=True)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_empty_batch():
+    x = _logits((0, 5))
+    target = torch.zeros(0, dtype=torch.long)
+    assert torch.isnan(F.cross_entropy(x, target))
+    assert F.cross_entropy(x, target, reduction="sum") == 0
+    assert F.cross_entropy(x, target, reduction="none").shape == (0,)
+
+
+# --- memory options and extra outputs -------------------------------------------------------
+
+@pytest.mark.parametrize("shape,reduction", [((4, BIG_V), "mean"), ((2, 6, 3), "none")])
+def test_inplace_backward_writes_into_logits(shape, reduction):
+    x = _logits(shape)
+    original = x.detach().clone()
+    target = _labels(shape[:1] + shape[2:], shape[1])
+    grad_output = torch.rand(target.shape) + 0.5 if reduction == "none" else torch.tensor(1.7)
+    loss = F.cross_entropy(x, target, reduction=reduction, label_smoothing=0.1,
+                           inplace_backward=True)
+    assert not torch.equal(x.detach(), original), "the logits' storage should hold the gradient"
+    loss.backward(grad_output)
+    assert x.grad.data_ptr() == x.data_ptr()
+    expected_x = original.clone().requires_grad_()
+    torch_F.cross_entropy(expected_x, target, reduction=reduction,
+                          label_smoothing=0.1).backward(grad_output)
+    torch.testing.assert_close(x.grad, expected_x.grad)
+    assert_close_to_reference("cross_entropy", original.clone().requires_grad_(), target,
+                              reduction=reduction, inplace_backward=True)
+
+
+def test_input_untouched_without_inplace_backward():
+    x = _logits((4, BIG_V))
+    original = x.detach().clone()
+    target = _labels((4,), BIG_V)
+    F.cross_entropy(x, target, label_smoothing=0.1, softcap=3.0).backward()
+    assert torch.equal(x.detach(), original)
+    assert x.grad.data_ptr() != x.data_ptr()
+    frozen = original.clone()
+    F.cross_entropy(frozen, target, inplace_backward=True)  # no grad wanted: nothing written
+    assert torch.equal(frozen, original)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_return_lse(dtype):
+    x = _logits((2, 5, 3), dtype=dtype)
+    target = _labels((2, 3), 5)
+    loss, lse = F.cross_entropy(x, target, return_lse=True, softcap=2.0)
+    assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert lse.shape == target.shape and not lse.requires_grad
+    capped = 2.0 * torch.tanh(x.detach().double() / 2.0)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(capped, 1),
+                               rtol=1e-6 if dtype != torch.bfloat16 else 1e-2, atol=1e-6)
+    loss.backward()  # lse is a side output: backward through the loss alone works
+    assert_close_to_reference("cross_entropy", x.detach().clone().requires_grad_(), target,
+                              return_lse=True, z_loss=1e-3)
+
+
+def test_targets_or_weights_requiring_grad_are_refused():
+    x = _logits((3, 5))
+    soft = _probabilities((3, 5)).requires_grad_()
+    with pytest.raises(NotImplementedError, match="requires grad"):
+        F.cross_entropy(x, soft)
+    with pytest.raises(NotImplementedError, match="requires grad"):
+        F.nll_loss(x, torch.tensor([0, 1, 2]), weight=torch.ones(5, requires_grad=True))
+    with torch.no_grad():
+        F.cross_entropy(x, soft)  # nothing to differentiate: fine
