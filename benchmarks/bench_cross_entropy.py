@@ -13,10 +13,10 @@ Liger and `fusedloss inplace` keep the gradient in the logits' storage; the othe
     TRITON_INTERPRET=1 python benchmarks/bench_cross_entropy.py --smoke   # CPU, tiny size
 """
 import argparse
-import csv
 import os
 import platform
-import time
+
+from common import measure_ms, write_csv
 
 TOKENS = (4096, 16384)
 VOCABULARIES = (32000, 128256, 256000)
@@ -53,21 +53,6 @@ def implementations(cuda, smoke):
     return impls, notes
 
 
-def measure(step, x, cuda):
-    """(median, q20, q80) milliseconds of `step`."""
-    if cuda:
-        import triton.testing
-        return tuple(triton.testing.do_bench(step, grad_to_none=[x], quantiles=[0.5, 0.2, 0.8]))
-    times = []
-    for _ in range(3):
-        x.grad = None
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return times[1], times[0], times[-1]
-
-
 def peak_extra_mib(step, cuda):
     """Memory one call allocates beyond what is already held (inputs), in MiB."""
     if not cuda:
@@ -100,7 +85,7 @@ def run_case(name, fn, num_tokens, vocabulary, dtype, mode, device, peak_gbps):
     x.grad = None
     peak = peak_extra_mib(step, cuda)
     x.grad = None
-    median, q20, q80 = measure(step, x, cuda)
+    median, q20, q80 = measure_ms(step, x, cuda)
     element = x.element_size()
     moved = num_tokens * vocabulary * element * (2 if backward else 1)
     gbps = moved / (median * 1e-3) / 1e9
@@ -187,12 +172,7 @@ def main():
                                      "rel. time": result["ms"] / reference})
     print_table(rows)
     if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(versions) + list(rows[0]))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**versions, **row})
-        print(f"wrote {args.csv}")
+        write_csv(args.csv, rows, versions)
 
 
 def print_table(rows):

@@ -13,10 +13,10 @@ five tensor passes against the bound's three.)
     python benchmarks/bench_pointwise.py --smoke       # CPU: tiny size through the interpreter
 """
 import argparse
-import csv
 import os
 import platform
-import time
+
+from common import measure_ms, write_csv
 
 LOSSES = ("binary_cross_entropy_with_logits", "mse_loss", "smooth_l1_loss", "sigmoid_focal_loss")
 DTYPES = ("bf16", "fp32")
@@ -63,19 +63,7 @@ def measure(fn, x, y, cuda):
     """(median, q20, q80) milliseconds of one forward + backward."""
     def step():
         fn(x, y).backward()
-
-    if cuda:
-        import triton.testing
-        return tuple(triton.testing.do_bench(step, grad_to_none=[x], quantiles=[0.5, 0.2, 0.8]))
-    step()  # warm-up: the interpreter's first launch traces the kernel
-    times = []
-    for _ in range(3):
-        x.grad = None
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return times[1], times[0], times[-1]
+    return measure_ms(step, x, cuda)
 
 
 def main():
@@ -133,11 +121,7 @@ def main():
                 del x, y
 
     if args.csv:
-        with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {args.csv}")
+        write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

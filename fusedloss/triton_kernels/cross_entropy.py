@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._args import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, round_to, row_block, row_warps,
                       scale_gradient, triton_accumulation)
 
@@ -339,12 +340,7 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
         )
 
     token_shape = _token_shape(input)
-    if reduction == "none":
-        reduced = loss.view(token_shape).to(input.dtype)
-    elif reduction == "sum":
-        reduced = loss.sum().to(input.dtype)
-    else:
-        reduced = (loss.sum() / denominator).to(input.dtype)
+    reduced = reduce(loss.view(token_shape), reduction, denominator).to(input.dtype)
     lse = lse.view(token_shape) if return_lse else None
     if grad is not None:
         grad = grad.view(input.shape)
@@ -431,13 +427,7 @@ class _NLLLoss(torch.autograd.Function):
                 ACC=triton_accumulation(input.dtype), BLOCK=block, HAS_WEIGHT=weight is not None,
             )
         denominator = target_weight.sum()
-        token_shape = _token_shape(input)
-        if reduction == "none":
-            reduced = loss.view(token_shape).to(input.dtype)
-        elif reduction == "sum":
-            reduced = loss.sum().to(input.dtype)
-        else:
-            reduced = (loss.sum() / denominator).to(input.dtype)
+        reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(input.dtype)
         ctx.save_for_backward(flat_target, target_weight, denominator)
         ctx.shape = (num_rows, num_classes, spatial)
         ctx.input_shape, ctx.dtype = input.shape, input.dtype
