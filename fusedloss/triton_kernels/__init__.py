@@ -4,6 +4,7 @@ KERNELS maps a loss name (as in fusedloss.reference) to the function that runs i
 the same normalised signature. Importing this package imports triton, so it is only imported
 when a call resolves to the 'triton' backend.
 """
-from . import cross_entropy, elementwise
+from . import crf, cross_entropy, ctc, elementwise, linear_cross_entropy
 
-KERNELS = {**cross_entropy.KERNELS, **elementwise.KERNELS}
+KERNELS = {**cross_entropy.KERNELS, **elementwise.KERNELS, **linear_cross_entropy.KERNELS,
+           **ctc.KERNELS, **crf.KERNELS}

@@ -1,0 +1,2 @@
+"""Placeholder until the ctc kernels land."""
+KERNELS = {}

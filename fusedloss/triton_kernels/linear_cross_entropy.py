@@ -1,0 +1,2 @@
+"""Placeholder until the linear_cross_entropy kernels land."""
+KERNELS = {}
