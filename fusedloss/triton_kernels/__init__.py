@@ -4,7 +4,7 @@ KERNELS maps a loss name (as in fusedloss.reference) to the function that runs i
 the same normalised signature. Importing this package imports triton, so it is only imported
 when a call resolves to the 'triton' backend.
 """
-from . import crf, cross_entropy, ctc, elementwise, linear_cross_entropy
+from . import crf, cross_entropy, ctc, elementwise, hsigmoid, linear_cross_entropy, nce
 
 KERNELS = {**cross_entropy.KERNELS, **elementwise.KERNELS, **linear_cross_entropy.KERNELS,
-           **ctc.KERNELS, **crf.KERNELS}
+           **ctc.KERNELS, **crf.KERNELS, **hsigmoid.KERNELS, **nce.KERNELS}

@@ -1,0 +1,2 @@
+"""Placeholder until the nce kernel lands."""
+KERNELS = {}
