@@ -232,7 +232,8 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
-    """torch.nn.functional.huber_loss; a weight (input's shape) makes 'mean' a weighted mean."""
+    """torch.nn.functional.huber_loss; with a weight (input's shape) 'mean' is sum(w * loss)
+    over the element count, as torch 2.13 computes it (unlike l1_loss and mse_loss)."""
     reduction = _args.check_reduction(reduction)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")

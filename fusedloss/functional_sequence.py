@@ -62,6 +62,10 @@ def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reducti
     if bool((input_lengths > num_frames).any()):
         raise RuntimeError(f"Expected input_lengths to have value at most {num_frames}, but got "
                            f"value {int(input_lengths.max())}")
+    if unbatched and targets.dim() == 1 and targets.numel() != int(target_lengths[0]):
+        # torch reads an unbatched 1-D target as exactly its labels, with no padding
+        raise RuntimeError(f"Expected tensor to have size {int(target_lengths[0])} at dimension 0, "
+                           f"but got size {targets.numel()} for argument #2 'targets'")
     padded = unbatched or targets.dim() == 2
     if padded:
         rows = targets.reshape(1, -1) if unbatched and targets.dim() == 1 else targets

@@ -1,5 +1,8 @@
-"""Regression losses on the difference input - target, with torch 2.13's optional weight
-(weighted mean = sum(w * loss) / sum(w))."""
+"""Regression losses on the difference input - target, with torch 2.13's optional weight.
+
+torch 2.13 is not uniform about the weighted mean: L1 and MSE divide sum(w * loss) by sum(w),
+Huber divides it by the element count. The reference follows each.
+"""
 import torch
 
 from .._args import reduce
@@ -31,4 +34,4 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     """0.5 d**2 inside |d| < delta, delta * (|d| - delta / 2) outside."""
     diff = (input - target).abs()
     loss = torch.where(diff < delta, 0.5 * diff ** 2, delta * (diff - 0.5 * delta))
-    return _weighted(loss, weight, reduction)
+    return reduce(loss if weight is None else loss * weight, reduction)

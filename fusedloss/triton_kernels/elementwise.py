@@ -212,7 +212,8 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
 
 
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
-    return _elementwise("huber_loss", (input, target), weight, reduction, delta, weighted_mean=True)
+    # torch 2.13's weighted Huber mean divides by the element count, not the weight sum
+    return _elementwise("huber_loss", (input, target), weight, reduction, delta)
 
 
 def l1_loss(input, target, reduction="mean", weight=None):
