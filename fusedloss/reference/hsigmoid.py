@@ -36,5 +36,5 @@ def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None,
     z = (input.unsqueeze(1) * weight[node]).sum(-1)
     if bias is not None:
         z = z + bias.reshape(-1)[node]
-    per_node = torch.nn.functional.softplus(z) - bit * z
+    per_node = torch.logaddexp(z, torch.zeros_like(z)) - bit * z  # softplus without its threshold
     return reduce((per_node * on_path).sum(1), reduction)

@@ -13,7 +13,8 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean"):
 def rank_loss(label, left, right, reduction="mean"):
     """RankNet: log(1 + exp(left - right)) - label * (left - right)."""
     diff = left - right
-    return reduce(F.softplus(diff) - label * diff, reduction)
+    # log(1 + e^d) as logaddexp: F.softplus switches to d above 20, 2e-9 off in float64
+    return reduce(torch.logaddexp(diff, torch.zeros_like(diff)) - label * diff, reduction)
 
 
 def dice_loss(input, label, epsilon=1e-5, reduction="mean"):

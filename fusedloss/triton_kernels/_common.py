@@ -3,6 +3,9 @@ that scales a gradient precomputed in the forward sweep by grad_output.
 
 One place for these so a tuning change reaches every op (no per-file copies of heuristics).
 """
+import math
+
+import numpy
 import torch
 import triton
 import triton.language as tl
@@ -24,6 +27,16 @@ def row_block(num_columns):
 def row_warps(block):
     """Warps for a row-wise kernel: enough threads to keep ~8-16 elements per thread."""
     return max(1, min(32, block // 1024 * 4)) if block >= 1024 else 4
+
+
+def fp32_pair(value):
+    """A Python float as hi + lo, both fp32 (hi the nearest fp32): ~48 bits of the double.
+
+    Triton passes Python floats to kernels as fp32, which an fp64 loss cannot afford; a kernel
+    takes both and adds them in its accumulation dtype (for fp32, lo vanishes).
+    """
+    hi = float(numpy.float32(value))
+    return hi, float(numpy.float32(value - hi)) if math.isfinite(hi) else 0.0
 
 
 def accumulation_dtype(dtype):

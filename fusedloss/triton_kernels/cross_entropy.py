@@ -8,7 +8,7 @@ Algorithm (one program per token, i.e. per row of the (N, C, S) logits view):
           target for focal loss (so 1 - p_t has no cancellation). Then it gathers the target
           logit and writes the per-token loss (and lse when asked).
   pass 2  (only when the logits require grad) reads the row's blocks again, recomputes
-          p = exp(z - lse) and writes d(loss)/d(logits), already divided by the 'mean'
+          p = exp((z - m) - log s) and writes d(loss)/d(logits), already divided by the 'mean'
           denominator, into the gradient buffer (the logits' own storage with inplace_backward).
           A row that fits one block keeps it in registers and skips the second read.
 Nothing else is kept: per-token loss and lse are O(N); the reduction over tokens is a
@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from .._args import reduce
-from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, round_to, row_block, row_warps,
-                      scale_gradient, triton_accumulation)
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_block,
+                      row_warps, scale_gradient, triton_accumulation)
 
 
 @triton.jit
@@ -92,11 +92,11 @@ def _block_stats(cols, mask, z, v, target, SOFT_LABELS: tl.constexpr, HAS_SMOOTH
 
 
 @triton.jit
-def _write_grad(grad_row, grad_stride_c, cols, mask, z, v, lse, target, coef, smooth_coef,
+def _write_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, target, coef, smooth_coef,
                 sum_v, z_coef, row_scale, softcap,
                 SOFT_LABELS: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr,
                 HAS_SOFTCAP: tl.constexpr):
-    p = tl.exp(z - lse)
+    p = tl.exp((z - m) - log_s)
     if SOFT_LABELS:
         g = sum_v * p - v
     else:
@@ -125,17 +125,18 @@ def _softmax_loss_kernel(
     lse_ptr,  # (N*S,) per-token lse, written when RETURN_LSE
     denominator_ptr,  # 0-d 'mean' divisor, read when MEAN
     num_classes, spatial,  # C and S = d1*...*dk; token = n * S + s
-    ignore_index, label_smoothing, z_loss, softcap, gamma,
+    ignore_index,
+    label_smoothing, label_smoothing_lo, z_loss, z_loss_lo, softcap, softcap_lo, gamma, gamma_lo,
     ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
     SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
     HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, MEAN: tl.constexpr, RETURN_LSE: tl.constexpr,
 ):
-    # scalar arguments arrive as fp32: lift them so fp64 inputs compute in fp64
-    label_smoothing = tl.cast(label_smoothing, ACC)
-    z_loss = tl.cast(z_loss, ACC)
-    softcap = tl.cast(softcap, ACC)
-    gamma = tl.cast(gamma, ACC)
+    # scalar arguments arrive as fp32 pairs (_common.fp32_pair): fp64 inputs get ~48 bits
+    label_smoothing = tl.cast(label_smoothing, ACC) + label_smoothing_lo
+    z_loss = tl.cast(z_loss, ACC) + z_loss_lo
+    softcap = tl.cast(softcap, ACC) + softcap_lo
+    gamma = tl.cast(gamma, ACC) + gamma_lo
     token = tl.program_id(0).to(tl.int64)
     n = token // spatial
     s_idx = token % spatial
@@ -172,7 +173,11 @@ def _softmax_loss_kernel(
                 a1 += b_a1
             a2 += b_a2
             m = new_m
-    lse = tl.where(m == float("-inf"), 0.0, m) + tl.log(s)
+    # lse = m + log s, but p = exp((z - m) - log s) and lse - z_t = (m - z_t) + log s keep the
+    # two apart, as torch's log_softmax does: m + log s rounds to an ulp of m (large logits)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    log_s = tl.log(s)
+    lse = m + log_s
 
     if SOFT_LABELS:
         coef = 0.0
@@ -190,7 +195,7 @@ def _softmax_loss_kernel(
             # near p_t = 1, z_t - lse rounds to 0: take log(1 - off) from its series there
             log_pt = tl.where(off_target < 1e-3,
                               -off_target * (1.0 + off_target * (0.5 + off_target / 3.0)),
-                              z_t - lse)
+                              (z_t - m) - log_s)
             modulator = _pow(off_target, gamma)
             loss = -w_t * modulator * log_pt
             # -d(loss)/d(log p_t) = w (1-p)^g (1 - g p log(p) / (1-p)); the logits' gradient is
@@ -199,7 +204,7 @@ def _softmax_loss_kernel(
             coef = w_t * modulator * (1.0 - gamma * tl.exp(log_pt) * log_ratio)
         else:
             coef = (1.0 - label_smoothing) * w_t
-            loss = coef * (lse - z_t)
+            loss = coef * ((m - z_t) + log_s)
             if HAS_SMOOTHING:
                 loss += label_smoothing * (a2 * lse - a1) / num_classes
     if HAS_Z_LOSS:
@@ -222,7 +227,7 @@ def _softmax_loss_kernel(
         z_coef = 2.0 * z_loss * lse
         grad_row = grad_ptr + n * grad_stride_n + s_idx * grad_stride_s
         if SINGLE_BLOCK:
-            _write_grad(grad_row, grad_stride_c, cols, mask, z, v, lse, target, coef,
+            _write_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, target, coef,
                         smooth_coef, a2, z_coef, row_scale, softcap,
                         SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP)
         else:
@@ -231,7 +236,7 @@ def _softmax_loss_kernel(
                     logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
                     num_classes, label_smoothing, softcap,
                     ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
-                _write_grad(grad_row, grad_stride_c, b_cols, b_mask, b_z, b_v, lse, target, coef,
+                _write_grad(grad_row, grad_stride_c, b_cols, b_mask, b_z, b_v, m, log_s, target, coef,
                             smooth_coef, a2, z_coef, row_scale, softcap,
                             SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP)
 
@@ -292,6 +297,32 @@ def _hard_denominator(target, weight, ignore_index, acc):
     return (weight.to(acc)[torch.where(kept, target, 0).long()] * kept).sum()
 
 
+def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
+                      ignore_index, label_smoothing, z_loss, softcap, gamma=0.0):
+    """Launch the row kernel over an (N, C, S) logits view, one program per token (also used by
+    linear_cross_entropy on its chunks). target: (N*S,) class indices, or (N, C, S)
+    probabilities when `soft`; grad (logits' layout), lse and the 'mean' denominator are None
+    when not wanted; loss (N*S,) always receives the per-token loss."""
+    num_rows, num_classes, spatial = logits.shape
+    block = row_block(num_classes)
+    _softmax_loss_kernel[(num_rows * spatial,)](
+        logits, *logits.stride(),
+        target, *(target.stride() if soft else (0, 0, 0)),
+        weight if weight is not None else loss,
+        grad if grad is not None else loss, *(grad.stride() if grad is not None else (0, 0, 0)),
+        loss, lse if lse is not None else loss, denominator if denominator is not None else loss,
+        num_classes, spatial, ignore_index,
+        *fp32_pair(label_smoothing), *fp32_pair(z_loss),
+        *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
+        ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
+        SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
+        HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
+        HAS_Z_LOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, FOCAL=focal,
+        COMPUTE_GRAD=grad is not None, MEAN=denominator is not None, RETURN_LSE=lse is not None,
+        num_warps=row_warps(block),
+    )
+
+
 def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, reduction,
                           label_smoothing, z_loss, softcap, gamma, return_lse, compute_grad,
                           inplace):
@@ -305,39 +336,21 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
     soft_target = _as_tokens(target) if soft else None
 
     loss = torch.empty(num_tokens, dtype=acc, device=device)
-    lse = torch.empty(num_tokens, dtype=acc, device=device) if return_lse else loss
+    lse = torch.empty(num_tokens, dtype=acc, device=device) if return_lse else None
     grad = None
     if compute_grad:
         grad = logits if inplace else torch.empty(logits.shape, dtype=input.dtype, device=device)
-    denominator = loss  # read only for 'mean'
+    denominator = None
     if reduction == "mean" and soft:
         denominator = torch.full((), num_tokens, dtype=acc, device=device)
     elif reduction == "mean":  # focal loss averages over tokens, not over alpha
         denominator = _hard_denominator(target, None if focal else weight, ignore_index, acc)
 
     if num_tokens > 0:
-        block = row_block(num_classes)
-        target_arg = soft_target if soft else flat_target
-        target_strides = soft_target.stride() if soft else (0, 0, 0)
-        grad_arg = grad if compute_grad else loss
-        grad_strides = grad.stride() if compute_grad else (0, 0, 0)
-        _softmax_loss_kernel[(num_tokens,)](
-            logits, *logits.stride(),
-            target_arg, *target_strides,
-            weight if weight is not None else loss,
-            grad_arg, *grad_strides,
-            loss, lse, denominator,
-            num_classes, spatial,
-            ignore_index, float(label_smoothing), float(z_loss),
-            float(softcap) if softcap is not None else 1.0, float(gamma),
-            ACC=triton_accumulation(input.dtype), BLOCK=block,
-            SINGLE_BLOCK=num_classes <= block,
-            SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
-            HAS_SMOOTHING=label_smoothing > 0, HAS_Z_LOSS=z_loss > 0,
-            HAS_SOFTCAP=softcap is not None, FOCAL=focal,
-            COMPUTE_GRAD=compute_grad, MEAN=reduction == "mean", RETURN_LSE=return_lse,
-            num_warps=row_warps(block),
-        )
+        launch_row_kernel(logits, soft_target if soft else flat_target, weight, grad, loss, lse,
+                          denominator, soft=soft, focal=focal, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                          gamma=gamma)
 
     token_shape = _token_shape(input)
     reduced = reduce(loss.view(token_shape), reduction, denominator).to(input.dtype)

@@ -16,16 +16,14 @@ to its dtype (summing after a per-element fp16 rounding loses too much to cancel
 dice_loss, whose gradient needs per-sample sums, has its own row-wise kernel in dice.py.
 """
 import functools
-import math
 
-import numpy
 import torch
 import triton
 import triton.language as tl
 
 from . import dice
-from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, round_to, row_warps, scale_gradient,
-                      triton_accumulation)
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_warps,
+                      scale_gradient, triton_accumulation)
 from .elementwise_losses import LOSS_IDS, apply_loss
 
 
@@ -92,12 +90,6 @@ def _elementwise_loss_kernel(
         tl.store(loss_ptr + offsets, round_to(loss, loss_ptr.dtype.element_ty), mask=mask)
 
 
-def _fp32_pair(value):
-    """value as hi + lo, both fp32, hi the nearest fp32: together ~48 bits of the double."""
-    hi = float(numpy.float32(value))
-    return hi, float(numpy.float32(value - hi)) if math.isfinite(hi) else 0.0
-
-
 def _repeating(t):
     """(flat tensor, period) such that element i of `t` is flat[i % period], without a copy when
     `t` only broadcasts a contiguous block along leading dimensions."""
@@ -141,7 +133,7 @@ class _ElementwiseLoss(torch.autograd.Function):
         if n > 0:
             _elementwise_loss_kernel[grid](
                 a_flat, b_flat, c_flat, w_flat, c_period, w_period, loss, weight_sum,
-                *[loss if g is None else g for g in grads], n, *_fp32_pair(p0), *_fp32_pair(p1),
+                *[loss if g is None else g for g in grads], n, *fp32_pair(p0), *fp32_pair(p1),
                 LOSS=loss_id, HAS_C=c is not None, HAS_W=w is not None,
                 C_REPEATS=c_period != n, W_REPEATS=w_period != n,
                 REDUCE=reduce, MEAN=reduction == "mean" and not weighted_mean,

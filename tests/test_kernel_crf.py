@@ -1,0 +1,221 @@
+"""Differential tests of the linear-chain CRF kernels (crf_nll, crf_decode, crf_marginals) through
+the Triton interpreter: each call runs the public function on the kernels and is judged against
+the float64 reference by fusedloss.testing's tolerance rule, values and every requested gradient
+after a random grad_output (per sequence for reduction='none').
+
+Shapes stay small (the interpreter runs each time step as numpy ops): B <= 4, T <= 8, K = 5 (not
+a power of two: padded tile lanes) and K = 4. Decoding must equal the reference exactly.
+"""
+import pytest
+import torch
+import torchcrf
+
+from fusedloss import _backend, _dispatch
+from fusedloss import functional as F
+from fusedloss import reference
+from fusedloss.nn_sequence import CRF
+from fusedloss.testing import assert_close_to_reference
+from fusedloss.triton_kernels import crf as crf_kernels
+
+# numpy's warnings from the interpreter evaluating log(0) and -inf - -inf in padding lanes the
+# kernels then mask away
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:(divide by zero|invalid value|overflow) encountered:RuntimeWarning")
+
+STEPS = 6
+MASKS = {  # name -> per-sequence lengths (None: no mask, every step on)
+    "none": None,
+    "all_on": [STEPS, STEPS, STEPS],
+    "variable": [STEPS, 1, 4],
+    "length_1": [1, 1, 1],
+}
+WHICH_GRADS = {
+    "all": (True, True, True, True),
+    "emissions": (True, False, False, False),
+    "transitions": (False, True, False, False),
+    "start_end": (False, False, True, True),
+}
+
+
+def _crf_inputs(batch, steps, num_tags, lengths, dtype=torch.float32, grads=(True,) * 4,
+                scale=2.0, seed=0):
+    """(emissions, tags, transitions, start, end, mask); tags past each length are -1."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def scores(*shape):
+        return scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    tensors = [scores(batch, steps, num_tags), scores(num_tags, num_tags), scores(num_tags),
+               scores(num_tags)]
+    emissions, transitions, start, end = [t.to(dtype).requires_grad_(g)
+                                          for t, g in zip(tensors, grads)]
+    tags = torch.randint(0, num_tags, (batch, steps), generator=generator)
+    mask = None
+    if lengths is not None:
+        mask = torch.arange(steps) < torch.tensor(lengths).unsqueeze(1)
+        tags = torch.where(mask, tags, -1)
+    return emissions, tags, transitions, start, end, mask
+
+
+def test_interpreter_resolves_to_the_kernels():
+    assert _backend.interpreting(), "tests/conftest.py must set TRITON_INTERPRET=1"
+    for name in ("crf_nll", "crf_decode", "crf_marginals"):
+        assert _dispatch.has_kernel(name)
+    emissions, tags, transitions, start, end, mask = _crf_inputs(2, 3, 4, [3, 2])
+    assert type(F.crf_nll(emissions, tags, transitions, start, end, mask).grad_fn).__name__ == "_CRFNLLBackward"
+    marginals = F.crf_marginals(emissions, transitions, start, end, mask)
+    assert type(marginals.grad_fn).__name__ == "_CRFMarginalsBackward"
+
+
+# --- the NLL: reductions x masks x which gradients ----------------------------------------
+
+@pytest.mark.parametrize("num_tags", [5, 4])
+@pytest.mark.parametrize("mask_kind", list(MASKS))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_matches_reference(num_tags, mask_kind, reduction):
+    emissions, tags, transitions, start, end, mask = _crf_inputs(3, STEPS, num_tags, MASKS[mask_kind])
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask,
+                              reduction=reduction)
+
+
+@pytest.mark.parametrize("which", list(WHICH_GRADS))
+def test_nll_gradient_subsets(which):
+    emissions, tags, transitions, start, end, mask = _crf_inputs(
+        3, STEPS, 5, MASKS["variable"], grads=WHICH_GRADS[which])
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask,
+                              reduction="none")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_nll_dtypes(dtype):
+    emissions, tags, transitions, start, end, mask = _crf_inputs(4, STEPS, 5, [6, 1, 4, 5], dtype)
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask,
+                              reduction="none")
+    assert F.crf_nll(emissions, tags, transitions, start, end, mask).dtype == dtype
+
+
+def test_nll_small_loss_survives_cancellation():
+    # a gold path that dominates by far: the loss (~3e-4) is tiny next to log Z and the path
+    # score (~100 each). log Z - score in fp32 (the reference's formula at fp32) misses the
+    # tolerance; the gold-shifted alpha sweep meets it.
+    emissions, tags, transitions, start, end, mask = _crf_inputs(2, 8, 4, [8, 5], grads=(False,) * 4,
+                                                                 scale=1.0)
+    gold = torch.where(tags >= 0, tags, 0)
+    emissions = emissions + 14.0 * torch.nn.functional.one_hot(gold, 4)
+    args = (emissions, tags, transitions, start, end, mask)
+    truth = reference.crf_nll(*[a.double() if a.is_floating_point() else a for a in args[:5]],
+                              mask, reduction="none")
+    naive = reference.crf_nll(*args, reduction="none")
+    assert (truth < 1e-3).all()
+    assert ((naive.double() - truth).abs() > 1e-6 + 1e-5 * truth).any()
+    assert_close_to_reference("crf_nll", *args[:5], mask=mask, reduction="none")
+
+
+def test_nll_strided_inputs_and_forbidden_transitions():
+    # time-major emissions viewed batch-first (nn.CRF's default layout), a transposed
+    # transition matrix and -inf (forbidden) transitions off the gold paths
+    emissions, tags, transitions, start, end, mask = _crf_inputs(3, STEPS, 5, MASKS["variable"],
+                                                                 grads=(False,) * 4)
+    emissions = emissions.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    forbidden = torch.ones(5, 5, dtype=torch.bool)
+    gold = torch.where(tags >= 0, tags, 0)
+    forbidden[gold[:, :-1], gold[:, 1:]] = False
+    forbidden[:, 0] = False  # keep every position reachable
+    transitions = transitions.masked_fill(forbidden, float("-inf")).t().contiguous().t()
+    transitions.requires_grad_()
+    start.requires_grad_()
+    assert not emissions.is_contiguous() and not transitions.is_contiguous()
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask,
+                              reduction="sum")
+
+
+def test_empty_batch():
+    emissions, tags, transitions, start, end, _ = _crf_inputs(0, 3, 4, None)
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, reduction="sum")
+    assert torch.isnan(F.crf_nll(emissions, tags, transitions, start, end))
+    scores, best = F.crf_decode(emissions.detach(), transitions, start, end)
+    assert scores.shape == (0,) and best.shape == (0, 3)
+
+
+# --- marginals ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask_kind", list(MASKS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_marginals_match_reference(mask_kind, dtype):
+    emissions, _, transitions, start, end, mask = _crf_inputs(3, STEPS, 5, MASKS[mask_kind], dtype)
+    assert_close_to_reference("crf_marginals", emissions, transitions, start, end, mask=mask)
+
+
+def test_marginals_are_distributions_inside_the_mask():
+    emissions, _, transitions, start, end, mask = _crf_inputs(3, STEPS, 5, MASKS["variable"])
+    marginals = F.crf_marginals(emissions, transitions, start, end, mask)
+    torch.testing.assert_close(marginals.sum(-1), mask.float())
+
+
+# --- decoding: exactly the reference --------------------------------------------------------
+
+@pytest.mark.parametrize("num_tags", [5, 4])
+@pytest.mark.parametrize("mask_kind", list(MASKS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_decode_equals_reference(num_tags, mask_kind, dtype):
+    emissions, _, transitions, start, end, mask = _crf_inputs(
+        3, STEPS, num_tags, MASKS[mask_kind], dtype, grads=(False,) * 4)
+    scores, best = F.crf_decode(emissions, transitions, start, end, mask)
+    wide = [t.float() for t in (emissions, transitions, start, end)]  # same rounding as fp32 sums
+    ref_scores, ref_best = reference.crf_decode(*wide, mask=mask)
+    assert torch.equal(best, ref_best)
+    assert scores.dtype == dtype
+    assert_close_to_reference("crf_decode", emissions, transitions, start, end, mask=mask)
+
+
+def test_decode_ties_go_to_the_lowest_tag():
+    # quarter-integer scores: every path score is exact, so equal paths tie exactly
+    generator = torch.Generator().manual_seed(3)
+
+    def scores(*shape):
+        return torch.randint(-2, 2, shape, generator=generator).float() / 4
+
+    emissions, transitions, start, end = scores(4, 7, 5), scores(5, 5), scores(5), scores(5)
+    mask = torch.arange(7) < torch.tensor([7, 3, 1, 6]).unsqueeze(1)
+    for args in [(torch.zeros_like(emissions), torch.zeros_like(transitions), start * 0, end * 0),
+                 (emissions, transitions, start, end)]:
+        scores_, best = F.crf_decode(*args, mask=mask)
+        ref_scores, ref_best = reference.crf_decode(*args, mask=mask)
+        assert torch.equal(best, ref_best) and torch.equal(scores_, ref_scores)
+
+
+def test_more_tags_than_the_register_tiles_run_the_reference():
+    num_tags = crf_kernels.MAX_TAGS + 2
+    emissions, tags, transitions, start, end, mask = _crf_inputs(2, 2, num_tags, [2, 1])
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask)
+    scores, best = F.crf_decode(emissions.detach(), transitions.detach(), start.detach(),
+                                end.detach(), mask)
+    assert torch.equal(best, reference.crf_decode(emissions, transitions, start, end, mask)[1])
+
+
+# --- nn.CRF on the kernels against pytorch-crf ----------------------------------------------
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("reduction", ["sum", "mean", "token_mean", "none"])
+def test_module_matches_pytorch_crf(batch_first, reduction):
+    torch.manual_seed(0)
+    ours, theirs = CRF(5, batch_first=batch_first), torchcrf.CRF(5, batch_first=batch_first)
+    theirs.load_state_dict(ours.state_dict())
+    emissions, tags, _, _, _, mask = _crf_inputs(3, STEPS, 5, [6, 2, 4], grads=(True, False, False, False))
+    tags = tags.clamp(min=0)  # pytorch-crf reads every tag, also past the length
+    if not batch_first:
+        emissions, tags, mask = (t.transpose(0, 1) for t in (emissions, tags, mask))
+    emissions = emissions.detach()
+    results = []
+    for module in (ours, theirs):
+        x = emissions.clone().requires_grad_()
+        out = module(x, tags, mask=mask, reduction=reduction)
+        out.backward(torch.linspace(0.5, 1.5, out.numel()).view(out.shape))
+        results.append((out, x.grad, *[p.grad for p in module.parameters()]))
+        decoded = module.decode(emissions, mask=mask)
+        results[-1] += (decoded,)
+    *ours_tensors, ours_paths = results[0]
+    *theirs_tensors, theirs_paths = results[1]
+    assert ours_paths == theirs_paths
+    for a, b in zip(ours_tensors, theirs_tensors):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
