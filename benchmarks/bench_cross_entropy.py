@@ -13,10 +13,9 @@ Liger and `fusedloss inplace` keep the gradient in the logits' storage; the othe
     TRITON_INTERPRET=1 python benchmarks/bench_cross_entropy.py --smoke   # CPU, tiny size
 """
 import argparse
-import os
 import platform
 
-from common import measure_ms, write_csv
+from common import benchmark_device, measure_ms, peak_extra_mib, write_csv
 
 TOKENS = (4096, 16384)
 VOCABULARIES = (32000, 128256, 256000)
@@ -51,19 +50,6 @@ def implementations(cuda, smoke):
         else:
             notes.append("Liger-Kernel needs CUDA: its column is skipped")
     return impls, notes
-
-
-def peak_extra_mib(step, cuda):
-    """Memory one call allocates beyond what is already held (inputs), in MiB."""
-    if not cuda:
-        return float("nan")
-    import torch
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def run_case(name, fn, num_tokens, vocabulary, dtype, mode, device, peak_gbps):
@@ -113,18 +99,11 @@ def main():
     args = parser.parse_args()
 
     import torch
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        if not args.smoke:
-            parser.error("no CUDA device: run with --smoke (and TRITON_INTERPRET=1)")
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+    device = benchmark_device(parser, args.smoke)
+    cuda = device.type == "cuda"
     import triton
 
     import fusedloss
-    from fusedloss import _backend
-    device = torch.device("cuda" if cuda else "cpu")
-    if _backend.resolve(device) != "triton":
-        raise SystemExit(f"fusedloss would run its reference on {device}: set TRITON_INTERPRET=1")
 
     tokens = SMOKE["tokens"] if args.smoke else TOKENS
     vocabularies = SMOKE["vocabularies"] if args.smoke else VOCABULARIES

@@ -16,10 +16,9 @@ Timing is triton.testing.do_bench (median, 20%/80% quantiles) of loss + backward
     TRITON_INTERPRET=1 python benchmarks/bench_ctc.py --smoke   # CPU, tiny size
 """
 import argparse
-import os
 import platform
 
-from common import measure_ms, write_csv
+from common import benchmark_device, measure_ms, write_csv
 
 # (T, N, C, S_max)
 SIZES = ((500, 32, 32, 100), (1000, 32, 32, 200), (1000, 32, 1000, 150), (1500, 32, 5000, 300))
@@ -115,18 +114,11 @@ def main():
     args = parser.parse_args()
 
     import torch
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        if not args.smoke:
-            parser.error("no CUDA device: run with --smoke (and TRITON_INTERPRET=1)")
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+    device = benchmark_device(parser, args.smoke)
+    cuda = device.type == "cuda"
     import triton
 
     import fusedloss
-    from fusedloss import _backend
-    device = torch.device("cuda" if cuda else "cpu")
-    if _backend.resolve(device) != "triton":
-        raise SystemExit(f"fusedloss would run its reference on {device}: set TRITON_INTERPRET=1")
     device_name = (torch.cuda.get_device_name() if cuda
                    else f"CPU ({platform.processor() or 'interpreter'})")
     versions = {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,

@@ -15,10 +15,9 @@ memory a call allocates beyond its inputs (the gradients it returns included). "
     TRITON_INTERPRET=1 python benchmarks/bench_linear_cross_entropy.py --smoke   # CPU, tiny
 """
 import argparse
-import os
 import platform
 
-from common import measure_ms, write_csv
+from common import benchmark_device, measure_ms, peak_extra_mib, write_csv
 
 TOKENS = (4096, 16384)
 HIDDEN = 4096
@@ -64,19 +63,6 @@ def implementations(cuda):
     return impls, notes
 
 
-def peak_extra_mib(step, cuda):
-    """Memory one call allocates beyond what is already held (inputs), in MiB."""
-    if not cuda:
-        return float("nan")
-    import torch
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
 def run_case(name, fn, num_tokens, hidden, vocabulary, dtype, device, peak_tflops):
     import torch
     cuda = device.type == "cuda"
@@ -119,18 +105,11 @@ def main():
     args = parser.parse_args()
 
     import torch
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        if not args.smoke:
-            parser.error("no CUDA device: run with --smoke (and TRITON_INTERPRET=1)")
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+    device = benchmark_device(parser, args.smoke)
+    cuda = device.type == "cuda"
     import triton
 
     import fusedloss
-    from fusedloss import _backend
-    device = torch.device("cuda" if cuda else "cpu")
-    if _backend.resolve(device) != "triton":
-        raise SystemExit(f"fusedloss would run its reference on {device}: set TRITON_INTERPRET=1")
 
     tokens = SMOKE["tokens"] if args.smoke else TOKENS
     hidden = SMOKE["hidden"] if args.smoke else HIDDEN

@@ -1,6 +1,37 @@
-"""What every benchmark script times and records alike."""
+"""What every benchmark script sets up, times and records alike."""
 import csv
+import os
 import time
+
+
+def benchmark_device(parser, smoke):
+    """The torch.device to measure on: CUDA, or with --smoke the CPU through the Triton
+    interpreter (switched on here, before triton is first imported). Exits where fusedloss would
+    run its reference rather than its kernels, since that would measure the wrong thing."""
+    import torch
+    cuda = torch.cuda.is_available() and not smoke
+    if not cuda:
+        if not smoke:
+            parser.error("no CUDA device: run with --smoke (tiny sizes through the Triton interpreter)")
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from fusedloss import _backend
+    device = torch.device("cuda" if cuda else "cpu")
+    if _backend.resolve(device) != "triton":
+        raise SystemExit(f"fusedloss would run its reference on {device}: set TRITON_INTERPRET=1")
+    return device
+
+
+def peak_extra_mib(step, cuda):
+    """Memory one call of `step` allocates beyond what is already held (its inputs), in MiB."""
+    if not cuda:
+        return float("nan")
+    import torch
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def measure_ms(step, grad_tensor, cuda):

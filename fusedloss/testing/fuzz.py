@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from .. import _backend
-from .compare import Comparison, compare
+from .compare import compare
 
 __all__ = ["Failure", "Report", "Row", "fuzz", "reproducer"]
 

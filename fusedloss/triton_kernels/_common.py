@@ -74,3 +74,12 @@ def round_to(x, DTYPE: tl.constexpr):
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
             x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # NaN payloads left alone
     return x.to(DTYPE)
+
+
+@triton.jit
+def subtract_max(x):
+    """(x - max(x), max(x)), the max taken as 0 when every entry is -inf: keeps a log-space
+    vector (CTC and CRF recursions) near 0 without turning an all -inf vector into NaN."""
+    m = tl.max(x, axis=0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    return x - m, m

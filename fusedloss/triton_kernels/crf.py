@@ -65,7 +65,7 @@ import triton
 import triton.language as tl
 
 from .._args import reduce
-from ._common import accumulation_dtype, scale_gradient, triton_accumulation
+from ._common import accumulation_dtype, scale_gradient, subtract_max, triton_accumulation
 
 # Largest tag count whose (K, K) tiles fit the registers of one program.
 MAX_TAGS = 128
@@ -87,14 +87,6 @@ def _logsumexp(x, AXIS: tl.constexpr):
     m = tl.max(x, axis=AXIS)
     shift = tl.where(m == float("-inf"), 0.0, m)
     return shift + tl.log(tl.sum(tl.exp(x - tl.expand_dims(shift, AXIS)), axis=AXIS))
-
-
-@triton.jit
-def _normalize(x):
-    """(x - c, c) with c = max(x): keeps a log-score vector near 0 (0 when all -inf)."""
-    c = tl.max(x, axis=0)
-    c = tl.where(c == float("-inf"), 0.0, c)
-    return x - c, c
 
 
 @triton.jit
@@ -134,7 +126,7 @@ def _crf_forward_backward_kernel(
         gold = tl.load(tags_row).to(tl.int32)
         alpha -= (tl.load(start_ptr + gold * stride_s).to(ACC)
                   + tl.load(emit_row + gold * stride_ek).to(ACC))
-    alpha, total = _normalize(alpha)
+    alpha, total = subtract_max(alpha)
     if BACKWARD_SWEEP:
         tl.store(work_row + k, alpha, mask=valid)
     for t in range(1, length):
@@ -149,7 +141,7 @@ def _crf_forward_backward_kernel(
             gold = next_gold
         else:
             step = alpha[:, None] + trans + emit[None, :]
-        alpha, c = _normalize(_logsumexp(step, 0))
+        alpha, c = subtract_max(_logsumexp(step, 0))
         total += c
         if BACKWARD_SWEEP:
             tl.store(work_row + t * num_tags + k, alpha, mask=valid)

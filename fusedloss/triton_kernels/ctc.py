@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ._common import (accumulation_dtype, round_to, row_block, row_warps, scale_gradient,
-                      triton_accumulation)
+                      subtract_max, triton_accumulation)
 
 
 @triton.jit
@@ -69,14 +69,6 @@ def _segmented_add(value_a, start_a, value_b, start_b):
 
 
 @triton.jit
-def _rescale(x):
-    """x - max(x) and max(x) (0 when all -inf): keeps the log-space vectors near 0."""
-    m = tl.max(x, axis=0)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    return x - m, m
-
-
-@triton.jit
 def _emissions(x_ptr, frame_offset, label_offsets, valid, stats_ptr, frame,
                ACC: tl.constexpr, LOGITS: tl.constexpr):
     """Each state's log p_t(l'(s)), split into values near 0 and one constant of the frame.
@@ -88,7 +80,7 @@ def _emissions(x_ptr, frame_offset, label_offsets, valid, stats_ptr, frame,
     """
     # cast right after the load: the interpreter keeps bf16 as raw bits
     emit = tl.load(x_ptr + frame_offset + label_offsets, mask=valid, other=float("-inf")).to(ACC)
-    emit, offset = _rescale(emit)
+    emit, offset = subtract_max(emit)
     if LOGITS:
         offset = (offset - tl.load(stats_ptr + 2 * frame).to(ACC)) \
             - tl.load(stats_ptr + 2 * frame + 1).to(ACC)
@@ -144,12 +136,12 @@ def _ctc_kernel(
         previous = alpha_row + ((t - 1) % alpha_rows) * width + s
         step = tl.load(previous - 1, mask=valid & (s >= 1), other=float("-inf"))
         skip = tl.load(previous - 2, mask=can_skip, other=float("-inf"))
-        alpha, shift = _rescale(tl.where(valid, _lse3(alpha, step, skip) + emit, neg_inf))
+        alpha, shift = subtract_max(tl.where(valid, _lse3(alpha, step, skip) + emit, neg_inf))
         log_scale += shift + offset
         tl.store(alpha_row + (t % alpha_rows) * width + s, alpha, mask=valid)
 
     final = (s == num_states - 1) | (s == num_states - 2)  # last blank, last label
-    final_alpha, shift = _rescale(tl.where(final, alpha, neg_inf))
+    final_alpha, shift = subtract_max(tl.where(final, alpha, neg_inf))
     loss = -(log_scale + shift + tl.log(tl.sum(tl.exp(final_alpha), axis=0)))
     tl.store(loss_ptr + n, loss)
 
@@ -187,7 +179,7 @@ def _ctc_kernel(
                 alpha = tl.load(alpha_row + t * width + s, mask=valid, other=float("-inf"))
                 # posterior of each state, normalised over the frame (it sums to 1 in exact
                 # arithmetic): only O(1) log values meet, whatever the size of the loss
-                posterior, _ = _rescale(alpha + beta)
+                posterior, _ = subtract_max(alpha + beta)
                 posterior = tl.exp(posterior)
                 posterior = posterior / tl.sum(posterior, axis=0)
                 tl.store(row + width + s, posterior, mask=valid)
@@ -213,7 +205,7 @@ def _ctc_kernel(
                 # beta'_{t-1} from beta_t at s, s+1 and (skip) s+2, rescaled like alpha
                 step = tl.load(row + s + 1, mask=s + 1 < num_states, other=float("-inf"))
                 skip = tl.load(row + s + 2, mask=can_skip_next, other=float("-inf"))
-                beta, _ = _rescale(tl.where(valid, _lse3(beta, step, skip), neg_inf))
+                beta, _ = subtract_max(tl.where(valid, _lse3(beta, step, skip), neg_inf))
 
 
 @triton.jit
