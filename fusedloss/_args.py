@@ -101,6 +101,21 @@ def check_class_indices(target, num_classes, ignore_index):
                          f"[0, {num_classes}) or ignore_index={ignore_index}).")
 
 
+def check_in_range(values, low, high, error, message):
+    """Raise error(message) where any of the integer `values` falls outside [low, high).
+
+    As check_class_indices: on CUDA the check is queued on the device (no host synchronisation),
+    on the CPU it raises before anything runs.
+    """
+    if values.numel() == 0:
+        return
+    bad = (values < low) | (values >= high)
+    if values.device.type == "cuda":
+        torch._assert_async(~bad.any(), message)
+    elif bool(bad.any()):
+        raise error(message)
+
+
 def check_class_weight(weight, num_classes, name="weight"):
     if weight is None:
         return

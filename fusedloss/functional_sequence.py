@@ -217,16 +217,15 @@ def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None,
         if num_nodes != num_classes - 1:
             raise ValueError(f"weight must have num_classes - 1 = {num_classes - 1} rows for the "
                              f"default tree, got {num_nodes}")
-        if bool(((label < 0) | (label >= num_classes)).any()):
-            raise ValueError(f"label must be in [0, {num_classes}), got values in "
-                             f"[{int(label.min())}, {int(label.max())}]")
+        _args.check_in_range(label, 0, num_classes, ValueError,
+                             f"label must be a class index in [0, {num_classes})")
     else:
         if (path_table.dim() != 2 or path_table.shape[0] != input.shape[0]
                 or path_code.shape != path_table.shape):
             raise ValueError("path_table and path_code must both have shape (N, L), got "
                              f"{tuple(path_table.shape)} and {tuple(path_code.shape)}")
-        if bool(((path_table < -1) | (path_table >= num_nodes)).any()):
-            raise ValueError(f"path_table entries must be node indices in [0, {num_nodes}) or -1 padding")
+        _args.check_in_range(path_table, -1, num_nodes, ValueError,
+                             f"path_table entries must be node indices in [0, {num_nodes}) or -1 padding")
         path_table, path_code = path_table.long(), path_code.long()
     return call("hsigmoid_loss", input.device, input, label, num_classes, weight, bias=bias,
                 path_table=path_table, path_code=path_code, reduction=reduction)
@@ -254,7 +253,7 @@ def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduct
                          f"{tuple(noise_log_probs.shape)}")
     noise_samples = noise_samples.long()
     for name, index in (("target", target), ("noise_samples", noise_samples)):
-        if index.numel() and bool(((index < 0) | (index >= num_classes)).any()):
-            raise IndexError(f"{name} out of range: expected class indices in [0, {num_classes})")
+        _args.check_in_range(index, 0, num_classes, IndexError,
+                             f"{name} out of range: expected class indices in [0, {num_classes})")
     return call("nce_loss", input.device, input, target, weight, bias, noise_samples,
                 noise_log_probs, reduction=reduction)
