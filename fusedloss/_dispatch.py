@@ -9,6 +9,12 @@ import importlib
 from . import _backend
 
 
+class KernelDeclined(Exception):
+    """Raised by a kernel function, before it launches anything, for a call outside what the
+    kernel supports (say, more tags than its register tiles hold): the reference runs instead.
+    Kernels never import the reference themselves; this keeps the fallback here."""
+
+
 def has_kernel(name):
     kernels = importlib.import_module("fusedloss.triton_kernels")
     return name in kernels.KERNELS
@@ -20,6 +26,9 @@ def call(name, device, *args, **kwargs):
         kernels = importlib.import_module("fusedloss.triton_kernels")
         kernel = kernels.KERNELS.get(name)
         if kernel is not None:
-            return kernel(*args, **kwargs)
+            try:
+                return kernel(*args, **kwargs)
+            except KernelDeclined:
+                pass
     reference = importlib.import_module("fusedloss.reference")
     return getattr(reference, name)(*args, **kwargs)

@@ -50,12 +50,14 @@ them, so 16-bit inputs see one rounding.
 
 Limits: the register tiles hold K up to MAX_TAGS = 128 (two K x K tiles per program: at K = 128,
 32 warps keep 16 elements of each per thread; compiled for sm_90, the gradient variant spills
-about 0.5 KB per thread there and nothing at K <= 64). Above that the call runs the reference.
+about 0.5 KB per thread there and nothing at K <= 64). Above that the kernels decline the call
+(_dispatch.KernelDeclined) and the dispatcher runs the reference.
 The mask is read as lengths: a mask that is not a prefix mask (which the API excludes) is not
 detected. crf_marginals is differentiable by recomputation: its backward runs the reference's
 forward-backward under autograd, in float64 (the marginals' Jacobian is the log-partition's
-Hessian, which no sweep here computes); it is once-differentiable. crf_decode's outputs are
-not differentiable.
+Hessian, which no sweep here computes); it is once-differentiable. That backward is the one
+place a kernel module leans on the reference; a kernel for the Hessian is future work.
+crf_decode's outputs are not differentiable.
 """
 import functools
 import importlib
@@ -65,6 +67,7 @@ import triton
 import triton.language as tl
 
 from .._args import reduce
+from .._dispatch import KernelDeclined
 from ._common import accumulation_dtype, scale_gradient, subtract_max, triton_accumulation
 
 # Largest tag count whose (K, K) tiles fit the registers of one program.
@@ -246,9 +249,13 @@ def _crf_viterbi_kernel(
 
 # --- launchers -----------------------------------------------------------------------------
 
+def _check_tag_count(num_tags):
+    if num_tags > MAX_TAGS:
+        raise KernelDeclined(f"{num_tags} tags exceed the kernels' register tiles ({MAX_TAGS})")
+
+
 def _reference(name):
-    """The reference of `name`, for tag counts beyond the register tiles and for the marginals'
-    backward (imported on use: the kernels otherwise never touch the oracle)."""
+    """The reference of `name`, for the marginals' backward only (imported on use)."""
     return getattr(importlib.import_module("fusedloss.reference"), name)
 
 
@@ -372,27 +379,21 @@ def _needs_grad(*tensors):
 
 def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, mask=None,
             reduction="mean"):
-    if emissions.shape[2] > MAX_TAGS:
-        return _reference("crf_nll")(emissions, tags, transitions, start_transitions,
-                                     end_transitions, mask=mask, reduction=reduction)
+    _check_tag_count(emissions.shape[2])
     needs = _needs_grad(emissions, transitions, start_transitions, end_transitions)
     return _CRFNLL.apply(emissions, tags, transitions, start_transitions, end_transitions,
                          _lengths(emissions, mask), reduction, needs)
 
 
 def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None):
-    if emissions.shape[2] > MAX_TAGS:
-        return _reference("crf_marginals")(emissions, transitions, start_transitions,
-                                           end_transitions, mask=mask)
+    _check_tag_count(emissions.shape[2])
     return _CRFMarginals.apply(emissions, transitions, start_transitions, end_transitions, mask,
                                _lengths(emissions, mask))
 
 
 def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=None):
     batch, num_steps, num_tags = emissions.shape
-    if num_tags > MAX_TAGS:
-        return _reference("crf_decode")(emissions, transitions, start_transitions,
-                                        end_transitions, mask=mask)
+    _check_tag_count(num_tags)
     dtype = _result_dtype(emissions, transitions, start_transitions, end_transitions)
     acc = accumulation_dtype(dtype)
     device = emissions.device
