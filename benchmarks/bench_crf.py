@@ -17,11 +17,10 @@ recursions over T steps.
 """
 import argparse
 import itertools
-import os
 import platform
 import warnings
 
-from common import measure_ms, write_csv
+from common import benchmark_device, measure_ms, write_csv
 
 BATCHES = (32, 128)
 STEPS = (64, 512)
@@ -59,17 +58,15 @@ def main():
     args = parser.parse_args()
 
     import torch
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before fusedloss imports triton
-        # numpy evaluating log(0) in the -inf padding lanes the kernels mask away
+    device = benchmark_device(parser, args.smoke)
+    cuda = device.type == "cuda"
+    if not cuda:  # numpy evaluating log(0) in the -inf padding lanes the kernels mask away
         warnings.filterwarnings("ignore", "divide by zero encountered", RuntimeWarning)
     import triton
 
     import fusedloss
     import fusedloss.functional as F
     fusedloss.set_backend("triton")
-    device = "cuda" if cuda else "cpu"
     sizes = list(itertools.product(args.batches, args.steps, args.tags)) if cuda else [(2, 4, 5)]
     device_name = (torch.cuda.get_device_name() if cuda
                    else f"cpu ({platform.processor() or platform.machine()}), interpreter")

@@ -15,7 +15,7 @@ Liger and `fusedloss inplace` keep the gradient in the logits' storage; the othe
 import argparse
 import platform
 
-from common import benchmark_device, measure_ms, peak_extra_mib, write_csv
+from common import benchmark_device, measure_ms, peak_extra_mib, print_table, write_csv
 
 TOKENS = (4096, 16384)
 VOCABULARIES = (32000, 128256, 256000)
@@ -88,6 +88,11 @@ def fits(num_tokens, vocabulary, element, device):
     return 2 * num_tokens * vocabulary * element < 0.9 * free
 
 
+TABLE_COLUMNS = [("dtype", "{}"), ("N", "{}"), ("V", "{}"), ("mode", "{}"), ("impl", "{}"),
+                 ("ms", "{:.3f}"), ("GB/s", "{:.0f}"), ("% bound", "{:.1f}"),
+                 ("peak MiB", "{:.0f}"), ("rel. time", "{:.2f}")]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,20 +154,9 @@ def main():
                         rows.append({"dtype": dtype_name, "N": num_tokens, "V": vocabulary,
                                      "mode": mode, **result,
                                      "rel. time": result["ms"] / reference})
-    print_table(rows)
+    print_table(rows, TABLE_COLUMNS)
     if args.csv:
         write_csv(args.csv, rows, versions)
-
-
-def print_table(rows):
-    columns = [("dtype", "{}"), ("N", "{}"), ("V", "{}"), ("mode", "{}"), ("impl", "{}"),
-               ("ms", "{:.3f}"), ("GB/s", "{:.0f}"), ("% bound", "{:.1f}"),
-               ("peak MiB", "{:.0f}"), ("rel. time", "{:.2f}")]
-    cells = [[fmt.format(row[key]) for key, fmt in columns] for row in rows]
-    widths = [max(len(key), *(len(line[i]) for line in cells)) for i, (key, _) in enumerate(columns)]
-    print("  ".join(key.rjust(width) for (key, _), width in zip(columns, widths)))
-    for line in cells:
-        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
 
 
 if __name__ == "__main__":

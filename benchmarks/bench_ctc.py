@@ -18,7 +18,7 @@ Timing is triton.testing.do_bench (median, 20%/80% quantiles) of loss + backward
 import argparse
 import platform
 
-from common import benchmark_device, measure_ms, write_csv
+from common import benchmark_device, measure_ms, print_table, write_csv
 
 # (T, N, C, S_max)
 SIZES = ((500, 32, 32, 100), (1000, 32, 32, 200), (1000, 32, 1000, 150), (1500, 32, 5000, 300))
@@ -93,15 +93,8 @@ def run_size(size, device, cuda):
     return rows
 
 
-def print_table(rows):
-    columns = [("T", "{}"), ("N", "{}"), ("C", "{}"), ("S", "{}"), ("input", "{}"), ("impl", "{}"),
-               ("ms", "{:.3f}"), ("ms_q20", "{:.3f}"), ("ms_q80", "{:.3f}"), ("speedup", "{:.2f}")]
-    cells = [[fmt.format(row[key]) for key, fmt in columns] for row in rows]
-    widths = [max(len(key), *(len(line[i]) for line in cells))
-              for i, (key, _) in enumerate(columns)]
-    print("  ".join(key.rjust(width) for (key, _), width in zip(columns, widths)))
-    for line in cells:
-        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+TABLE_COLUMNS = [("T", "{}"), ("N", "{}"), ("C", "{}"), ("S", "{}"), ("input", "{}"), ("impl", "{}"),
+                 ("ms", "{:.3f}"), ("ms_q20", "{:.3f}"), ("ms_q80", "{:.3f}"), ("speedup", "{:.2f}")]
 
 
 def main():
@@ -131,7 +124,7 @@ def main():
         rows += run_size(size, device, cuda)
         if cuda:
             torch.cuda.empty_cache()
-    print_table(rows)
+    print_table(rows, TABLE_COLUMNS)
     if args.csv:
         write_csv(args.csv, rows, versions)
 

@@ -15,10 +15,9 @@ time limit keeps what it measured.
 """
 import argparse
 import math
-import os
 import platform
 
-from common import measure_ms, write_csv
+from common import benchmark_device, measure_ms, write_csv
 
 LOSSES = ("hsigmoid_loss", "nce_loss")
 DTYPES = ("fp32", "bf16")
@@ -84,14 +83,12 @@ def main():
     args = parser.parse_args()
 
     import torch
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before fusedloss imports triton
+    device = benchmark_device(parser, args.smoke)
+    cuda = device.type == "cuda"
     import triton
 
     import fusedloss
     fusedloss.set_backend("triton")
-    device = "cuda" if cuda else "cpu"
     batch, features, classes, num_noise = ((args.batch, args.features, args.classes, args.noise) if cuda
                                            else (8, 20, [12], 3))
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}

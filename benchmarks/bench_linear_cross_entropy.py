@@ -17,7 +17,7 @@ memory a call allocates beyond its inputs (the gradients it returns included). "
 import argparse
 import platform
 
-from common import benchmark_device, measure_ms, peak_extra_mib, write_csv
+from common import benchmark_device, measure_ms, peak_extra_mib, print_table, write_csv
 
 TOKENS = (4096, 16384)
 HIDDEN = 4096
@@ -93,6 +93,11 @@ def failed(name, error):
             "TFLOP/s": nan, "% peak": nan, "peak MiB": float("inf")}
 
 
+TABLE_COLUMNS = [("dtype", "{}"), ("N", "{}"), ("H", "{}"), ("V", "{}"), ("impl", "{}"),
+                 ("ms", "{:.3f}"), ("TFLOP/s", "{:.0f}"), ("% peak", "{:.1f}"),
+                 ("peak MiB", "{:.0f}"), ("rel. time", "{:.2f}"), ("rel. mem", "{:.2f}")]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,21 +147,9 @@ def main():
                 rows.append({"dtype": "bf16", "N": num_tokens, "H": hidden, "V": vocabulary,
                              **result, "rel. time": result["ms"] / ours["ms"],
                              "rel. mem": result["peak MiB"] / ours["peak MiB"]})
-    print_table(rows)
+    print_table(rows, TABLE_COLUMNS)
     if args.csv:
         write_csv(args.csv, rows, versions)
-
-
-def print_table(rows):
-    columns = [("dtype", "{}"), ("N", "{}"), ("H", "{}"), ("V", "{}"), ("impl", "{}"),
-               ("ms", "{:.3f}"), ("TFLOP/s", "{:.0f}"), ("% peak", "{:.1f}"),
-               ("peak MiB", "{:.0f}"), ("rel. time", "{:.2f}"), ("rel. mem", "{:.2f}")]
-    cells = [[fmt.format(row[key]) for key, fmt in columns] for row in rows]
-    widths = [max(len(key), *(len(line[i]) for line in cells))
-              for i, (key, _) in enumerate(columns)]
-    print("  ".join(key.rjust(width) for (key, _), width in zip(columns, widths)))
-    for line in cells:
-        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ five tensor passes against the bound's three.)
     python benchmarks/bench_pointwise.py --smoke       # CPU: tiny size through the interpreter
 """
 import argparse
-import os
 import platform
 
-from common import measure_ms, write_csv
+from common import benchmark_device, measure_ms, write_csv
 
 LOSSES = ("binary_cross_entropy_with_logits", "mse_loss", "smooth_l1_loss", "sigmoid_focal_loss")
 DTYPES = ("bf16", "fp32")
@@ -79,14 +78,12 @@ def main():
     args = parser.parse_args()
 
     import torch
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before fusedloss imports triton
+    device = benchmark_device(parser, args.smoke)
+    cuda = device.type == "cuda"
     import triton
 
     import fusedloss
     fusedloss.set_backend("triton")
-    device = "cuda" if cuda else "cpu"
     sizes = [2 ** k for k in args.log2_sizes] if cuda else [4099]
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     device_name = (torch.cuda.get_device_name() if cuda

@@ -54,6 +54,15 @@ def measure_ms(step, grad_tensor, cuda):
     return times[1], times[0], times[-1]
 
 
+def print_table(rows, columns):
+    """An aligned table of `rows` (dicts); columns: (key, format) pairs in print order."""
+    cells = [[fmt.format(row[key]) for key, fmt in columns] for row in rows]
+    widths = [max(len(key), *(len(line[i]) for line in cells)) for i, (key, _) in enumerate(columns)]
+    print("  ".join(key.rjust(width) for (key, _), width in zip(columns, widths)))
+    for line in cells:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+
+
 def write_csv(path, rows, context=None):
     """Rows (dicts with the same keys) to CSV, each prefixed with `context` (device, versions)."""
     context = context or {}
