@@ -4,7 +4,16 @@ KERNELS maps a loss name (as in fusedloss.reference) to the function that runs i
 the same normalised signature. Importing this package imports triton, so it is only imported
 when a call resolves to the 'triton' backend.
 """
+import torch
+
 from . import crf, cross_entropy, ctc, elementwise, hsigmoid, linear_cross_entropy, nce
 
-KERNELS = {**cross_entropy.KERNELS, **elementwise.KERNELS, **linear_cross_entropy.KERNELS,
-           **ctc.KERNELS, **crf.KERNELS, **hsigmoid.KERNELS, **nce.KERNELS}
+# Each kernel function runs outside torch.compile's tracing: under torch.compile a fused loss is
+# a graph break, run eagerly, rather than a trace through Triton's launcher (which fails under
+# the interpreter and is unverified on GPUs). Wrapped here, not in _dispatch, because
+# torch.compiler.disable imports torch._dynamo, which imports triton: that must not happen
+# before `python -m fusedloss check` has decided whether to switch the interpreter on.
+# A torch.library registration that keeps the kernels inside compiled graphs is future work.
+KERNELS = {name: torch.compiler.disable(fn) for family in (
+    cross_entropy, elementwise, linear_cross_entropy, ctc, crf, hsigmoid, nce)
+    for name, fn in family.KERNELS.items()}
