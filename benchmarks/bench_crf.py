@@ -17,10 +17,9 @@ recursions over T steps.
 """
 import argparse
 import itertools
-import platform
 import warnings
 
-from common import benchmark_device, measure_ms, write_csv
+from common import benchmark_device, device_label, measure_ms, write_csv
 
 BATCHES = (32, 128)
 STEPS = (64, 512)
@@ -68,8 +67,7 @@ def main():
     import fusedloss.functional as F
     fusedloss.set_backend("triton")
     sizes = list(itertools.product(args.batches, args.steps, args.tags)) if cuda else [(2, 4, 5)]
-    device_name = (torch.cuda.get_device_name() if cuda
-                   else f"cpu ({platform.processor() or platform.machine()}), interpreter")
+    device_name = device_label(device)
     print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__}")
 
     rows = []

@@ -13,9 +13,9 @@ Liger and `fusedloss inplace` keep the gradient in the logits' storage; the othe
     TRITON_INTERPRET=1 python benchmarks/bench_cross_entropy.py --smoke   # CPU, tiny size
 """
 import argparse
-import platform
 
-from common import benchmark_device, measure_ms, peak_extra_mib, print_table, write_csv
+from common import (benchmark_device, device_label, measure_ms,
+                    peak_extra_mib, print_table, write_csv)
 
 TOKENS = (4096, 16384)
 VOCABULARIES = (32000, 128256, 256000)
@@ -114,7 +114,7 @@ def main():
     vocabularies = SMOKE["vocabularies"] if args.smoke else VOCABULARIES
     dtypes = SMOKE["dtypes"] if args.smoke else DTYPES
     impls, notes = implementations(cuda, args.smoke)
-    device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or 'interpreter'})"
+    device_name = device_label(device)
     try:
         import liger_kernel
         liger_version = getattr(liger_kernel, "__version__", "installed")

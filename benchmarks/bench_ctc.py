@@ -16,9 +16,8 @@ Timing is triton.testing.do_bench (median, 20%/80% quantiles) of loss + backward
     TRITON_INTERPRET=1 python benchmarks/bench_ctc.py --smoke   # CPU, tiny size
 """
 import argparse
-import platform
 
-from common import benchmark_device, measure_ms, print_table, write_csv
+from common import benchmark_device, device_label, measure_ms, print_table, write_csv
 
 # (T, N, C, S_max)
 SIZES = ((500, 32, 32, 100), (1000, 32, 32, 200), (1000, 32, 1000, 150), (1500, 32, 5000, 300))
@@ -112,8 +111,7 @@ def main():
     import triton
 
     import fusedloss
-    device_name = (torch.cuda.get_device_name() if cuda
-                   else f"CPU ({platform.processor() or 'interpreter'})")
+    device_name = device_label(device)
     versions = {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
                 "fusedloss": fusedloss.__version__,
                 "cudnn": str(torch.backends.cudnn.version()) if cuda else "n/a"}

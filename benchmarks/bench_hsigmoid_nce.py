@@ -15,9 +15,8 @@ time limit keeps what it measured.
 """
 import argparse
 import math
-import platform
 
-from common import benchmark_device, measure_ms, write_csv
+from common import benchmark_device, device_label, measure_ms, write_csv
 
 LOSSES = ("hsigmoid_loss", "nce_loss")
 DTYPES = ("fp32", "bf16")
@@ -92,8 +91,7 @@ def main():
     batch, features, classes, num_noise = ((args.batch, args.features, args.classes, args.noise) if cuda
                                            else (8, 20, [12], 3))
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-    device_name = (torch.cuda.get_device_name() if cuda
-                   else f"cpu ({platform.processor() or platform.machine()}), interpreter")
+    device_name = device_label(device)
     print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__} | "
           f"N={batch} D={features} k={num_noise}")
 

@@ -15,9 +15,9 @@ memory a call allocates beyond its inputs (the gradients it returns included). "
     TRITON_INTERPRET=1 python benchmarks/bench_linear_cross_entropy.py --smoke   # CPU, tiny
 """
 import argparse
-import platform
 
-from common import benchmark_device, measure_ms, peak_extra_mib, print_table, write_csv
+from common import (benchmark_device, device_label, measure_ms,
+                    peak_extra_mib, print_table, write_csv)
 
 TOKENS = (4096, 16384)
 HIDDEN = 4096
@@ -121,8 +121,7 @@ def main():
     vocabularies = SMOKE["vocabularies"] if args.smoke else VOCABULARIES
     dtype = torch.bfloat16
     impls, notes = implementations(cuda)
-    device_name = (torch.cuda.get_device_name() if cuda
-                   else f"CPU ({platform.processor() or 'interpreter'})")
+    device_name = device_label(device)
     versions = {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
                 "fusedloss": fusedloss.__version__}
     print(", ".join(f"{k} {v}" for k, v in versions.items()))

@@ -13,9 +13,8 @@ five tensor passes against the bound's three.)
     python benchmarks/bench_pointwise.py --smoke       # CPU: tiny size through the interpreter
 """
 import argparse
-import platform
 
-from common import benchmark_device, measure_ms, write_csv
+from common import benchmark_device, device_label, measure_ms, write_csv
 
 LOSSES = ("binary_cross_entropy_with_logits", "mse_loss", "smooth_l1_loss", "sigmoid_focal_loss")
 DTYPES = ("bf16", "fp32")
@@ -86,8 +85,7 @@ def main():
     fusedloss.set_backend("triton")
     sizes = [2 ** k for k in args.log2_sizes] if cuda else [4099]
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-    device_name = (torch.cuda.get_device_name() if cuda
-                   else f"cpu ({platform.processor() or platform.machine()}), interpreter")
+    device_name = device_label(device)
     print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__} | peak {args.peak_gbps:.0f} GB/s")
 
     rows = []

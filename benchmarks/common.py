@@ -21,6 +21,17 @@ def benchmark_device(parser, smoke):
     return device
 
 
+def device_label(device):
+    """The name every benchmark records for `device`: the GPU's, or the CPU's with the note that
+    the kernels ran through the interpreter."""
+    import platform
+
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}), interpreter"
+
+
 def peak_extra_mib(step, cuda):
     """Memory one call of `step` allocates beyond what is already held (its inputs), in MiB."""
     if not cuda:
