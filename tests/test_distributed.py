@@ -11,6 +11,9 @@ import torch.multiprocessing as mp
 
 from fusedloss import distributed, reference
 
+# CPU tensors on every test device: the ranks talk over gloo on CPU tensors
+pytestmark = pytest.mark.cpu_tensors
+
 WORLD = 2
 CASES = [dict(), dict(label_smoothing=0.2), dict(z_loss=1e-2, reduction="sum"),
          dict(reduction="none", label_smoothing=0.1, z_loss=1e-3)]

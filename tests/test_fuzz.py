@@ -15,6 +15,9 @@ from fusedloss import testing
 from fusedloss.testing import Failure, Report, Row, fuzz, planted_error, reproducer
 from fusedloss.testing.strategies import Call
 
+# CPU tensors on every test device: the fuzzer's own machinery, run on the reference
+pytestmark = pytest.mark.cpu_tensors
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

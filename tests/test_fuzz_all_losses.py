@@ -13,6 +13,6 @@ SEED = 20240601  # CI runs are reproducible; a local long run may pass --fuzz-ex
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_agrees_with_reference(loss, fuzz_examples):
-    report = fuzz(loss, examples=fuzz_examples, device="cpu", seed=SEED)
+def test_loss_agrees_with_reference(loss, fuzz_examples, device):
+    report = fuzz(loss, examples=fuzz_examples, device=device, seed=SEED)
     assert report.ok, "\n" + str(report)

@@ -3,12 +3,14 @@ import itertools
 
 import pytest
 import torch
-import torchcrf
 from hypothesis import given, settings, strategies as st
 
 import fusedloss.functional as F
 from fusedloss.nn_sequence import CRF
 from fusedloss.reference.crf import crf_decode, crf_marginals, crf_nll
+
+# CPU tensors on every test device: proofs of the reference itself, which is device-agnostic
+pytestmark = pytest.mark.cpu_tensors
 
 
 def _path_score(emissions, path, transitions, start, end):
@@ -90,7 +92,7 @@ def test_tags_past_the_length_are_ignored():
 
 def _pair(num_tags, batch_first, seed=0):
     torch.manual_seed(seed)
-    theirs = torchcrf.CRF(num_tags, batch_first=batch_first).double()
+    theirs = _pytorch_crf().CRF(num_tags, batch_first=batch_first).double()
     ours = CRF(num_tags, batch_first=batch_first).double()
     ours.load_state_dict(theirs.state_dict())
     return ours, theirs
@@ -155,3 +157,8 @@ def test_errors():
         CRF(0)
     with pytest.raises(ValueError):  # the time-major module checks the mask's first step too
         CRF(3)(emissions.transpose(0, 1), tags.transpose(0, 1), mask=late_start.transpose(0, 1))
+
+
+def _pytorch_crf():
+    """pytorch-crf (a test extra); the comparison skips, saying so, where it is not installed."""
+    return pytest.importorskip("torchcrf", reason="pytorch-crf is not installed (pip install pytorch-crf)")

@@ -11,6 +11,9 @@ from fusedloss import nn_sequence, paddle_sequence as paddle
 from fusedloss.reference.hsigmoid import default_paths, hsigmoid_loss
 from fusedloss.reference.nce import nce_loss
 
+# CPU tensors on every test device: proofs of the reference itself, which is device-agnostic
+pytestmark = pytest.mark.cpu_tensors
+
 # Default tree for 5 classes, worked by hand from code = c + 5: [(inner node, bit), ...] root last.
 FIVE_CLASS_PATHS = {
     0: [(1, 1), (0, 0)],          # code 5 = 0b101

@@ -20,6 +20,7 @@ import torch.nn.functional as torch_F
 
 from .. import _backend
 from .. import functional
+from .twins import torch_function
 
 # (rtol, atol) for values and for gradients, per input dtype
 TOLERANCES = {
@@ -132,7 +133,7 @@ def run_with_gradients(fn, args, kwargs, grad_seed, dtype=None, grad_output_dtyp
 
 
 def _torch_twin(fn_name, kwargs):
-    twin = _TORCH_COMPOSITIONS.get(fn_name) or getattr(torch_F, fn_name, None)
+    twin = _TORCH_COMPOSITIONS.get(fn_name) or torch_function(fn_name)
     if twin is None or any(kwargs.get(k, default) != default for k, default in _EXTRAS.items()):
         return None
     return twin

@@ -6,7 +6,13 @@ when a call resolves to the 'triton' backend.
 """
 import torch
 
-from . import crf, cross_entropy, ctc, elementwise, hsigmoid, linear_cross_entropy, nce
+from .._backend import interpreting
+from . import _interpreter_compat
+
+if interpreting():
+    _interpreter_compat.install()
+
+from . import crf, cross_entropy, ctc, elementwise, hsigmoid, linear_cross_entropy, nce  # noqa: E402
 
 # Each kernel function runs outside torch.compile's tracing: under torch.compile a fused loss is
 # a graph break, run eagerly, rather than a trace through Triton's launcher (which fails under

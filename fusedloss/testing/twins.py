@@ -1,0 +1,26 @@
+"""torch's own implementation of a loss, on whichever torch is installed.
+
+torch.nn.functional.linear_cross_entropy arrived in torch 2.13; on older builds its documented
+equivalent, cross_entropy(linear(input, W, b), target), is the twin (the same formula torch's
+docstring gives as its reference implementation), so the fuzzer, the tests and the benchmarks
+measure against torch on every supported version.
+"""
+import torch.nn.functional as torch_F
+
+
+def _linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                          reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
+    del options  # torch's chunking hints; the composition has nothing to chunk
+    logits = torch_F.linear(input, linear_weight, linear_bias)
+    return torch_F.cross_entropy(logits, target, weight=weight, reduction=reduction,
+                                 ignore_index=-100 if ignore_index is None else ignore_index,
+                                 label_smoothing=label_smoothing)
+
+
+_COMPOSITIONS = {"linear_cross_entropy": _linear_cross_entropy}
+
+
+def torch_function(name):
+    """torch.nn.functional.<name>, or its composition where this torch lacks it; None when torch
+    has no such loss at all."""
+    return getattr(torch_F, name, None) or _COMPOSITIONS.get(name)
