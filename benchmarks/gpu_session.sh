@@ -1,40 +1,48 @@
 #!/usr/bin/env bash
-# The one script a session with a lent GPU runs (device tool: `bash benchmarks/gpu_session.sh`):
-# the differential check of every kernel on CUDA, then every benchmark, each stage under its own
-# time limit so one slow stage cannot eat the whole lease. Results, in $OUT (or ./gpu-out):
+# The one script a session with a lent GPU runs, with .whl carried beside the tree (made here by
+# `bash benchmarks/fetch_peer_wheels.sh`):
+#   device tool: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
+# Stages, each under its own time limit so one slow stage cannot eat the lease (9 minutes in
+# all by default): the peers installed from the wheels; the test suite on CUDA tensors through
+# the compiled kernels; the differential check of every kernel on CUDA; every benchmark with its
+# peers. Results, in $OUT (or ./gpu-out), at most 8 files (what the device tool returns):
 #   env.txt             device, driver and versions
+#   tests.txt           the CUDA test suite's summary (pytest's short report)
 #   check.json          python -m fusedloss check --device cuda (the kernels against the reference)
-#   gpu-results.tar.gz  every stage's log and each benchmark family's CSV (device and versions in
-#                       every row); packed on exit, also when a limit cut a stage short
-# The device tool returns at most 8 files, hence the archive. The machine has no network:
-# fusedloss runs from the working tree (PYTHONPATH), and a package it lacks (pytorch-crf for the
-# CRF peer) travels as a wheel in .whl/ (device README).
+#   gpu-results.tar.gz  every stage's log, the suite's junit XML and each benchmark family's CSV
+#                       (device and versions in every row); packed on exit, also when a limit
+#                       cut a stage short
+# The machine has no network: fusedloss runs from the working tree (PYTHONPATH).
 set -u -o pipefail
 OUT=${OUT:-gpu-out}
 RESULTS=$(mktemp -d)
 mkdir -p "$OUT"
-trap 'cp "$RESULTS/check.json" "$RESULTS/env.txt" "$OUT/" 2>/dev/null; tar -czf "$OUT/gpu-results.tar.gz" -C "$RESULTS" .' EXIT
+trap 'cp "$RESULTS/check.json" "$RESULTS/env.txt" "$RESULTS/tests.txt" "$OUT/" 2>/dev/null; tar -czf "$OUT/gpu-results.tar.gz" -C "$RESULTS" .' EXIT
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  python3 -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+  python3 -c "import liger_kernel, cut_cross_entropy, torchcrf; print('peers importable: liger-kernel, cut-cross-entropy, pytorch-crf')"
   date -u +%Y-%m-%dT%H:%MZ; } > "$RESULTS/env.txt" 2>&1
 cat "$RESULTS/env.txt"
 
-# Stage limits sum to under the device tool's 10 minutes a command (every kernel variant is
-# compiled on first use, so the check's cases cost compile time too).
+# Every kernel variant compiles on first use; the suite runs first, so the check and the
+# benchmarks find most of them in triton's cache.
 status=0
-timeout "${CHECK_SECONDS:-170}" python3 -m fusedloss check --device cuda \
+timeout "${TEST_SECONDS:-200}" python3 -m pytest -q -x --device cuda -p no:cacheprovider \
+  -r fEs --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" || status=1
+tail -n 40 "$RESULTS/tests.log" > "$RESULTS/tests.txt"
+timeout "${CHECK_SECONDS:-100}" python3 -m fusedloss check --device cuda \
   --examples "${CHECK_EXAMPLES:-20}" --json "$RESULTS/check.json" 2>&1 | tee "$RESULTS/check.log" \
   || status=1
 for script in benchmarks/bench_*.py; do
   name=$(basename "$script" .py)
-  timeout "${BENCH_SECONDS:-60}" python3 "$script" --csv "$RESULTS/$name.csv" 2>&1 \
+  timeout "${BENCH_SECONDS:-40}" python3 "$script" --csv "$RESULTS/$name.csv" 2>&1 \
     | tee "$RESULTS/$name.log" || status=1
 done
 exit $status
