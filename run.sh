@@ -3,6 +3,7 @@
 #   bash run.sh check [ARGS...]   the kernels against the reference (python -m fusedloss check)
 #   bash run.sh test  [ARGS...]   the test suite (what CI runs, on both stacks below)
 #   bash run.sh compile [ARGS...] every kernel compiled ahead of time for sm_90 (no GPU needed)
+#   bash run.sh traffic [ARGS...] bytes each loss moves fwd+bwd, counted on the CPU (--check: ceilings)
 #   bash run.sh bench [ARGS...]   the benchmarks (meaningful on a CUDA machine)
 # FUSEDLOSS_STACK picks the software stack, each in its own virtual environment:
 #   newest (default)  .venv: the pinned CPU build of torch 2.13.0 and the triton it takes, made
@@ -40,6 +41,7 @@ case "$command" in
   check)   exec "$PY" -m fusedloss check "$@" ;;
   test)    exec "$PY" -m pytest -q "$@" ;;
   compile) exec "$PY" benchmarks/compile_sm90.py "$@" ;;
+  traffic) exec "$PY" benchmarks/traffic.py "$@" ;;
   bench)   exec "$PY" benchmarks/run_all.py "$@" ;;
-  *) echo "usage: [FUSEDLOSS_STACK=newest|gpu-machine] bash run.sh check|test|compile|bench [ARGS...]" >&2; exit 2 ;;
+  *) echo "usage: [FUSEDLOSS_STACK=newest|gpu-machine] bash run.sh check|test|compile|traffic|bench [ARGS...]" >&2; exit 2 ;;
 esac

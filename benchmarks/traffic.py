@@ -1,0 +1,279 @@
+"""Bytes each loss moves, forward + backward, counted on the CPU with the GPU's launch sizes.
+
+The loss is memory-bound, so its speed on a GPU is the bytes it moves; this counts them without
+one. Each call runs forward and backward (torch.autograd.grad with grad_output = 1, as
+`loss.backward()` does) through Triton's interpreter with the GPU's block sizes
+(FUSEDLOSS_LAUNCH_PARAMS=gpu), and counts:
+- kernel traffic: every lane of every tl.load / tl.store (and atomic) that the mask lets
+  through, times its element size. Every access counts, re-reads of a row included: no cache is
+  modelled, so a second sweep over a row shows as a second read of it;
+- torch traffic: every aten op outside the kernels (TorchDispatchMode), its tensor inputs read
+  and its outputs written (`empty*` write nothing; views and metadata ops move nothing and are
+  not counted as ops);
+- launches (kernels) and torch ops (non-view aten ops, autograd's own included).
+Traffic is shown in units of the call's big tensor (the logits, or the input), beside the
+family's bound: what the math must move (cross entropy: read the logits, write the gradient = 2;
+pointwise: read input and target, write the gradient = 3).
+
+    python benchmarks/traffic.py            # the table
+    python benchmarks/traffic.py --check    # and exit 1 where a call moves more than its ceiling
+    python benchmarks/traffic.py --markdown # the table as Markdown (for the README)
+
+`--check` (CI runs it) holds every call to its ceiling below: the traffic measured when the
+ceiling was set, so a change that adds a pass fails CI. Lower a ceiling when a kernel improves.
+"""
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+os.environ["FUSEDLOSS_LAUNCH_PARAMS"] = "gpu"
+
+import numpy  # noqa: E402
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from triton.runtime import interpreter  # noqa: E402
+
+import fusedloss.functional as F  # noqa: E402
+
+
+@dataclasses.dataclass
+class Traffic:
+    kernel_read: int = 0
+    kernel_written: int = 0
+    torch_read: int = 0
+    torch_written: int = 0
+    launches: int = 0
+    torch_ops: int = 0
+
+    @property
+    def total(self):
+        return self.kernel_read + self.kernel_written + self.torch_read + self.torch_written
+
+
+_counter = None     # the Traffic being filled, while a measurement runs
+_in_kernel = False  # the interpreter's own host copies around a launch are not the kernel's
+
+
+def _element_bytes(pointers):
+    return pointers.get_element_ty().primitive_bitwidth // 8
+
+
+def _lanes(pointers, mask):
+    if mask is None:
+        return pointers.data.size
+    return int(numpy.broadcast_to(mask.data, pointers.data.shape).sum())
+
+
+def _counted(method, reads, writes, pointer_position, mask_position):
+    """`method` of the interpreter's builder, adding the lanes it moves to the counter."""
+    def counted(builder, *args, **kwargs):
+        if _counter is not None:
+            pointers = args[pointer_position]
+            mask = args[mask_position] if mask_position is not None else None
+            moved = _lanes(pointers, mask) * _element_bytes(pointers)
+            _counter.kernel_read += moved * reads
+            _counter.kernel_written += moved * writes
+        return method(builder, *args, **kwargs)
+    return counted
+
+
+# builder method -> (reads, writes, position of the pointers, position of the mask); the leading
+# arguments are the same in triton 3.6 and 3.9 (create_load / create_store call the masked ones)
+_MEMORY_OPS = {
+    "create_masked_load": (1, 0, 0, 1),
+    "create_masked_store": (0, 1, 0, 2),
+    "create_atomic_rmw": (1, 1, 1, 3),
+    "create_atomic_cas": (1, 1, 0, None),
+}
+
+
+def _install_kernel_counters():
+    """Wrap the interpreter's memory ops and its launch."""
+    builder = interpreter.InterpreterBuilder
+    for name, positions in _MEMORY_OPS.items():
+        setattr(builder, name, _counted(getattr(builder, name), *positions))
+    run = interpreter.InterpretedFunction.run
+
+    def launch(self, *args, **kwargs):
+        global _in_kernel
+        if _counter is not None and not kwargs.get("warmup"):
+            _counter.launches += 1
+        _in_kernel = True
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            _in_kernel = False
+    interpreter.InterpretedFunction.run = launch
+
+
+def _is_view(func):
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+
+
+def _tensor_bytes(values):
+    return sum(v.numel() * v.element_size() for v in values if torch.is_tensor(v))
+
+
+# ops whose first argument is only written, never read
+_OVERWRITE_SELF = {"copy_", "fill_", "zero_"}
+_NOTHING_WRITTEN = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+
+class _TorchTraffic(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if _counter is not None and not _in_kernel and not _is_view(func):
+            name = func._schema.name.split("::")[-1]
+            _counter.torch_ops += 1
+            read = list(args[1:] if name in _OVERWRITE_SELF else args) + list(kwargs.values())
+            _counter.torch_read += _tensor_bytes(torch.utils._pytree.tree_leaves(read))
+            if name not in _NOTHING_WRITTEN:
+                _counter.torch_written += _tensor_bytes(torch.utils._pytree.tree_leaves(out))
+        return out
+
+
+@contextlib.contextmanager
+def counting():
+    global _counter
+    _counter = Traffic()
+    try:
+        with _TorchTraffic():
+            yield _counter
+    finally:
+        _counter = None
+
+
+def measure(loss_fn, inputs):
+    """Traffic of forward + backward of `loss_fn(*inputs)` w.r.t. the inputs that require grad."""
+    leaves = [x for x in inputs if torch.is_tensor(x) and x.requires_grad]
+    with counting() as traffic:
+        loss = loss_fn(*inputs)
+        torch.autograd.grad(loss, leaves)
+    return traffic
+
+
+# --- the counter checked on what it must see ----------------------------------------------------
+
+@triton.jit
+def _copy_kernel(source_ptr, destination_ptr, numel, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < numel
+    tl.store(destination_ptr + offsets, tl.load(source_ptr + offsets, mask=mask), mask=mask)
+
+
+def self_check():
+    """The counter on calls whose traffic is known: a masked copy kernel over 1000 fp32 (4 blocks
+    of 256, the last one partly masked off) moves 4000 bytes each way in one launch; `x * 2` on
+    1000 fp32 is one op reading 4000 bytes and writing 4000."""
+    source = torch.randn(1000)
+    destination = torch.empty_like(source)
+    with counting() as copy:
+        _copy_kernel[(4,)](source, destination, source.numel(), BLOCK=256)
+    assert torch.equal(source, destination)
+    assert (copy.kernel_read, copy.kernel_written, copy.launches, copy.torch_ops) == (4000, 4000, 1, 0), copy
+    with counting() as multiply:
+        source * 2
+    assert (multiply.torch_read, multiply.torch_written, multiply.torch_ops) == (4000, 4000, 1), multiply
+
+
+# --- the calls ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    build: object        # () -> (loss_fn, inputs, big tensor)
+    bound: float         # the family's bound, in big-tensor units
+    ceiling: float       # --check fails above this (today's measure; lower it as kernels improve)
+    max_launches_and_ops: int
+
+
+def _generator():
+    return torch.Generator().manual_seed(0)
+
+
+def _cross_entropy(tokens, vocabulary, dtype, **options):
+    def build():
+        logits = torch.randn(tokens, vocabulary, generator=_generator()).to(dtype).requires_grad_()
+        target = torch.randint(0, vocabulary, (tokens,), generator=_generator())
+        target[1::4] = -100
+        return (lambda x, t: F.cross_entropy(x, t, **options)), (logits, target), logits
+    return build
+
+
+def _pointwise(fn, numel, dtype, probabilities=False):
+    def build():
+        x = torch.randn(numel, generator=_generator()).to(dtype)
+        if probabilities:
+            x = torch.sigmoid(x)
+        y = torch.rand(numel, generator=_generator()).to(dtype)
+        x.requires_grad_()
+        return fn, (x, y), x
+    return build
+
+
+CASES = [
+    Case("cross_entropy V=4096 fp32 (one block)", _cross_entropy(16, 4096, torch.float32), 2.0, 4.0, 22),
+    Case("cross_entropy V=32768 fp32", _cross_entropy(8, 32768, torch.float32), 2.0, 5.0, 22),
+    Case("cross_entropy V=32768 bf16", _cross_entropy(8, 32768, torch.bfloat16), 2.0, 5.0, 23),
+    Case("cross_entropy V=32768 bf16 smoothing", _cross_entropy(8, 32768, torch.bfloat16, label_smoothing=0.1),
+         2.0, 5.0, 23),
+    Case("binary_cross_entropy_with_logits fp32", _pointwise(F.binary_cross_entropy_with_logits, 1 << 16, torch.float32),
+         3.0, 5.0, 13),
+    Case("mse_loss fp32", _pointwise(F.mse_loss, 1 << 16, torch.float32), 3.0, 5.0, 13),
+    Case("smooth_l1_loss bf16", _pointwise(F.smooth_l1_loss, 1 << 16, torch.bfloat16), 3.0, 5.0, 14),
+    Case("binary_cross_entropy fp32 (probabilities)",
+         _pointwise(F.binary_cross_entropy, 1 << 16, torch.float32, probabilities=True), 3.0, 8.5, 18),
+]
+
+
+def run_cases():
+    rows = []
+    for case in CASES:
+        loss_fn, inputs, big = case.build()
+        traffic = measure(loss_fn, inputs)
+        big_bytes = big.numel() * big.element_size()
+        rows.append((case, traffic, traffic.total / big_bytes))
+    return rows
+
+
+def table(rows, markdown):
+    header = ("call", "kernel r/w", "torch r/w", "total / big tensor", "bound", "launches", "torch ops")
+    lines = []
+    for case, t, ratio in rows:
+        lines.append((case.name, f"{t.kernel_read / 2**20:.2f}/{t.kernel_written / 2**20:.2f} MiB",
+                      f"{t.torch_read / 2**20:.2f}/{t.torch_written / 2**20:.2f} MiB", f"{ratio:.2f}",
+                      f"{case.bound:.1f}", str(t.launches), str(t.torch_ops)))
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *lines])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 where a call exceeds its ceiling")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args()
+    _install_kernel_counters()
+    self_check()
+    rows = run_cases()
+    print(table(rows, args.markdown))
+    if args.check:
+        over = [(case, t, ratio) for case, t, ratio in rows
+                if ratio > case.ceiling + 0.01 or t.launches + t.torch_ops > case.max_launches_and_ops]
+        for case, t, ratio in over:
+            print(f"FAIL {case.name}: {ratio:.2f} x the big tensor (ceiling {case.ceiling}), "
+                  f"{t.launches + t.torch_ops} launches + torch ops (ceiling {case.max_launches_and_ops})")
+        sys.exit(1 if over else 0)
+
+
+if __name__ == "__main__":
+    main()
