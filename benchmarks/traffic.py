@@ -218,17 +218,17 @@ def _pointwise(fn, numel, dtype, probabilities=False):
 
 
 CASES = [
-    Case("cross_entropy V=4096 fp32 (one block)", _cross_entropy(16, 4096, torch.float32), 2.0, 4.0, 22),
-    Case("cross_entropy V=32768 fp32", _cross_entropy(8, 32768, torch.float32), 2.0, 5.0, 22),
-    Case("cross_entropy V=32768 bf16", _cross_entropy(8, 32768, torch.bfloat16), 2.0, 5.0, 23),
+    Case("cross_entropy V=4096 fp32 (one block)", _cross_entropy(16, 4096, torch.float32), 2.0, 2.0, 22),
+    Case("cross_entropy V=32768 fp32", _cross_entropy(8, 32768, torch.float32), 2.0, 3.0, 22),
+    Case("cross_entropy V=32768 bf16", _cross_entropy(8, 32768, torch.bfloat16), 2.0, 3.0, 23),
     Case("cross_entropy V=32768 bf16 smoothing", _cross_entropy(8, 32768, torch.bfloat16, label_smoothing=0.1),
-         2.0, 5.0, 23),
+         2.0, 3.0, 23),
     Case("binary_cross_entropy_with_logits fp32", _pointwise(F.binary_cross_entropy_with_logits, 1 << 16, torch.float32),
-         3.0, 5.0, 13),
-    Case("mse_loss fp32", _pointwise(F.mse_loss, 1 << 16, torch.float32), 3.0, 5.0, 13),
-    Case("smooth_l1_loss bf16", _pointwise(F.smooth_l1_loss, 1 << 16, torch.bfloat16), 3.0, 5.0, 14),
+         3.0, 3.0, 13),
+    Case("mse_loss fp32", _pointwise(F.mse_loss, 1 << 16, torch.float32), 3.0, 3.0, 13),
+    Case("smooth_l1_loss bf16", _pointwise(F.smooth_l1_loss, 1 << 16, torch.bfloat16), 3.0, 3.0, 14),
     Case("binary_cross_entropy fp32 (probabilities)",
-         _pointwise(F.binary_cross_entropy, 1 << 16, torch.float32, probabilities=True), 3.0, 8.5, 18),
+         _pointwise(F.binary_cross_entropy, 1 << 16, torch.float32, probabilities=True), 3.0, 6.5, 18),
 ]
 
 

@@ -27,7 +27,8 @@ import triton.language as tl
 
 from .._args import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_block,
-                      row_warps, scale_gradient, triton_accumulation)
+                      row_warps, triton_accumulation)
+from ._scale import scale_saved_gradients
 
 
 @triton.jit
@@ -377,7 +378,6 @@ class _SoftmaxLoss(torch.autograd.Function):
         # made here (grad mode off) could not be scaled in place by the backward
         loss, lse, grad = _softmax_loss_forward(input.detach(), target, weight, **options)
         ctx.reduction = options["reduction"]
-        ctx.inplace = options["inplace"]
         ctx.input_dim = input.dim()
         if grad is not None:
             ctx.save_for_backward(grad)
@@ -391,7 +391,7 @@ class _SoftmaxLoss(torch.autograd.Function):
     def backward(ctx, grad_output, *unused_lse_grad):
         (grad,) = ctx.saved_tensors
         grad_output = _backward_scale(grad_output, ctx.reduction, ctx.input_dim)
-        return scale_gradient(grad, grad_output, ctx.inplace), None, None, None
+        return scale_saved_gradients(ctx, grad_output, grad)[0], None, None, None
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",

@@ -23,7 +23,8 @@ import triton.language as tl
 
 from . import dice
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_warps,
-                      scale_gradient, triton_accumulation)
+                      triton_accumulation)
+from ._scale import scale_saved_gradients
 from .elementwise_losses import LOSS_IDS, apply_loss
 
 
@@ -163,17 +164,16 @@ class _ElementwiseLoss(torch.autograd.Function):
         *grads, weight_sum, mean = ctx.saved_tensors
         if ctx.weighted_mean:  # loss = sum(w l) / sum(w)
             grad_output = grad_output.to(weight_sum.dtype) / weight_sum
-        result = []
-        for i, (grad, need, operand) in enumerate(zip(grads, ctx.needs_input_grad[-4:], ctx.operands)):
-            if not need:
-                result.append(None)
-                continue
-            grad = grad.view(ctx.shape)
-            if i == 3 and ctx.weighted_mean:  # d/dw_i of sum(w l) / sum(w) is (l_i - mean) / sum(w)
-                grad = grad - mean
-            grad = scale_gradient(grad, grad_output, inplace=False)
-            shape, dtype = operand
-            result.append(grad.sum_to_size(shape).to(dtype))
+        wanted = []
+        for i, (grad, need) in enumerate(zip(grads, ctx.needs_input_grad[-4:])):
+            if need:
+                grad = grad.view(ctx.shape)
+                if i == 3 and ctx.weighted_mean:  # d/dw_i of sum(w l) / sum(w) is (l_i - mean) / sum(w)
+                    grad = grad - mean
+            wanted.append(grad if need else None)
+        scaled = scale_saved_gradients(ctx, grad_output, *wanted)
+        result = [None if grad is None else grad.sum_to_size(operand[0]).to(operand[1])
+                  for grad, operand in zip(scaled, ctx.operands)]
         return (None,) * 6 + tuple(result)
 
 

@@ -1,0 +1,87 @@
+"""The shared backward of precomputed-gradient losses (triton_kernels/_scale.py) through the
+interpreter: exact products, in place, nothing written when grad_output is exactly 1, and a
+second backward through a retained graph exact or refused, never silently wrong."""
+import pytest
+import torch
+
+import fusedloss
+from fusedloss import functional as F
+from fusedloss.triton_kernels import _scale
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def _gradient(numel, dtype):
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(numel, generator=generator, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", [0.5, -3.0, 0.0, 1.0 + 2 ** -10, float("inf"), float("nan")])
+def test_scale_equals_torchs_product_in_place(dtype, value):
+    grad = _gradient(2500, dtype)  # 3 programs, the last one partly masked
+    expected = grad * torch.tensor(value, dtype=dtype)
+    storage = grad.data_ptr()
+    result = _scale.scale_in_place(grad, torch.tensor(value, dtype=dtype))
+    assert result.data_ptr() == storage
+    torch.testing.assert_close(result, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_leaves_every_bit_alone(dtype):
+    grad = _gradient(1500, dtype)
+    grad[7] = float("nan")
+    before = grad.clone()
+    result = _scale.scale_in_place(grad, torch.ones((), dtype=torch.float32))
+    assert result.data_ptr() == grad.data_ptr()
+    assert torch.equal(result.view(torch.uint8), before.view(torch.uint8))
+
+
+def test_grad_output_of_another_dtype_is_cast_first():
+    grad = _gradient(100, torch.bfloat16)
+    grad_output = torch.tensor(1.0 / 3.0, dtype=torch.float64)
+    expected = grad * grad_output.to(torch.bfloat16)
+    torch.testing.assert_close(_scale.scale_in_place(grad.clone(), grad_output), expected, rtol=0, atol=0)
+
+
+def test_per_element_and_non_contiguous_gradients_scale_by_torch():
+    grad = _gradient(60, torch.float32).view(6, 10)
+    per_row = torch.linspace(-1, 2, 6).unsqueeze(1)
+    torch.testing.assert_close(_scale.scale_in_place(grad.clone(), per_row), grad * per_row, rtol=0, atol=0)
+    transposed = grad.clone().t()
+    torch.testing.assert_close(_scale.scale_in_place(transposed, torch.tensor(2.0)), grad.t() * 2, rtol=0, atol=0)
+
+
+def test_empty_gradient():
+    grad = torch.empty(0, 5)
+    assert _scale.scale_in_place(grad, torch.tensor(3.0)).shape == (0, 5)
+
+
+def _losses():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 1500, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 1500, (4,), generator=generator)
+    x, y = torch.randn(300, generator=generator, dtype=torch.float64), torch.randn(300, generator=generator, dtype=torch.float64)
+    return {"cross_entropy": (lambda z: F.cross_entropy(z, target, label_smoothing=0.1), logits),
+            "mse_loss": (lambda z: F.mse_loss(z, y), x)}
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse_loss"])
+def test_second_backward_after_grad_output_one_is_exact(name):
+    loss_fn, value = _losses()[name]
+    ours, theirs = value.clone().requires_grad_(), value.clone().requires_grad_()
+    loss = loss_fn(ours)
+    loss.backward(retain_graph=True)
+    loss.backward(torch.tensor(-2.5, dtype=loss.dtype))
+    with fusedloss.use_backend("reference"):
+        expected = torch.autograd.grad(loss_fn(theirs), theirs)[0] * (1 - 2.5)
+    torch.testing.assert_close(ours.grad, expected)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse_loss"])
+def test_second_backward_after_another_grad_output_raises(name):
+    loss_fn, value = _losses()[name]
+    loss = loss_fn(value.clone().requires_grad_())
+    loss.backward(torch.tensor(3.0, dtype=loss.dtype), retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
