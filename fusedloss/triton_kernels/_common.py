@@ -4,6 +4,7 @@ that scales a gradient precomputed in the forward sweep by grad_output.
 One place for these so a tuning change reaches every op (no per-file copies of heuristics).
 """
 import math
+import os
 
 import numpy
 import torch
@@ -12,13 +13,20 @@ import triton.language as tl
 
 from .._backend import interpreting
 
+# Whether launch sizes (blocks, chunk rows) are the GPU's. Under the interpreter they are small so
+# that tests at small shapes still run every block loop; FUSEDLOSS_LAUNCH_PARAMS=gpu, set before
+# this module is imported, gives the interpreter the GPU's sizes instead, for tools that run the
+# real host code to see what a GPU would launch (benchmarks/compile_sm90.py). Kernel math is the
+# same either way.
+GPU_LAUNCH_PARAMS = not interpreting() or os.environ.get("FUSEDLOSS_LAUNCH_PARAMS") == "gpu"
+
 # Largest vocabulary block one program sweeps at a time. Rows longer than this loop over blocks
 # with an online log-sum-exp; shorter rows take one block of the next power of two. 8192 with 32
 # warps compiles for sm_90 (triton 3.9, ahead of time) without register spills in every variant
 # of the cross-entropy row kernel; 32768 spilled up to 1.6 KB per thread with every option on.
-MAX_ROW_BLOCK = 8192 if not interpreting() else 1024
+MAX_ROW_BLOCK = 8192 if GPU_LAUNCH_PARAMS else 1024
 # Elements per program for flat elementwise kernels.
-ELEMENTWISE_BLOCK = 4096 if not interpreting() else 1024
+ELEMENTWISE_BLOCK = 4096 if GPU_LAUNCH_PARAMS else 1024
 
 
 def row_block(num_columns):

@@ -37,16 +37,16 @@ import triton
 import triton.language as tl
 
 from .._args import reduce
-from .._backend import interpreting
-from ._common import accumulation_dtype, round_to, scale_gradient, triton_accumulation
+from ._common import (GPU_LAUNCH_PARAMS, accumulation_dtype, round_to, scale_gradient,
+                      triton_accumulation)
 
 # Launch sizes of the gathered-row kernels (here, not in _common: only hsigmoid and NCE gather
 # rows). A 32 x 64 fp32 tile of gathered rows needs ~150 registers a thread at 4 warps and no
 # spills (ptxas, sm_90); fp64 halves the columns. The interpreter's are tiny so small tests run
 # every chunk loop.
-MAX_BLOCK_D = 64 if not interpreting() else 32     # feature columns per step (fp32)
-MAX_BLOCK_M = 32 if not interpreting() else 4      # entries (path nodes / classes) per step
-SCATTER_BLOCK_E = 32 if not interpreting() else 4  # segment entries per step of the scatter
+MAX_BLOCK_D = 64 if GPU_LAUNCH_PARAMS else 32     # feature columns per step (fp32)
+MAX_BLOCK_M = 32 if GPU_LAUNCH_PARAMS else 4      # entries (path nodes / classes) per step
+SCATTER_BLOCK_E = 32 if GPU_LAUNCH_PARAMS else 4  # segment entries per step of the scatter
 NUM_WARPS = 4
 
 

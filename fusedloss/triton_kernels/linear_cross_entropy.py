@@ -35,14 +35,13 @@ import torch
 import triton
 
 from .._args import reduce
-from .._backend import interpreting
-from ._common import accumulation_dtype, scale_gradient
+from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, scale_gradient
 from .cross_entropy import _check_no_grad, _hard_denominator, launch_row_kernel
 
 # Fewest rows per chunk on a GPU. A chunk's rows are the inner dimension of
 # grad_W += dlogits_c^T @ X_c, which reads and writes the whole fp32 (V, H) accumulator once per
 # chunk: below ~1024 rows that traffic, not the arithmetic, bounds the product on an H100.
-MIN_CHUNK_ROWS = 1 if interpreting() else 1024
+MIN_CHUNK_ROWS = 1024 if GPU_LAUNCH_PARAMS else 1
 
 
 def chunk_rows(num_rows, num_classes, features):

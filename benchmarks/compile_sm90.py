@@ -1,0 +1,347 @@
+"""Compiles every launched Triton kernel of fusedloss for sm_90 (H100/H200) without a GPU, in the
+specialisations the library's own host code launches, and reports registers and spills.
+
+Two steps, each in its own process:
+  record   fusedloss.functional calls (forward and backward) run on CPU tensors through the
+           Triton interpreter with the GPU's launch sizes (FUSEDLOSS_LAUNCH_PARAMS=gpu). Every
+           kernel launch is intercepted before it executes: triton's own argument binder, set up
+           for an sm_90 target, turns its arguments into the specialisation a GPU launch would
+           compile (argument types, ints equal to 1 or divisible by 16, 16-byte aligned
+           pointers, constexpr values, num_warps), and the launch is skipped. Outputs therefore
+           hold garbage, which nothing here reads.
+  compile  each distinct specialisation is compiled for sm_90 with the real JITFunction, in a
+           process without the interpreter (so the kernels' globals are the GPU's), and the
+           report of the ptxas run triton makes gives registers and spill bytes.
+It exits 1 when a specialisation fails to compile (naming kernel and specialisation) or when a
+kernel that fusedloss/triton_kernels/*.py launches (`kernel[grid](...)`) was never reached.
+
+    python benchmarks/compile_sm90.py        # realistic training shapes, every dtype (CI)
+    python benchmarks/compile_sm90.py --all  # every specialisation the fuzzer's calls reach:
+                                             # --examples calls per loss (default 200) drawn
+                                             # with its hypothesis strategies
+"""
+import argparse
+import ast
+import contextlib
+import dataclasses
+import importlib
+import io
+import math
+import os
+import pathlib
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+KERNEL_DIR = pathlib.Path(__file__).resolve().parent.parent / "fusedloss" / "triton_kernels"
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+FUZZ_SEED = 20240601  # the fuzz tests' seed: two --all runs compile the same set
+
+
+def _target():
+    from triton.backends.compiler import GPUTarget
+    return GPUTarget("cuda", 90, 32)  # what the CUDA driver reports for an H100/H200
+
+
+@dataclasses.dataclass
+class Launch:
+    """One specialisation of one kernel, as JITFunction.run would hand it to triton.compile."""
+    module: str
+    name: str
+    signature: dict  # argument name -> triton type ('*bf16', 'i32', 'constexpr', ...)
+    constexprs: dict  # argument index path -> value (declared constexprs and ints equal to 1)
+    attrs: dict  # argument index path -> [['tt.divisibility', 16]] and the like
+    options: dict  # launch options: num_warps, ...
+    reached_by: str  # the first call that launched it
+
+    def key(self):
+        return repr((self.module, self.name, self.signature, self.constexprs, self.attrs,
+                     self.options))
+
+
+# --- record (runs under TRITON_INTERPRET=1) -------------------------------------------------
+
+def _realistic_calls():
+    """(label, loss name, args, kwargs): one call per loss family and option that reaches each
+    kernel, at training shapes, in every dtype the kernels take."""
+    import torch
+    generator = torch.Generator().manual_seed(0)
+
+    def randint(high, *shape, low=0):
+        return torch.randint(low, high, shape, generator=generator)
+
+    for dtype_name in DTYPES:
+        dtype = getattr(torch, dtype_name)
+
+        def randn(*shape, grad=False):
+            return torch.randn(shape, generator=generator).to(dtype).requires_grad_(grad)
+
+        def uniform(*shape, low=0.0, high=1.0):
+            return (low + (high - low) * torch.rand(shape, generator=generator)).to(dtype)
+
+        def call(label, name, *args, **kwargs):
+            return f"{label} {dtype_name}", name, args, kwargs
+
+        # softmax family: LM vocabularies (Llama 3, Llama 2, GPT-2: not a multiple of 16), an
+        # ImageNet head (one block) and a segmentation map (classes strided by H*W)
+        for vocab in (128256, 32000, 50257):
+            yield call(f"cross_entropy V={vocab}", "cross_entropy", randn(4, vocab, grad=True),
+                       randint(vocab, 4))
+        yield call("cross_entropy V=128256 every option", "cross_entropy",
+                   randn(4, 128256, grad=True), randint(128256, 4), weight=uniform(128256),
+                   label_smoothing=0.1, z_loss=1e-4, softcap=30.0, return_lse=True)
+        yield call("cross_entropy V=128256 eval", "cross_entropy", randn(4, 128256),
+                   randint(128256, 4), reduction="none")
+        yield call("cross_entropy V=32000 soft labels", "cross_entropy",
+                   randn(4, 32000, grad=True), randn(4, 32000).float().softmax(-1).to(dtype),
+                   label_smoothing=0.1)
+        yield call("cross_entropy C=1000", "cross_entropy", randn(256, 1000, grad=True),
+                   randint(1000, 256))
+        yield call("cross_entropy C=21 64x64", "cross_entropy", randn(4, 21, 64, 64, grad=True),
+                   randint(21, 4, 64, 64))
+        yield call("softmax_focal_loss V=32000", "softmax_focal_loss", randn(8, 32000, grad=True),
+                   randint(32000, 8), alpha=uniform(32000), gamma=2.0)
+        log_probs = randn(4, 21, 64, 64).float().log_softmax(1).to(dtype).requires_grad_()
+        yield call("nll_loss C=21 64x64", "nll_loss", log_probs, randint(21, 4, 64, 64),
+                   weight=uniform(21))
+        yield call("linear_cross_entropy V=128256 H=64", "linear_cross_entropy",
+                   randn(8, 64, grad=True), randn(128256, 64, grad=True), randint(128256, 8))
+
+        # elementwise family: 64 x 4096 activations (64 blocks)
+        shape = (64, 4096)
+        yield call("binary_cross_entropy_with_logits weight pos_weight",
+                   "binary_cross_entropy_with_logits", randn(*shape, grad=True), uniform(*shape),
+                   weight=uniform(*shape), pos_weight=uniform(4096, high=4.0))
+        yield call("binary_cross_entropy weight", "binary_cross_entropy",
+                   uniform(*shape, low=0.01, high=0.99).requires_grad_(), uniform(*shape),
+                   weight=uniform(*shape))
+        yield call("sigmoid_focal_loss", "sigmoid_focal_loss", randn(*shape, grad=True),
+                   randint(2, *shape).to(dtype), reduction="sum")
+        for name in ("smooth_l1_loss", "huber_loss", "mse_loss"):
+            yield call(name, name, randn(*shape, grad=True), randn(*shape))
+        yield call("l1_loss weight", "l1_loss", randn(*shape, grad=True), randn(*shape),
+                   weight=uniform(*shape))
+        yield call("margin_ranking_loss", "margin_ranking_loss", randn(262144, grad=True),
+                   randn(262144, grad=True), (2 * randint(2, 262144) - 1).to(dtype), margin=0.5)
+        yield call("rank_loss", "rank_loss", randint(2, 262144).to(dtype),
+                   randn(262144, grad=True), randn(262144, grad=True))
+        yield call("dice_loss 4x64x64 C=21", "dice_loss",
+                   randn(4, 64, 64, 21).float().softmax(-1).to(dtype).requires_grad_(),
+                   randint(21, 4, 64, 64, 1))
+
+        # sequences: CTC over 1000 frames with 100+ labels (characters), a 64-tag CRF over 512 steps
+        targets = randint(32, 4, 120, low=1)
+        lengths = (torch.full((4,), 1000), torch.tensor([120, 110, 100, 120]))
+        log_probs = randn(1000, 4, 32).float().log_softmax(-1).to(dtype).requires_grad_()
+        yield call("ctc_loss T=1000 S=120 C=32", "ctc_loss", log_probs, targets, *lengths)
+        yield call("ctc_loss_with_logits T=1000 S=120 C=32", "ctc_loss_with_logits",
+                   randn(1000, 4, 32, grad=True), targets, *lengths)
+        mask = torch.arange(512) < torch.tensor([512, 480, 400, 512, 300, 512, 256, 500])[:, None]
+
+        def crf_params(grad):
+            return (randn(8, 512, 64, grad=grad), randn(64, 64, grad=grad), randn(64, grad=grad),
+                    randn(64, grad=grad))
+
+        emissions, *transitions = crf_params(True)
+        yield call("crf_nll T=512 K=64", "crf_nll", emissions, randint(64, 8, 512), *transitions,
+                   mask=mask)
+        emissions, *transitions = crf_params(False)
+        yield call("crf_nll T=512 K=64 eval", "crf_nll", emissions, randint(64, 8, 512),
+                   *transitions, mask=mask)
+        yield call("crf_marginals T=512 K=64", "crf_marginals", *crf_params(False), mask=mask)
+        yield call("crf_decode T=512 K=64", "crf_decode", *crf_params(False), mask=mask)
+
+        # gathered-row logistic losses: a 10000-class output layer
+        yield call("hsigmoid_loss C=10000 D=256", "hsigmoid_loss", randn(256, 256, grad=True),
+                   randint(10000, 256), 10000, randn(9999, 256, grad=True),
+                   bias=randn(9999, grad=True))
+        yield call("nce_loss C=10000 k=64 D=256", "nce_loss", randn(256, 256, grad=True),
+                   randint(10000, 256), randn(10000, 256, grad=True), randn(10000, grad=True),
+                   randint(10000, 256, 64), torch.full((10000,), -math.log(10000)).to(dtype))
+
+
+def _fuzz_calls(examples):
+    """(label, loss name, args, kwargs) for `examples` calls per loss drawn from the fuzzer's
+    hypothesis strategies (the same seed and dtypes as its tests)."""
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+    from fusedloss.testing import strategies
+
+    for name in strategies.LOSSES:
+        drawn = []
+
+        def keep(call):
+            drawn.append(call)
+
+        settings(max_examples=examples, deadline=None, database=None,
+                 suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate))(
+            seed(FUZZ_SEED)(given(strategies.calls(name))(keep)))()
+        for call in drawn:
+            yield f"fuzz {name}", call.fn_name, call.args, call.kwargs
+
+
+def record(launch_all, examples):
+    """Run the calls with every kernel launch intercepted; the distinct specialisations."""
+    from triton.compiler import make_backend
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    from fusedloss import functional
+    from fusedloss.testing.compare import run_with_gradients
+
+    backend = make_backend(_target())
+    binders = {}
+    launches = {}
+    current = [None]
+
+    def intercept(self, *args, grid, warmup, **kwargs):
+        # what JITFunction.run does before it compiles (its binder and _pack_args), for sm_90
+        if self.fn not in binders:
+            kernel = JITFunction(self.fn)
+            binders[self.fn] = kernel, create_function_from_signature(kernel.signature,
+                                                                      kernel.params, backend)
+        kernel, binder = binders[self.fn]
+        bound, specialization, options = binder(*args, **kwargs)
+        _, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
+                                                            specialization, options)
+        launch = Launch(self.fn.__module__, self.fn.__name__, signature, constexprs, attrs,
+                        options, current[0])
+        launches.setdefault(launch.key(), launch)
+
+    InterpretedFunction.run = intercept
+    calls = _fuzz_calls(examples) if launch_all else _realistic_calls()
+    for label, name, args, kwargs in calls:
+        current[0] = label
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's broadcast warnings on fuzzed calls
+            try:
+                run_with_gradients(getattr(functional, name), args, kwargs, grad_seed=0)
+            except Exception as error:
+                error.add_note(f"compile_sm90: raised by the call '{label}'")
+                raise
+    return list(launches.values())
+
+
+# --- compile (runs without the interpreter) -------------------------------------------------
+
+def launched_kernels():
+    """(module, name) of every JITFunction that fusedloss/triton_kernels/*.py launches with a
+    grid, `name[grid](...)`, read from the modules' source."""
+    from triton.runtime.jit import JITFunction
+    found = set()
+    for path in sorted(KERNEL_DIR.glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        module = importlib.import_module(f"fusedloss.triton_kernels.{path.stem}")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)
+                    and isinstance(node.func.value, ast.Name)
+                    and isinstance(getattr(module, node.func.value.id, None), JITFunction)):
+                found.add((module.__name__, node.func.value.id))
+    return found
+
+
+def compile_launch(launch):
+    """(registers, spill store bytes, spill load bytes) of the launch compiled for sm_90."""
+    import triton
+    from triton.compiler import ASTSource
+    kernel = getattr(importlib.import_module(launch.module), launch.name)
+    source = ASTSource(kernel, launch.signature, launch.constexprs, launch.attrs)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):  # triton prints its ptxas -v report (dump_ptxas_log)
+        triton.compile(source, target=_target(), options=launch.options)
+    report = log.getvalue()
+    found = [re.search(pattern, report) for pattern in (
+        r"Used (\d+) registers", r"(\d+) bytes spill stores", r"(\d+) bytes spill loads")]
+    if not all(found):
+        raise RuntimeError(f"no ptxas resource report in triton's output:\n{report[-400:]}")
+    return tuple(int(match.group(1)) for match in found)
+
+
+def describe(launch):
+    """(first float pointer's dtype, constexprs): True flags by name, False ones left out, ints
+    a GPU launch specialises to 1 as name=1."""
+    names = list(launch.signature)
+    dtype = next((kind[1:] for kind in launch.signature.values()
+                  if kind.startswith(("*fp", "*bf"))), "-")
+    parts = []
+    for (index, *_), value in launch.constexprs.items():
+        if value is True:
+            parts.append(names[index])
+        elif value is not False:
+            parts.append(f"{names[index]}={value}")
+    return dtype, " ".join(parts)
+
+
+def compile_all(launches):
+    """Compile every launch, printing one table row each; (failures, launches that spill)."""
+    from triton import knobs
+    knobs.nvidia.dump_ptxas_log = True
+    knobs.compilation.always_compile = True  # a cache hit would skip ptxas and its report
+    width = max(len(launch.reached_by) for launch in launches)
+    print(f"{'kernel':<32} {'dtype':<5} {'warps':>5} {'regs':>4} {'spill st/ld B':>13}  "
+          f"{'reached by':<{width}}  constexprs", flush=True)
+    failures = spilled = 0
+    for launch in launches:
+        dtype, constexprs = describe(launch)
+        warps = launch.options.get("num_warps", 4)
+        try:
+            registers, stores, loads = compile_launch(launch)
+        except Exception as error:  # noqa: BLE001 - every failure is reported, then exit 1
+            failures += 1
+            print(f"FAILED {launch.module}.{launch.name} [{launch.reached_by}]\n"
+                  f"  signature {launch.signature}\n  constexprs {launch.constexprs}\n"
+                  f"  attrs {launch.attrs}\n  options {launch.options}\n"
+                  f"  {type(error).__name__}: {error}", flush=True)
+            continue
+        spilled += bool(stores or loads)
+        print(f"{launch.name:<32} {dtype:<5} {warps:>5} {registers:>4} {f'{stores}/{loads}':>13}  "
+              f"{launch.reached_by:<{width}}  {constexprs}", flush=True)
+    return failures, spilled
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--all", action="store_true",
+                        help="every specialisation the fuzzer's calls reach, not realistic shapes")
+    parser.add_argument("--examples", type=int, default=200,
+                        help="calls drawn per loss with --all (default 200, the fuzzer's)")
+    parser.add_argument("--record-to", help=argparse.SUPPRESS)  # the record step's process
+    args = parser.parse_args()
+
+    if args.record_to:
+        with open(args.record_to, "wb") as handle:
+            pickle.dump(record(args.all, args.examples), handle)
+        return 0
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "launches.pickle")
+        # the interpreter must be on before triton is imported, so the record step gets its own
+        # process; the backend is pinned so no call silently takes the reference instead
+        env = dict(os.environ, TRITON_INTERPRET="1", FUSEDLOSS_LAUNCH_PARAMS="gpu",
+                   FUSEDLOSS_BACKEND="triton")
+        command = [sys.executable, __file__, "--record-to", path, "--examples", str(args.examples)]
+        subprocess.run(command + (["--all"] if args.all else []), env=env, check=True)
+        with open(path, "rb") as handle:
+            launches = pickle.load(handle)
+    recorded = time.perf_counter() - start
+
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU: before triton is imported
+    failures, spilled = compile_all(launches)
+    missing = launched_kernels() - {(launch.module, launch.name) for launch in launches}
+    kernels = len({(launch.module, launch.name) for launch in launches})
+    print(f"\n{len(launches)} specialisations of {kernels} kernels for sm_90 "
+          f"({'--all' if args.all else 'realistic shapes'}): recorded in {recorded:.0f} s, "
+          f"compiled in {time.perf_counter() - start - recorded:.0f} s; "
+          f"{spilled} with spills, {failures} failed to compile")
+    for module, name in sorted(missing):
+        print(f"NOT REACHED: {module}.{name} is launched by its module but no call compiled it")
+    return 1 if failures or missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
