@@ -9,8 +9,8 @@
 #   newest (default)  .venv: the pinned CPU build of torch 2.13.0 and the triton it takes, made
 #                     seeing the system's packages so an installed CUDA torch is used as is (it
 #                     installs torch only where none is importable)
-#   gpu-machine       .venv-gpu-machine: torch 2.11.0 + triton 3.6.0 + the newest numpy, the GPU
-#                     machine's stack (torch's CUDA build: it installs and runs on a CPU machine)
+#   gpu-machine       .venv-gpu-machine: torch 2.11.0 + triton 3.6.0 + the newest numpy +
+#                     transformers 5.17.0, the GPU machine's stack (torch's CUDA build: it installs and runs on a CPU machine)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,12 +26,12 @@ case "$stack" in
     VENV=.venv-gpu-machine
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     if ! "$VENV/bin/python" -c "import torch, triton; assert torch.__version__.startswith('2.11.0') and triton.__version__ == '3.6.0'" 2>/dev/null; then
-      "$VENV/bin/python" -m pip install -q torch==2.11.0 triton==3.6.0 "numpy>=2.4"
+      "$VENV/bin/python" -m pip install -q torch==2.11.0 triton==3.6.0 "numpy>=2.4" transformers==5.17.0
     fi ;;
   *) echo "FUSEDLOSS_STACK must be newest or gpu-machine, not '$stack'" >&2; exit 2 ;;
 esac
 PY=$VENV/bin/python
-if ! "$PY" -c "import fusedloss, pytest, hypothesis, torchcrf" 2>/dev/null; then
+if ! "$PY" -c "import fusedloss, pytest, hypothesis, torchcrf, transformers, accelerate" 2>/dev/null; then
   "$PY" -m pip install -q -e ".[test]"
 fi
 
