@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as TF
 from hypothesis import given, settings, strategies as st
 
-from fusedloss.testing.strategies import calls
-
 import fusedloss
 import fusedloss.functional as F
+from fusedloss import catalog
+from fusedloss.testing.strategies import calls
 
 REDUCTIONS = ["none", "mean", "sum"]
 
@@ -140,22 +140,17 @@ def test_rank_loss_and_dice_by_hand():
     assert F.dice_loss(probs, labels).item() == pytest.approx(sum(per_sample) / 2)
 
 
-TWINS = ["cross_entropy", "nll_loss", "linear_cross_entropy", "binary_cross_entropy_with_logits",
-         "binary_cross_entropy", "smooth_l1_loss", "huber_loss", "l1_loss", "mse_loss",
-         "margin_ranking_loss", "ctc_loss"]
-EXTRAS = {"z_loss": 0.0, "softcap": None, "return_lse": False, "inplace_backward": False}
-
-
-@pytest.mark.parametrize("name", TWINS)
+@pytest.mark.parametrize("name", [info.name for info in catalog.LOSSES if info.twin])
 @settings(max_examples=60)
 @given(data=st.data())
 def test_reference_equals_torch_on_the_fuzzers_calls(name, data):
     """Every call the fuzzer can draw for a torch twin, in float64: the reference (through the
     public function, so argument handling included) equals torch.nn.functional."""
+    info = catalog.get(name)
     call = data.draw(calls(name, dtypes=(torch.float64,)))
-    if any(call.kwargs.get(k, default) != default for k, default in EXTRAS.items()):
+    if any(call.kwargs.get(k, default) != default for k, default in info.extras.items()):
         return  # fusedloss-only options: checked by formula below, torch has nothing to say
-    kwargs = {k: v for k, v in call.kwargs.items() if k not in EXTRAS}
+    kwargs = {k: v for k, v in call.kwargs.items() if k not in info.extras}
     positions = [i for i, a in enumerate(call.args) if torch.is_tensor(a) and a.requires_grad]
 
     def rebuild(*leaves):
@@ -165,7 +160,7 @@ def test_reference_equals_torch_on_the_fuzzers_calls(name, data):
         return args
 
     leaves = [call.args[i] for i in positions]
-    if name == "ctc_loss":  # torch's CTC gradient is a different quantity (see compare.py)
+    if info.twin_gradient_differs:  # a different quantity (see the catalog)
         leaves, positions = [], []
-    _assert_same(lambda *xs: getattr(F, name)(*rebuild(*xs), **kwargs),
-                 lambda *xs: getattr(TF, name)(*rebuild(*xs), **kwargs), *leaves)
+    _assert_same(lambda *xs: info.function(*rebuild(*xs), **kwargs),
+                 lambda *xs: getattr(TF, info.twin)(*rebuild(*xs), **kwargs), *leaves)
