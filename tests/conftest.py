@@ -58,3 +58,11 @@ def fuzz_examples(request):
     if settings.default.max_examples > CI_EXAMPLES:  # the 'dev' profile or a bigger one
         return settings.default.max_examples
     return FUZZ_CI_EXAMPLES
+
+
+@pytest.fixture
+def reference_backend():
+    """Runs the test with the reference backend (tests of the oracle itself)."""
+    import fusedloss
+    with fusedloss.use_backend("reference"):
+        yield

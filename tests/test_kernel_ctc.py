@@ -16,9 +16,6 @@ from fusedloss.testing import assert_close_to_reference
 
 # numpy's warnings from the interpreter evaluating log(0), -inf - -inf and the like in lanes the
 # kernels then mask or select away
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:(divide by zero|invalid value|overflow) encountered:RuntimeWarning")
-
 NAMES = ("ctc_loss", "ctc_loss_with_logits")
 NUM_CLASSES = 6
 
@@ -68,7 +65,7 @@ def test_interpreter_resolves_to_the_kernels():
         assert _dispatch.has_kernel(name)
     x = _input("ctc_loss", (4, 1, NUM_CLASSES))
     loss = F.ctc_loss(x, torch.tensor([[1, 2]]), [4], [2], reduction="none")
-    assert type(loss.grad_fn).__name__ == "_CTCLossBackward"
+    assert type(loss.grad_fn).__name__ == "PrecomputedGradientBackward"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -7,7 +7,7 @@ import torchcrf
 from hypothesis import given, settings, strategies as st
 
 import fusedloss.functional as F
-from fusedloss.nn_sequence import CRF
+from fusedloss.nn import CRF
 from fusedloss.reference.crf import crf_decode, crf_marginals, crf_nll
 
 

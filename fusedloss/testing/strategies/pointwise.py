@@ -11,7 +11,7 @@ from ._common import (REDUCTIONS, Call, effective_reduction, elementwise_shapes,
 
 
 @st.composite
-def _regression_pair(draw, dtype):
+def _pointwise_pair(draw, dtype):
     shape = draw(elementwise_shapes())
     x = draw(values(shape, dtype, specials=(0.0, 1e4, -1e4)))
     target_shape = shape
@@ -34,7 +34,7 @@ def _elementwise_weight(draw, input, target):
 
 @st.composite
 def smooth_l1_loss_calls(draw, dtype):
-    x, y = draw(_regression_pair(dtype))
+    x, y = draw(_pointwise_pair(dtype))
     beta = draw(st.sampled_from((1.0, 0.0, 0.5, 1e-3, 2.0)))
     kwargs = dict(draw(reduction_kwargs(legacy=True)), beta=beta)
     return Call("smooth_l1_loss", (x, y), kwargs)
@@ -42,7 +42,7 @@ def smooth_l1_loss_calls(draw, dtype):
 
 @st.composite
 def huber_loss_calls(draw, dtype):
-    x, y = draw(_regression_pair(dtype))
+    x, y = draw(_pointwise_pair(dtype))
     kwargs = dict(reduction=draw(st.sampled_from(REDUCTIONS)),
                   delta=draw(st.sampled_from((1.0, 0.5, 1e-3, 2.0))))
     weight = draw(_elementwise_weight(x, y))
@@ -59,8 +59,8 @@ def _weighted_mean_guard(call, kwargs):
 
 
 @st.composite
-def _weighted_regression(draw, name, dtype):
-    x, y = draw(_regression_pair(dtype))
+def _weighted_pointwise(draw, name, dtype):
+    x, y = draw(_pointwise_pair(dtype))
     kwargs = dict(draw(reduction_kwargs(legacy=True)))
     weight = draw(_elementwise_weight(x, y))
     if weight is not None:
@@ -69,11 +69,11 @@ def _weighted_regression(draw, name, dtype):
 
 
 def l1_loss_calls(dtype):
-    return _weighted_regression("l1_loss", dtype)
+    return _weighted_pointwise("l1_loss", dtype)
 
 
 def mse_loss_calls(dtype):
-    return _weighted_regression("mse_loss", dtype)
+    return _weighted_pointwise("mse_loss", dtype)
 
 
 @st.composite
