@@ -16,44 +16,41 @@ import argparse
 
 from common import benchmark_device, device_label, measure_ms, write_csv
 
-LOSSES = ("binary_cross_entropy_with_logits", "mse_loss", "smooth_l1_loss", "sigmoid_focal_loss")
+FAMILIES = ("binary", "pointwise")  # the catalog's losses of these families can be chosen
+DEFAULT_LOSSES = ("binary_cross_entropy_with_logits", "mse_loss", "smooth_l1_loss",
+                  "sigmoid_focal_loss")  # one of each kind of math; the default run fits 60 s
 DTYPES = ("bf16", "fp32")
 
 
-def torchvision_focal(inputs, targets, alpha=0.25, gamma=2.0):
-    """torchvision.ops.sigmoid_focal_loss (reduction='mean'), the eager peer of the focal kernel."""
-    import torch
-    import torch.nn.functional as TF
-    p = torch.sigmoid(inputs)
-    ce = TF.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce * ((1 - p_t) ** gamma)
-    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_t * loss).mean()
-
-
-def make_inputs(loss, numel, dtype, device):
+def make_inputs(info, numel, dtype, device):
     import torch
     generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(numel, device=device, dtype=dtype, generator=generator).requires_grad_()
-    if loss in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss"):
+    if info.name == "binary_cross_entropy":  # probabilities, away from the clamped logs
+        x = torch.rand(numel, device=device, dtype=torch.float32, generator=generator) * 0.98 + 0.01
+        x = x.to(dtype).requires_grad_()
+    else:
+        x = torch.randn(numel, device=device, dtype=dtype, generator=generator).requires_grad_()
+    if info.family == "binary":
         y = torch.rand(numel, device=device, dtype=dtype, generator=generator)
     else:
         y = torch.randn(numel, device=device, dtype=dtype, generator=generator)
     return x, y
 
 
-def implementations(loss, compile_peer):
+def implementations(info, compile_peer):
+    """fusedloss, torch's eager twin (the reference's torch composition for a loss torch lacks,
+    e.g. torchvision's sigmoid focal loss) and torch.compile of it, all with reduction 'mean'."""
+    import functools
+
     import torch
     import torch.nn.functional as TF
 
-    import fusedloss.functional as F
-    eager = torchvision_focal if loss == "sigmoid_focal_loss" else getattr(TF, loss)
-    impls = {"fusedloss": (lambda x, y: F.sigmoid_focal_loss(x, y, reduction="mean"))
-             if loss == "sigmoid_focal_loss" else getattr(F, loss),
-             "torch": eager}
+    from fusedloss import reference
+    eager = getattr(TF, info.twin) if info.twin else getattr(reference, info.name)
+    impls = {"fusedloss": functools.partial(info.function, reduction="mean"),
+             "torch": functools.partial(eager, reduction="mean")}
     if compile_peer:
-        impls["torch.compile"] = torch.compile(eager, dynamic=False)
+        impls["torch.compile"] = torch.compile(impls["torch"], dynamic=False)
     return impls
 
 
@@ -73,7 +70,9 @@ def main():
     parser.add_argument("--log2-sizes", type=int, nargs="+", default=[24, 26, 28],
                         help="element counts as powers of two")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    from fusedloss import catalog
+    losses = [info.name for info in catalog.LOSSES if info.family in FAMILIES]
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=losses)
     args = parser.parse_args()
 
     import torch
@@ -94,11 +93,12 @@ def main():
     print(header)
     print("-" * len(header))
     for loss in args.losses:
-        impls = implementations(loss, compile_peer=cuda)
+        info = catalog.get(loss)
+        impls = implementations(info, compile_peer=cuda)
         for dtype_name in args.dtypes:
             dtype = dtypes[dtype_name]
             for numel in sizes:
-                x, y = make_inputs(loss, numel, dtype, device)
+                x, y = make_inputs(info, numel, dtype, device)
                 if not cuda:  # the smoke run also checks the kernel still agrees with torch
                     torch.testing.assert_close(impls["fusedloss"](x, y), impls["torch"](x, y), rtol=2e-2, atol=2e-2)
                 bound_bytes = numel * x.element_size() * 3  # read input and target, write the gradient

@@ -70,15 +70,14 @@ class _Progress:
 
 
 def _check(args):
-    from . import _backend
+    from . import _backend, catalog
     from . import testing
-    from .testing import strategies
 
     losses = args.loss or None
     if losses:
-        unknown = [name for name in losses if name not in strategies.LOSSES]
+        unknown = [name for name in losses if name not in catalog.BY_NAME]
         if unknown:
-            print(f"unknown loss(es): {', '.join(unknown)}; known: {', '.join(strategies.LOSSES)}",
+            print(f"unknown loss(es): {', '.join(unknown)}; known: {', '.join(catalog.NAMES)}",
                   file=sys.stderr)
             return 2
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
@@ -88,7 +87,7 @@ def _check(args):
     elif device == "cpu" and not _backend.interpreting():
         print("note: TRITON_INTERPRET is off, so on the CPU the reference is checked, not the "
               "kernels", file=sys.stderr)
-    names = losses or list(strategies.LOSSES)
+    names = losses or list(catalog.NAMES)
     progress = _Progress(sys.stderr, len(names))
     try:
         report = testing.fuzz(names, examples=args.examples, device=device, seed=args.seed,

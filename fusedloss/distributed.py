@@ -11,7 +11,7 @@ The per-shard arithmetic is torch operations in fp32 (fp64 for fp64 logits); a f
 import torch
 import torch.distributed as dist
 
-from . import _args
+from . import _args, _reduction
 
 
 def _shard_range(num_local, process_group):
@@ -84,7 +84,7 @@ def vocab_parallel_cross_entropy(logits_shard, target, process_group=None, *, ig
     logits_shard (..., V / world) on each rank, target (...) global class indices. 'mean' divides
     by the number of non-ignored tokens, as cross_entropy without class weights does.
     """
-    reduction = _args.check_reduction(reduction)
+    reduction = _reduction.check_reduction(reduction)
     _args.check_label_smoothing(label_smoothing)
     if logits_shard.shape[:-1] != target.shape:
         raise ValueError(f"target shape {list(target.shape)} must equal the logits' leading "
@@ -93,7 +93,7 @@ def vocab_parallel_cross_entropy(logits_shard, target, process_group=None, *, ig
     _args.check_class_indices(target, num_classes, ignore_index)
     loss = _VocabParallelCrossEntropy.apply(logits_shard, target, process_group, ignore_index,
                                             label_smoothing, z_loss)
-    return _args.reduce(loss, reduction, (target != ignore_index).sum())
+    return _reduction.reduce(loss, reduction, (target != ignore_index).sum())
 
 
 def vocab_parallel_linear_cross_entropy(input, weight_shard, target, process_group=None, *,

@@ -1,15 +1,15 @@
 """Public loss functions, drop-in twins of torch.nn.functional (plus the losses torch lacks).
 
 Each function normalises its arguments the way torch does (deprecated size_average/reduce, class
-dimension, broadcasting), raises torch's error for bad input before anything runs, and hands the
-normalised call to `_dispatch.call`, which picks the Triton kernel or the reference.
+dimension, broadcasting; lengths to int64 tensors, labels to int64), raises torch's error for bad
+input before anything runs (pytorch-crf's for the CRF), and hands the normalised call to
+`_dispatch.call`, which runs the Triton kernel or the reference of the same name. The sections
+are the loss families of fusedloss.catalog.
 """
 import torch
 
-from . import _args
+from . import _args, _reduction
 from ._dispatch import call
-from .functional_sequence import (crf_decode, crf_marginals, crf_nll, ctc_loss,
-                                  ctc_loss_with_logits, hsigmoid_loss, nce_loss)
 
 __all__ = [
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "crf_decode",
@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-# --- softmax family -------------------------------------------------------------------------
+# --- cross_entropy --------------------------------------------------------------------------
 
 def _check_class_target(input_shape, target, ignore_index):
     """torch's checks of a class-index target against (C,), (N, C) or (N, C, d1, ..., dk) input."""
@@ -68,7 +68,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     input), not differentiable; `inplace_backward=True` lets the kernel keep the gradient in the
     logits' storage (their values are overwritten once the loss is computed).
     """
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_floating("cross_entropy input", input)
     _args.check_label_smoothing(label_smoothing)
     _check_logit_options(z_loss, softcap)
@@ -86,7 +86,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
              reduction="mean"):
     """torch.nn.functional.nll_loss: input holds log-probabilities, classes on dim 1."""
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_floating("nll_loss input", input)
     num_classes = _check_class_target(input.shape, target, ignore_index)
     _args.check_class_weight(weight, num_classes)
@@ -100,7 +100,7 @@ def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, 
     'mean' averages over the non-ignored tokens (not over alpha), as focal loss is usually
     normalised by the number of samples.
     """
-    reduction = _args.check_reduction(reduction)
+    reduction = _reduction.check_reduction(reduction)
     _args.check_floating("softmax_focal_loss input", input)
     if gamma < 0:
         raise ValueError(f"gamma must be non-negative, got {gamma}")
@@ -109,6 +109,8 @@ def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, 
     return call("softmax_focal_loss", input.device, input, target, alpha=alpha, gamma=gamma,
                 ignore_index=ignore_index, reduction=reduction)
 
+
+# --- linear_cross_entropy -------------------------------------------------------------------
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction="mean", ignore_index=None, label_smoothing=0.0, options=None,
@@ -120,7 +122,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     (C, in_features); torch's K-dimensional `out_features` layouts are not supported.
     """
     del options  # chunking hints for torch's own implementation; the kernel always streams
-    reduction = _args.check_reduction(reduction)
+    reduction = _reduction.check_reduction(reduction)
     ignore_index = -100 if ignore_index is None else ignore_index
     _args.check_floating("linear_cross_entropy input", input)
     _args.check_label_smoothing(label_smoothing)
@@ -145,12 +147,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                 softcap=softcap, return_lse=return_lse)
 
 
-# --- binary family --------------------------------------------------------------------------
+# --- binary ---------------------------------------------------------------------------------
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
     """torch.nn.functional.binary_cross_entropy_with_logits (weight and pos_weight broadcast)."""
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_same_size(input, target, "Target size ({target}) must be the same as input size ({input})")
     if weight is not None:
         torch.broadcast_shapes(weight.shape, input.shape)
@@ -173,7 +175,7 @@ def _check_probabilities(input):
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
                          reduction="mean"):
     """torch.nn.functional.binary_cross_entropy on probabilities, logs clamped at -100."""
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_same_size(input, target, "Using a target size ({target}) that is different to the "
                           "input size ({input}) is deprecated. Please ensure they have the same size.")
     _check_probabilities(input)
@@ -186,7 +188,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
 def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
     """torchvision.ops.sigmoid_focal_loss: BCE with logits scaled by (1 - p_t)**gamma and alpha_t
     (alpha < 0 disables the alpha weighting)."""
-    if reduction not in _args.REDUCTIONS:
+    if reduction not in _reduction.REDUCTIONS:
         raise ValueError(f"Invalid Value for arg 'reduction': '{reduction}' \n Supported reduction "
                          "modes: 'none', 'mean', 'sum'")
     _args.check_same_size(inputs, targets, "Target size ({target}) must be the same as input size ({input})")
@@ -194,7 +196,7 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none")
                 reduction=reduction)
 
 
-# --- regression family ----------------------------------------------------------------------
+# --- pointwise ------------------------------------------------------------------------------
 
 def _broadcast_pair(input, target):
     _args.warn_if_broadcasting(input, target)
@@ -208,7 +210,7 @@ def _check_elementwise_weight(weight, input):
 
 def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """torch.nn.functional.l1_loss; a weight (input's shape) makes 'mean' sum(w*|d|)/sum(w)."""
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     input, target = _broadcast_pair(input, target)
     _check_elementwise_weight(weight, input)
     return call("l1_loss", input.device, input, target, reduction=reduction, weight=weight)
@@ -216,7 +218,7 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """torch.nn.functional.mse_loss; a weight (input's shape) makes 'mean' sum(w*d²)/sum(w)."""
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     input, target = _broadcast_pair(input, target)
     _check_elementwise_weight(weight, input)
     return call("mse_loss", input.device, input, target, reduction=reduction, weight=weight)
@@ -224,7 +226,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
 
 def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
     """torch.nn.functional.smooth_l1_loss; beta = 0 is the L1 loss."""
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
     input, target = _broadcast_pair(input, target)
@@ -234,7 +236,7 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
 def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     """torch.nn.functional.huber_loss; with a weight (input's shape) 'mean' is sum(w * loss)
     over the element count, as torch 2.13 computes it (unlike l1_loss and mse_loss)."""
-    reduction = _args.check_reduction(reduction)
+    reduction = _reduction.check_reduction(reduction)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
     input, target = _broadcast_pair(input, target)
@@ -243,12 +245,12 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
                 weight=weight)
 
 
-# --- ranking and overlap --------------------------------------------------------------------
+# --- ranking --------------------------------------------------------------------------------
 
 def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None,
                         reduction="mean"):
     """torch.nn.functional.margin_ranking_loss: max(0, -y * (x1 - x2) + margin)."""
-    reduction = _args.reduction_from_legacy(size_average, reduce, reduction)
+    reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     if not input1.dim() == input2.dim() == target.dim():
         raise RuntimeError("margin_ranking_loss : All input tensors should have same dimension but "
                            f"got sizes: input1: {input1.size()}, input2: {input2.size()}, "
@@ -260,17 +262,267 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, r
 
 def rank_loss(label, left, right, reduction="mean"):
     """RankNet pairwise loss log(1 + exp(left - right)) - label * (left - right), broadcast."""
-    reduction = _args.check_reduction(reduction)
+    reduction = _reduction.check_reduction(reduction)
     label, left, right = torch.broadcast_tensors(label, left, right)
     return call("rank_loss", left.device, label, left, right, reduction=reduction)
 
 
+# --- dice -----------------------------------------------------------------------------------
+
 def dice_loss(input, label, epsilon=1e-5, reduction="mean"):
     """Dice loss per sample, 1 - 2|X∩Y| / (|X| + |Y| + epsilon), over probabilities (N, ..., C)
     and class indices (N, ..., 1); 'none' gives the (N,) per-sample losses."""
-    reduction = _args.check_reduction(reduction)
+    reduction = _reduction.check_reduction(reduction)
     if input.dim() < 2 or label.shape != input.shape[:-1] + (1,):
         raise ValueError(f"dice_loss expects input (N, ..., C) and label (N, ..., 1); got input "
                          f"{list(input.shape)} and label {list(label.shape)}")
     _args.check_class_indices(label, input.shape[-1], ignore_index=None)
     return call("dice_loss", input.device, input, label, epsilon=epsilon, reduction=reduction)
+
+
+# --- ctc ------------------------------------------------------------------------------------
+
+def _ctc_lengths(name, lengths, batch, device):
+    """Lengths given as an integer tensor (0-d or 1-d) or a list/tuple of ints -> int64 (N,)."""
+    if isinstance(lengths, torch.Tensor):
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dim() > 1:
+            raise TypeError(f"ctc_loss(): {name} must be an integer tensor of at most one "
+                            f"dimension or a list/tuple of ints, got a {lengths.dtype} tensor of "
+                            f"shape {list(lengths.shape)}")
+        lengths = lengths.to(device=device, dtype=torch.int64).reshape(-1)
+    elif isinstance(lengths, (list, tuple)) and all(isinstance(v, int) for v in lengths):
+        lengths = torch.tensor(lengths, dtype=torch.int64, device=device)
+    else:
+        raise TypeError(f"ctc_loss(): {name} must be a tensor or a list/tuple of ints, "
+                        f"got {type(lengths).__name__}")
+    if lengths.numel() != batch:
+        raise RuntimeError(f"{name} must be of size batch_size")
+    return lengths
+
+
+def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction):
+    """torch.nn.functional.ctc_loss's checks and normalisation; returns int64 targets and lengths."""
+    reduction = _reduction.check_reduction(reduction)
+    if log_probs.dim() not in (2, 3):
+        raise RuntimeError("Expected log_probs to be a 3-dimensional (T, N, C) or 2-dimensional "
+                           f"(T, C) tensor, but got a {log_probs.dim()}-dimensional tensor")
+    if not log_probs.is_floating_point():
+        raise NotImplementedError(f'"ctc_loss" not implemented for {log_probs.dtype}')
+    if log_probs.numel() == 0:
+        raise RuntimeError("log_probs tensor must not be empty")
+    num_frames, num_classes = log_probs.shape[0], log_probs.shape[-1]
+    unbatched = log_probs.dim() == 2
+    batch = 1 if unbatched else log_probs.shape[1]
+    if not 0 <= blank < num_classes:
+        raise RuntimeError("blank must be in label range")
+    input_lengths = _ctc_lengths("input_lengths", input_lengths, batch, log_probs.device)
+    target_lengths = _ctc_lengths("target_lengths", target_lengths, batch, log_probs.device)
+    if targets.is_complex() or not 1 <= targets.dim() <= 2:
+        raise RuntimeError("Expected targets to be a real tensor of 1 to 2 dimensions, but got a "
+                           f"{targets.dim()}-dimensional {targets.dtype} tensor")
+    targets = targets.long()
+
+    for name, lengths in (("input_lengths", input_lengths), ("target_lengths", target_lengths)):
+        if bool((lengths < 0).any()):
+            raise RuntimeError(f"Expected {name} to have value at least 0, but got value "
+                               f"{int(lengths.min())}")
+    if bool((input_lengths > num_frames).any()):
+        raise RuntimeError(f"Expected input_lengths to have value at most {num_frames}, but got "
+                           f"value {int(input_lengths.max())}")
+    if unbatched and targets.dim() == 1 and targets.numel() != int(target_lengths[0]):
+        # torch reads an unbatched 1-D target as exactly its labels, with no padding
+        raise RuntimeError(f"Expected tensor to have size {int(target_lengths[0])} at dimension 0, "
+                           f"but got size {targets.numel()} for argument #2 'targets'")
+    padded = unbatched or targets.dim() == 2
+    if padded:
+        rows = targets.reshape(1, -1) if unbatched and targets.dim() == 1 else targets
+        if rows.shape[0] != batch:
+            raise RuntimeError(f"Expected targets to have size {batch} at dimension 0, but got "
+                               f"size {rows.shape[0]}")
+        if bool((target_lengths > rows.shape[1]).any()):
+            raise RuntimeError(f"Expected targets to have size at least {int(target_lengths.max())} "
+                               f"at dimension 1, but got size {rows.shape[1]}")
+        used = torch.arange(rows.shape[1], device=rows.device) < target_lengths.to(rows.device).unsqueeze(1)
+        labels = rows[used]
+    else:
+        total = int(target_lengths.sum())
+        if targets.numel() != total:
+            raise RuntimeError(f"Expected concatenated targets to have size {total} (the sum of "
+                               f"target_lengths), but got size {targets.numel()}")
+        labels = targets
+    # torch reads out-of-range labels unchecked (garbage or a crash); refuse them instead.
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        raise IndexError(f"ctc_loss(): target label out of range [0, {num_classes})")
+    return targets, input_lengths, target_lengths
+
+
+def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
+             zero_infinity=False):
+    """torch.nn.functional.ctc_loss: log_probs (T, N, C) or unbatched (T, C); targets padded
+    (N, S) or concatenated 1-D; lengths as tensors or lists. Labels outside [0, C) inside a
+    target's length raise IndexError (torch does not check them)."""
+    targets, input_lengths, target_lengths = _check_ctc(log_probs, targets, input_lengths,
+                                                        target_lengths, blank, reduction)
+    return call("ctc_loss", log_probs.device, log_probs, targets, input_lengths, target_lengths,
+                blank=blank, reduction=reduction, zero_infinity=zero_infinity)
+
+
+def ctc_loss_with_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean",
+                         zero_infinity=False):
+    """ctc_loss on log_softmax(logits, -1) with the softmax fused in; the gradient is w.r.t. the
+    logits. Same arguments and checks as ctc_loss."""
+    targets, input_lengths, target_lengths = _check_ctc(logits, targets, input_lengths,
+                                                        target_lengths, blank, reduction)
+    return call("ctc_loss_with_logits", logits.device, logits, targets, input_lengths,
+                target_lengths, blank=blank, reduction=reduction, zero_infinity=zero_infinity)
+
+
+# --- crf ------------------------------------------------------------------------------------
+
+def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=None, mask=None):
+    """pytorch-crf's checks (ValueError) on batch-first inputs; returns tags as int64, mask as bool."""
+    if emissions.dim() != 3:
+        raise ValueError(f"emissions must have dimension of 3, got {emissions.dim()}")
+    if emissions.shape[1] == 0:
+        raise ValueError("emissions must have at least one time step")
+    num_tags = emissions.shape[2]
+    if transitions.shape != (num_tags, num_tags):
+        raise ValueError(f"transitions must have shape ({num_tags}, {num_tags}) to match the last "
+                         f"dimension of emissions, got {tuple(transitions.shape)}")
+    for name, vector in (("start_transitions", start_transitions), ("end_transitions", end_transitions)):
+        if vector.shape != (num_tags,):
+            raise ValueError(f"{name} must have shape ({num_tags},), got {tuple(vector.shape)}")
+    if tags is not None:
+        if emissions.shape[:2] != tags.shape:
+            raise ValueError("the first two dimensions of emissions and tags must match, "
+                             f"got {tuple(emissions.shape[:2])} and {tuple(tags.shape)}")
+        if tags.is_floating_point() or tags.is_complex():
+            raise ValueError(f"tags must be an integer tensor, got {tags.dtype}")
+        tags = tags.long()
+    if mask is not None:
+        if emissions.shape[:2] != mask.shape:
+            raise ValueError("the first two dimensions of emissions and mask must match, "
+                             f"got {tuple(emissions.shape[:2])} and {tuple(mask.shape)}")
+        mask = mask.bool()
+        if not bool(mask[:, 0].all()):
+            raise ValueError("mask of the first timestep must all be on")
+    if tags is not None:
+        out_of_range = (tags < 0) | (tags >= num_tags)
+        if mask is not None:  # tags past a sequence's length are padding, never read (-1 is fine)
+            out_of_range &= mask
+        if bool(out_of_range.any()):
+            raise IndexError(f"tags must be tag indices in [0, {num_tags}) inside the mask")
+    return tags, mask
+
+
+def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, mask=None,
+            reduction="mean"):
+    """Linear-chain CRF negative log-likelihood log Z - score(tags) per sequence.
+
+    emissions (B, T, K) batch-first, tags (B, T), transitions[i, j] scores tag i -> tag j, mask
+    (B, T) a prefix mask with the first step on (None: all on). Reductions 'none' (B,), 'sum' and
+    'mean' (over the batch); pytorch-crf's 'token_mean' lives in fusedloss.nn.CRF only.
+    """
+    reduction = _reduction.check_reduction(reduction)
+    tags, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, tags, mask)
+    return call("crf_nll", emissions.device, emissions, tags, transitions, start_transitions,
+                end_transitions, mask=mask, reduction=reduction)
+
+
+def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=None):
+    """Viterbi: (best_scores (B,), best_tags (B, T) int64, -1 past each sequence's length)."""
+    _, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, mask=mask)
+    return call("crf_decode", emissions.device, emissions, transitions, start_transitions,
+                end_transitions, mask=mask)
+
+
+def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None):
+    """Per-position tag marginals P(y_t = k) (B, T, K); rows past a sequence's length are zero."""
+    _, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, mask=mask)
+    return call("crf_marginals", emissions.device, emissions, transitions, start_transitions,
+                end_transitions, mask=mask)
+
+
+# --- hsigmoid (its row checks serve nce too) ------------------------------------------------
+
+def _check_rows(name, tensor, batch):
+    """A per-sample index tensor shaped (N,) or (N, 1) -> int64 (N,)."""
+    if tensor.shape not in ((batch,), (batch, 1)):
+        raise ValueError(f"{name} must have shape ({batch},) or ({batch}, 1), got {tuple(tensor.shape)}")
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise ValueError(f"{name} must be an integer tensor, got {tensor.dtype}")
+    return tensor.long().reshape(-1)
+
+
+def _check_matrix_input(input, weight):
+    if input.dim() != 2:
+        raise ValueError(f"input must be 2-D (N, D), got shape {tuple(input.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != input.shape[1]:
+        raise ValueError(f"weight must be 2-D with {input.shape[1]} columns to match input, "
+                         f"got shape {tuple(weight.shape)}")
+
+
+def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None, path_code=None,
+                  reduction="mean"):
+    """Paddle's hierarchical sigmoid loss; 'none' gives (N,) (Paddle: (N, 1)).
+
+    Default tree: weight (num_classes - 1, D), bias (num_classes - 1,) or (num_classes - 1, 1),
+    labels in [0, num_classes). Custom tree: path_table/path_code (N, L) padded with -1 give each
+    sample's inner nodes (rows of weight) and bits; the label is then not used.
+    """
+    reduction = _reduction.check_reduction(reduction)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    _check_matrix_input(input, weight)
+    label = _check_rows("label", label, input.shape[0])
+    num_nodes = weight.shape[0]
+    if bias is not None and bias.shape not in ((num_nodes,), (num_nodes, 1)):
+        raise ValueError(f"bias must have shape ({num_nodes},) or ({num_nodes}, 1), got {tuple(bias.shape)}")
+    if (path_table is None) != (path_code is None):
+        raise ValueError("path_table and path_code must be given together (a custom tree) or not at all")
+    if path_table is None:
+        if num_nodes != num_classes - 1:
+            raise ValueError(f"weight must have num_classes - 1 = {num_classes - 1} rows for the "
+                             f"default tree, got {num_nodes}")
+        _args.check_in_range(label, 0, num_classes, ValueError,
+                             f"label must be a class index in [0, {num_classes})")
+    else:
+        if (path_table.dim() != 2 or path_table.shape[0] != input.shape[0]
+                or path_code.shape != path_table.shape):
+            raise ValueError("path_table and path_code must both have shape (N, L), got "
+                             f"{tuple(path_table.shape)} and {tuple(path_code.shape)}")
+        _args.check_in_range(path_table, -1, num_nodes, ValueError,
+                             f"path_table entries must be node indices in [0, {num_nodes}) or -1 padding")
+        path_table, path_code = path_table.long(), path_code.long()
+    return call("hsigmoid_loss", input.device, input, label, num_classes, weight, bias=bias,
+                path_table=path_table, path_code=path_code, reduction=reduction)
+
+
+# --- nce ------------------------------------------------------------------------------------
+
+def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean"):
+    """Noise-contrastive estimation: per sample -log sigmoid(o_t - log b_t) - sum_j
+    log sigmoid(log b_j - o_j), o_c = input . weight[c] + bias[c], b_c = k * exp(noise_log_probs[c]).
+
+    input (N, D), target (N,) or (N, 1), weight (C, D), bias (C,) or None, noise_samples (N, k)
+    drawn by the caller, noise_log_probs (C,) the log noise probability of every class.
+    """
+    reduction = _reduction.check_reduction(reduction)
+    _check_matrix_input(input, weight)
+    batch, num_classes = input.shape[0], weight.shape[0]
+    target = _check_rows("target", target, batch)
+    if bias is not None and bias.shape != (num_classes,):
+        raise ValueError(f"bias must have shape ({num_classes},), got {tuple(bias.shape)}")
+    if noise_samples.dim() != 2 or noise_samples.shape[0] != batch:
+        raise ValueError(f"noise_samples must have shape ({batch}, k), got {tuple(noise_samples.shape)}")
+    if noise_samples.is_floating_point() or noise_samples.is_complex():
+        raise ValueError(f"noise_samples must be an integer tensor, got {noise_samples.dtype}")
+    if noise_log_probs.shape != (num_classes,):
+        raise ValueError(f"noise_log_probs must have shape ({num_classes},), got "
+                         f"{tuple(noise_log_probs.shape)}")
+    noise_samples = noise_samples.long()
+    for name, index in (("target", target), ("noise_samples", noise_samples)):
+        _args.check_in_range(index, 0, num_classes, IndexError,
+                             f"{name} out of range: expected class indices in [0, {num_classes})")
+    return call("nce_loss", input.device, input, target, weight, bias, noise_samples,
+                noise_log_probs, reduction=reduction)

@@ -7,8 +7,8 @@ also FUSEDLOSS_TEST_DEVICE=cuda) leaves the interpreter off and runs every test 
 through the compiled kernels: inside each test torch's default device is CUDA, and a random
 tensor drawn from a CPU torch.Generator is drawn on the CPU and moved, so a test sees the same
 numbers on either device. Tests marked `cpu_tensors` (bad-input checks, whose CUDA twins end in
-a device-side assert that poisons the process; the reference's own proofs; gloo) keep CPU
-tensors on every device.
+a device-side assert that poisons the process; gloo) and the modules in _CPU_TENSOR_MODULES (the
+reference's own proofs, the wrapper layers' checks) keep CPU tensors on every device.
 
 Hypothesis profiles: 'ci' (derandomized, a small example budget, no deadline, failure blobs
 printed) is the default and what CI uses; 'dev' runs many more examples. Pick one with
@@ -84,6 +84,17 @@ def _drawn_on_cpu(factory):
     return draw
 
 
+# Modules whose tests keep CPU tensors on every device, besides those marked `cpu_tensors`: the
+# reference's own proofs and the wrapper layers' argument checks (bad indices among them).
+_CPU_TENSOR_MODULES = ("test_reference_", "test_paddle", "test_nn")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.startswith(_CPU_TENSOR_MODULES):
+            item.add_marker(pytest.mark.cpu_tensors)
+
+
 @pytest.fixture(scope="session")
 def device(request):
     """'cpu' or 'cuda': where this session's tests run the kernels."""
@@ -116,3 +127,11 @@ def fuzz_examples(request):
     if settings.default.max_examples > CI_EXAMPLES:  # the 'dev' profile or a bigger one
         return settings.default.max_examples
     return FUZZ_CI_EXAMPLES
+
+
+@pytest.fixture
+def reference_backend():
+    """Runs the test with the reference backend (tests of the oracle itself)."""
+    import fusedloss
+    with fusedloss.use_backend("reference"):
+        yield

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 
 import fusedloss
-import fusedloss.functional as F
-from fusedloss.testing.strategies import LOSSES, invalid_calls
+from fusedloss import catalog
+from fusedloss.testing.strategies import invalid_calls
 from fusedloss.testing.twins import torch_function
 
 # CPU tensors on every test device: bad input on CUDA ends in a device-side assert that poisons the process
@@ -28,15 +28,15 @@ def _raised(fn, call):
     return None
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", catalog.NAMES)
 def test_invalid_call_raises_torchs_error(loss):
     @given(invalid_calls(loss))
     def check(call):
-        ours = _raised(getattr(F, loss), call)
+        info = catalog.get(loss)
+        ours = _raised(info.function, call)
         assert ours is not None, f"{call!r} ({call.note}) did not raise"
-        twin = torch_function(loss)
         if call.expected is None:  # a torch twin's call: torch's exception type is the truth
-            theirs = _raised(twin, call)
+            theirs = _raised(torch_function(info.twin), call)
             assert theirs is not None, f"torch accepts {call!r} ({call.note}); fusedloss raised {ours!r}"
             expected = type(theirs)
         else:  # no twin, or an option only fusedloss has (torch would raise TypeError)
@@ -45,7 +45,7 @@ def test_invalid_call_raises_torchs_error(loss):
             f"{call!r} ({call.note}): fusedloss raised {type(ours).__name__}: {ours}; "
             f"expected {expected.__name__}")
         with fusedloss.use_backend("reference"):
-            reference = _raised(getattr(F, loss), call)
+            reference = _raised(info.function, call)
         assert type(reference) is type(ours), "the error must not depend on the backend"
 
     check()

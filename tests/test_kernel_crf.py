@@ -12,15 +12,12 @@ import torch
 from fusedloss import _backend, _dispatch
 from fusedloss import functional as F
 from fusedloss import reference
-from fusedloss.nn_sequence import CRF
+from fusedloss.nn import CRF
 from fusedloss.testing import assert_close_to_reference
 from fusedloss.triton_kernels import crf as crf_kernels
 
 # numpy's warnings from the interpreter evaluating log(0) and -inf - -inf in padding lanes the
 # kernels then mask away
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:(divide by zero|invalid value|overflow) encountered:RuntimeWarning")
-
 STEPS = 6
 MASKS = {  # name -> per-sequence lengths (None: no mask, every step on)
     "none": None,

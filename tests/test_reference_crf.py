@@ -6,11 +6,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import fusedloss.functional as F
-from fusedloss.nn_sequence import CRF
+from fusedloss.nn import CRF
 from fusedloss.reference.crf import crf_decode, crf_marginals, crf_nll
-
-# CPU tensors on every test device: proofs of the reference itself, which is device-agnostic
-pytestmark = pytest.mark.cpu_tensors
 
 
 def _path_score(emissions, path, transitions, start, end):

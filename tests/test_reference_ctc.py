@@ -10,9 +10,6 @@ from hypothesis import given, settings, strategies as st
 import fusedloss.functional as F
 from fusedloss.reference.ctc import ctc_loss, ctc_loss_with_logits
 
-# CPU tensors on every test device: proofs of the reference itself, which is device-agnostic
-pytestmark = pytest.mark.cpu_tensors
-
 
 def _collapse(path, blank):
     """CTC's many-to-one map: merge repeated symbols, then drop blanks."""

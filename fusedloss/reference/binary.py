@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .._args import reduce
+from .._reduction import reduce
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):

@@ -6,7 +6,7 @@ a sequence's length is its row sum; the formulas are pytorch-crf's, so the two a
 """
 import torch
 
-from .._args import reduce
+from .._reduction import reduce
 from .ctc import safe_logsumexp
 
 

@@ -1,10 +1,10 @@
-"""Softmax-family losses as their textbook formulas: cross entropy, NLL, softmax focal, and the
-linear projection followed by cross entropy. Class dimension is dim 1 (dim 0 for a single sample),
+"""The cross-entropy family as its textbook formulas: cross entropy, NLL and softmax focal loss.
+Class dimension is dim 1 (dim 0 for a single sample),
 as in torch; everything below moves it last and works per token.
 """
 import torch
 
-from .._args import reduce
+from .._reduction import reduce
 
 
 def _classes_last(input):
@@ -84,13 +84,3 @@ def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, 
     if alpha is not None:
         per_token = per_token * alpha.to(per_token.dtype)[safe_target]
     return reduce(_restore_batch(per_token, input), reduction, kept.sum())
-
-
-def linear_cross_entropy(input, linear_weight, target, linear_bias=None, weight=None,
-                         reduction="mean", ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
-                         softcap=None, return_lse=False):
-    """The projection input @ linear_weight.T (+ bias), then cross_entropy on those logits."""
-    logits = torch.nn.functional.linear(input, linear_weight, linear_bias)
-    return cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
-                         reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                         softcap=softcap, return_lse=return_lse)

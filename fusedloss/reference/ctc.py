@@ -8,7 +8,7 @@ Autograd through the recursion gives the gradient.
 """
 import torch
 
-from .._args import reduce
+from .._reduction import reduce
 
 
 def safe_logsumexp(x, dim):
@@ -90,8 +90,10 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     if zero_infinity:
         loss = torch.where(torch.isinf(loss), torch.zeros_like(loss), loss)
     if reduction == "mean":  # torch: each loss over its target length, then the batch mean
-        return (loss / target_lengths.clamp(min=1).to(loss.dtype)).mean()
-    return reduce(loss.squeeze(0) if unbatched else loss, reduction)
+        loss = loss / target_lengths.clamp(min=1).to(loss.dtype)
+    elif unbatched:
+        loss = loss.squeeze(0)
+    return reduce(loss, reduction)
 
 
 def ctc_loss_with_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean",

@@ -7,7 +7,7 @@ nodes and bits directly (path_table, path_code, padded with -1).
 """
 import torch
 
-from .._args import reduce
+from .._reduction import reduce
 
 
 def default_paths(label, num_classes):

@@ -7,7 +7,7 @@ from the noise distribution q. The true class costs -log(o / (o + b)), each nega
 """
 import torch
 
-from .._args import reduce
+from .._reduction import reduce
 
 
 def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean"):

@@ -18,8 +18,7 @@ import math
 import torch
 import torch.nn.functional as torch_F
 
-from .. import _backend
-from .. import functional
+from .. import _backend, catalog
 from .twins import torch_function
 
 # (rtol, atol) for values and for gradients, per input dtype
@@ -29,31 +28,6 @@ TOLERANCES = {
     torch.float16: ((1e-3, 1e-3), (1e-3, 1e-3)),
     torch.bfloat16: ((1e-2, 1e-2), (1e-2, 1e-2)),
 }
-
-# Keyword arguments only fusedloss knows; a call using one (with a non-default value) has no
-# torch twin to measure torch's own error against.
-_EXTRAS = {"z_loss": 0.0, "softcap": None, "return_lse": False, "inplace_backward": False}
-
-# Twins whose gradient is a different quantity from the reference's, so torch's "error" there
-# says nothing about difficulty and must not widen the allowance: torch's native CTC backward
-# returns the gradient with log_softmax's Jacobian folded in (right only after a log_softmax),
-# not d loss / d log_probs, which the reference (autograd through the recursion) gives.
-_TWIN_GRADIENT_DIFFERS = {"ctc_loss"}
-
-# Losses with no torch.nn.functional twin that are still a plain composition of torch ops: torch's
-# error on the composition is the baseline the rule compares against.
-_TORCH_COMPOSITIONS = {
-    "ctc_loss_with_logits":
-        lambda logits, *args, **kwargs: torch_F.ctc_loss(torch.log_softmax(logits, -1), *args, **kwargs),
-}
-
-# Losses torch lacks (or calls using fusedloss-only options) whose reference is a plain composition
-# of torch operations, as a user would write it in eager mode: that composition run at the input's
-# dtype is "torch's own eager implementation" of the rule. The sequence recursions (CTC, CRF) are
-# left out: their reference at 16 bits is no eager implementation anyone would use, and would
-# only loosen the check.
-_EAGER_REFERENCE = {"cross_entropy", "linear_cross_entropy", "softmax_focal_loss",
-                    "sigmoid_focal_loss", "rank_loss", "dice_loss", "hsigmoid_loss", "nce_loss"}
 
 # Planted errors (tests of the fuzzer itself): fn_name -> wrappers applied to the candidate only.
 _PLANTED = {}
@@ -132,11 +106,14 @@ def run_with_gradients(fn, args, kwargs, grad_seed, dtype=None, grad_output_dtyp
     return [o.detach() if torch.is_tensor(o) else o for o in outputs], list(grads)
 
 
-def _torch_twin(fn_name, kwargs):
-    twin = _TORCH_COMPOSITIONS.get(fn_name) or torch_function(fn_name)
-    if twin is None or any(kwargs.get(k, default) != default for k, default in _EXTRAS.items()):
+def _torch_twin(info, kwargs):
+    """torch's own implementation of the call (the twin, else a torch composition), or None
+    where there is none or the call sets an option only fusedloss has."""
+    if any(kwargs.get(k, default) != default for k, default in info.extras.items()):
         return None
-    return twin
+    if info.composition is not None:
+        return info.composition
+    return torch_function(info.twin) if info.twin else None
 
 
 def _element_ratio(candidate, truth, torch_value, rtol, atol):
@@ -173,7 +150,8 @@ def _element_ratio(candidate, truth, torch_value, rtol, atol):
 def compare(fn_name, *args, grad_seed=0, **kwargs):
     """Run `fusedloss.functional.<fn_name>(*args, **kwargs)` on the backend in force and against
     the float64 reference; return the worst error/allowed ratio over values and gradients."""
-    fn = getattr(functional, fn_name)
+    info = catalog.get(fn_name)
+    fn = info.function
     dtype = _floating_dtype(list(args) + list(kwargs.values()))
     value_tol, grad_tol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
 
@@ -182,17 +160,17 @@ def compare(fn_name, *args, grad_seed=0, **kwargs):
     with _backend.use_backend("reference"):
         truth_out, truth_grads = run_with_gradients(fn, args, kwargs, dtype=torch.float64, **runs)
     torch_out, torch_grads = [None] * len(truth_out), [None] * len(truth_grads)
-    twin = _torch_twin(fn_name, kwargs)
+    twin = _torch_twin(info, kwargs)
     if twin is not None:
         try:
             # the extras are all at their defaults here: torch does not know their names
-            twin_kwargs = {k: v for k, v in kwargs.items() if k not in _EXTRAS}
+            twin_kwargs = {k: v for k, v in kwargs.items() if k not in info.extras}
             torch_out, torch_grads = run_with_gradients(twin, args, twin_kwargs, **runs)
-            if fn_name in _TWIN_GRADIENT_DIFFERS:
+            if info.twin_gradient_differs:
                 torch_grads = [None] * len(truth_grads)
         except (RuntimeError, NotImplementedError):  # e.g. a dtype torch's CPU kernels lack
             pass
-    elif fn_name in _EAGER_REFERENCE and dtype != torch.float64:
+    elif info.eager_reference and dtype != torch.float64:
         with _backend.use_backend("reference"):
             torch_out, torch_grads = run_with_gradients(fn, args, kwargs, **runs)
 

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from .. import _backend
+from .. import _backend, catalog
 from .compare import compare
 
 __all__ = ["Failure", "Report", "Row", "fuzz", "reproducer"]
@@ -149,21 +149,6 @@ def _value_source(value, names, lines, hint):
     return repr(value)
 
 
-_ARG_NAMES = {
-    "cross_entropy": ("input", "target"), "nll_loss": ("input", "target"),
-    "softmax_focal_loss": ("input", "target"), "linear_cross_entropy": ("input", "linear_weight", "target"),
-    "margin_ranking_loss": ("input1", "input2", "target"), "rank_loss": ("label", "left", "right"),
-    "dice_loss": ("input", "label"),
-    "ctc_loss": ("log_probs", "targets", "input_lengths", "target_lengths"),
-    "ctc_loss_with_logits": ("logits", "targets", "input_lengths", "target_lengths"),
-    "crf_nll": ("emissions", "tags", "transitions", "start_transitions", "end_transitions"),
-    "crf_decode": ("emissions", "transitions", "start_transitions", "end_transitions"),
-    "crf_marginals": ("emissions", "transitions", "start_transitions", "end_transitions"),
-    "hsigmoid_loss": ("input", "label", "num_classes", "weight"),
-    "nce_loss": ("input", "target", "weight", "bias", "noise_samples", "noise_log_probs"),
-}
-
-
 def reproducer(call, grad_seed=0, interpret=None, message=None):
     """Self-contained Python source that rebuilds the call's exact tensors and runs
     fusedloss.testing.assert_close_to_reference on them (raising AssertionError while it fails)."""
@@ -176,7 +161,7 @@ def reproducer(call, grad_seed=0, interpret=None, message=None):
         lines += ["import os", "os.environ.setdefault('TRITON_INTERPRET', '1')  # before triton is imported"]
     lines += ["from math import inf, nan", "import torch", "import fusedloss.testing", ""]
     names, arguments = set(), []
-    hints = _ARG_NAMES.get(call.fn_name, ())
+    hints = catalog.get(call.fn_name).arg_names
     for i, value in enumerate(call.args):
         hint = hints[i] if i < len(hints) else f"arg{i}"
         arguments.append(_value_source(value, names, lines, hint))
@@ -320,25 +305,14 @@ def fuzz(loss=None, examples=200, device=None, seed=None, *, progress=None):
     progress(loss, done, total) is called after each case, for progress bars.
     """
     _hypothesis()
-    from . import strategies
-    names = list(strategies.LOSSES) if loss is None else [loss] if isinstance(loss, str) else list(loss)
+    names = list(catalog.NAMES) if loss is None else [loss] if isinstance(loss, str) else list(loss)
     for name in names:
-        strategies._check_name(name)
+        catalog.get(name)  # ValueError for an unknown loss, before anything runs
     device = str(device or _default_device())
     if seed is None:
         seed = random.SystemRandom().randrange(2 ** 32)
-    rows = []
-    for name in names:
-        if name not in _available():
-            rows.append(Row(name, "-", skipped=f"fusedloss.functional.{name} does not exist"))
-            continue
-        rows.append(_fuzz_loss(name, examples, device, seed, progress))
+    rows = [_fuzz_loss(name, examples, device, seed, progress) for name in names]
     return Report(rows, device, seed, examples, _mode(device))
-
-
-def _available():
-    from .. import functional
-    return {name for name in dir(functional) if not name.startswith("_")}
 
 
 if os.environ.get("FUSEDLOSS_FUZZ_SHRINK_SECONDS"):

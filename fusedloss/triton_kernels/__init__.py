@@ -1,4 +1,7 @@
-"""Triton kernels, one module per loss family, each with the autograd.Function that launches it.
+"""Triton kernels, one module per loss family (fusedloss.catalog's families), each with the
+autograd.Function that launches it; modules with a leading underscore are shared by families
+(_elementwise: the generic elementwise kernel; _gathered_logistic: hsigmoid's and NCE's engine;
+_math: the jit math; _common: launch sizes and dtypes).
 
 KERNELS maps a loss name (as in fusedloss.reference) to the function that runs its kernel with
 the same normalised signature. Importing this package imports triton, so it is only imported
@@ -12,7 +15,8 @@ from . import _interpreter_compat
 if interpreting():
     _interpreter_compat.install()
 
-from . import crf, cross_entropy, ctc, elementwise, hsigmoid, linear_cross_entropy, nce  # noqa: E402
+from . import (binary, crf, cross_entropy, ctc, dice, hsigmoid, linear_cross_entropy, nce,  # noqa: E402
+               pointwise, ranking)
 
 # Each kernel function runs outside torch.compile's tracing: under torch.compile a fused loss is
 # a graph break, run eagerly, rather than a trace through Triton's launcher (which fails under
@@ -21,5 +25,5 @@ from . import crf, cross_entropy, ctc, elementwise, hsigmoid, linear_cross_entro
 # before `python -m fusedloss check` has decided whether to switch the interpreter on.
 # A torch.library registration that keeps the kernels inside compiled graphs is future work.
 KERNELS = {name: torch.compiler.disable(fn) for family in (
-    cross_entropy, elementwise, linear_cross_entropy, ctc, crf, hsigmoid, nce)
+    cross_entropy, linear_cross_entropy, binary, pointwise, ranking, dice, ctc, crf, hsigmoid, nce)
     for name, fn in family.KERNELS.items()}

@@ -1,5 +1,4 @@
-"""What every kernel family decides alike: launch sizes, accumulation dtypes, and the backward
-that scales a gradient precomputed in the forward sweep by grad_output.
+"""What every kernel family decides alike: launch sizes, accumulation dtypes, 16-bit stores.
 
 One place for these so a tuning change reaches every op (no per-file copies of heuristics).
 """
@@ -58,17 +57,6 @@ def triton_accumulation(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def scale_gradient(grad, grad_output, inplace):
-    """Backward of a loss whose d(loss)/d(input) was written in the forward sweep.
-
-    grad_output is a scalar (reduced loss) or, for reduction='none', a tensor the caller has
-    shaped to broadcast against `grad` (per-row losses get a unit class dimension). It is never
-    assumed to be 1 and never read on the host.
-    """
-    grad_output = grad_output.to(grad.dtype)
-    return grad.mul_(grad_output) if inplace else grad * grad_output
-
-
 # The interpreter's fp32 -> bf16 cast truncates where the GPU's rounds to nearest even
 _ROUND_BF16_BY_HAND = tl.constexpr(interpreting())
 
@@ -84,12 +72,3 @@ def round_to(x, DTYPE: tl.constexpr):
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
             x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # NaN payloads left alone
     return x.to(DTYPE)
-
-
-@triton.jit
-def subtract_max(x):
-    """(x - max(x), max(x)), the max taken as 0 when every entry is -inf: keeps a log-space
-    vector (CTC and CRF recursions) near 0 without turning an all -inf vector into NaN."""
-    m = tl.max(x, axis=0)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    return x - m, m

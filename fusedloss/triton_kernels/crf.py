@@ -66,9 +66,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._args import reduce
+from .._reduction import reduce
 from .._dispatch import KernelDeclined
-from ._common import accumulation_dtype, scale_gradient, subtract_max, triton_accumulation
+from ._common import accumulation_dtype, triton_accumulation
+from ._math import logsumexp, subtract_max
+from ._precomputed_gradient import scale_gradient, wanted_gradients
 
 # Largest tag count whose (K, K) tiles fit the registers of one program.
 MAX_TAGS = 128
@@ -82,14 +84,6 @@ def _tag_warps(block_k):
     """About 16 elements of each (BLOCK_K, BLOCK_K) tile per thread (8 warps at K = 64, 32 at
     128): the gradient sweep holds two tiles and their temporaries without spilling."""
     return max(1, min(32, block_k * block_k // 512))
-
-
-@triton.jit
-def _logsumexp(x, AXIS: tl.constexpr):
-    """logsumexp of a tile along AXIS; an all -inf line (padding, forbidden tags) gives -inf."""
-    m = tl.max(x, axis=AXIS)
-    shift = tl.where(m == float("-inf"), 0.0, m)
-    return shift + tl.log(tl.sum(tl.exp(x - tl.expand_dims(shift, AXIS)), axis=AXIS))
 
 
 @triton.jit
@@ -144,7 +138,7 @@ def _crf_forward_backward_kernel(
             gold = next_gold
         else:
             step = alpha[:, None] + trans + emit[None, :]
-        alpha, c = subtract_max(_logsumexp(step, 0))
+        alpha, c = subtract_max(logsumexp(step, 0))
         total += c
         if BACKWARD_SWEEP:
             tl.store(work_row + t * num_tags + k, alpha, mask=valid)
@@ -152,7 +146,7 @@ def _crf_forward_backward_kernel(
     end = tl.load(end_ptr + k * stride_e, mask=valid, other=float("-inf")).to(ACC)
     if HAS_TAGS:
         end -= tl.load(end_ptr + gold * stride_e).to(ACC)
-    c_end = _logsumexp(alpha + end, 0)
+    c_end = logsumexp(alpha + end, 0)
     tl.store(out_ptr + b, total + c_end)  # the NLL (HAS_TAGS) or log Z
 
     if BACKWARD_SWEEP:
@@ -182,7 +176,7 @@ def _crf_forward_backward_kernel(
             if TRANS_GRAD:
                 xi = tl.exp(prev_alpha[:, None] + step)
                 trans_acc += xi - ((rows == prev_gold) & (cols == gold)).to(ACC)
-            beta = _logsumexp(step, 1)
+            beta = logsumexp(step, 1)
             alpha = prev_alpha
             if HAS_TAGS:
                 gold = prev_gold
@@ -373,14 +367,10 @@ class _CRFMarginals(torch.autograd.Function):
         return (*result, None, None)
 
 
-def _needs_grad(*tensors):
-    return tuple(t.requires_grad and torch.is_grad_enabled() for t in tensors)
-
-
 def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, mask=None,
             reduction="mean"):
     _check_tag_count(emissions.shape[2])
-    needs = _needs_grad(emissions, transitions, start_transitions, end_transitions)
+    needs = wanted_gradients(emissions, transitions, start_transitions, end_transitions)
     return _CRFNLL.apply(emissions, tags, transitions, start_transitions, end_transitions,
                          _lengths(emissions, mask), reduction, needs)
 

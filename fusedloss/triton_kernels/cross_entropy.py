@@ -25,24 +25,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._args import reduce
+from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_block,
                       row_warps, triton_accumulation)
-from ._scale import scale_saved_gradients
-
-
-@triton.jit
-def _tanh(x):
-    # tanh from exp of a non-positive argument: finite for every x, -inf maps to -1
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
-
-
-@triton.jit
-def _pow(x, exponent):
-    # x ** exponent for x >= 0 (tl has no float pow); exponent 0 gives 1 even at x = 0
-    return tl.where(exponent == 0, 1.0, tl.exp2(exponent * tl.log2(x)))
+from ._math import pow_nonnegative, tanh
+from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 
 @triton.jit
@@ -62,7 +49,7 @@ def _load_block(logits_row, logits_stride_c, target_row, target_stride_c, weight
                 other=float("-inf")).to(ACC)
     if HAS_SOFTCAP:
         # padding must stay -inf: capped, it would become -softcap and carry probability
-        z = tl.where(mask, softcap * _tanh(z / softcap), float("-inf"))
+        z = tl.where(mask, softcap * tanh(z / softcap), float("-inf"))
     if HAS_WEIGHT:
         v = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(ACC)
     else:
@@ -186,7 +173,7 @@ def _softmax_loss_kernel(
     else:
         z_t = tl.load(logits_row + target * logits_stride_c).to(ACC)
         if HAS_SOFTCAP:
-            z_t = softcap * _tanh(z_t / softcap)
+            z_t = softcap * tanh(z_t / softcap)
         if HAS_WEIGHT:
             w_t = tl.load(weight_ptr + target).to(ACC)
         else:
@@ -197,7 +184,7 @@ def _softmax_loss_kernel(
             log_pt = tl.where(off_target < 1e-3,
                               -off_target * (1.0 + off_target * (0.5 + off_target / 3.0)),
                               (z_t - m) - log_s)
-            modulator = _pow(off_target, gamma)
+            modulator = pow_nonnegative(off_target, gamma)
             loss = -w_t * modulator * log_pt
             # -d(loss)/d(log p_t) = w (1-p)^g (1 - g p log(p) / (1-p)); the logits' gradient is
             # coef * (p - onehot). log(p) / (1-p) -> -1 as p -> 1, so no 0 * inf at p_t = 1.
@@ -283,8 +270,8 @@ def _token_shape(input):
 
 
 def _check_no_grad(**tensors):
-    for name, tensor in tensors.items():
-        if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+    for name, wanted in zip(tensors, wanted_gradients(*tensors.values())):
+        if wanted:
             raise NotImplementedError(
                 f"the fusedloss kernels differentiate with respect to the input only; {name} "
                 "requires grad (use fusedloss.use_backend('reference') for that)")
@@ -361,37 +348,22 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
     return reduced, lse, grad
 
 
-def _backward_scale(grad_output, reduction, input_dim):
-    """Per-token grad_output gets a unit class dimension so it broadcasts over the classes."""
-    if reduction == "none" and input_dim > 1:
-        grad_output = grad_output.unsqueeze(1)
-    return grad_output
+def _class_dimension(grad_output):
+    """A per-token grad_output with a unit class dimension, to broadcast over the classes."""
+    return grad_output.unsqueeze(1)
 
 
-class _SoftmaxLoss(torch.autograd.Function):
-    """Cross entropy and softmax focal loss: the forward writes the gradient, the backward
-    scales it by grad_output."""
-
-    @staticmethod
-    def forward(ctx, input, target, weight, options):
+def _softmax_loss(input, target, weight, options):
+    """Cross entropy and softmax focal loss: the forward writes the gradient (_precomputed_gradient
+    scales it by grad_output)."""
+    def sweep(input, target, weight):
         # detached: with inplace_backward the gradient aliases the input's storage, and a view
         # made here (grad mode off) could not be scaled in place by the backward
         loss, lse, grad = _softmax_loss_forward(input.detach(), target, weight, **options)
-        ctx.reduction = options["reduction"]
-        ctx.input_dim = input.dim()
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        if lse is None:
-            return loss
-        ctx.mark_non_differentiable(lse)
-        return loss, lse
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output, *unused_lse_grad):
-        (grad,) = ctx.saved_tensors
-        grad_output = _backward_scale(grad_output, ctx.reduction, ctx.input_dim)
-        return scale_saved_gradients(ctx, grad_output, grad)[0], None, None, None
+        per_token = options["reduction"] == "none" and input.dim() > 1
+        return Sweep((loss,) if lse is None else (loss, lse), [grad, None, None],
+                     shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output)
+    return PrecomputedGradient.apply(sweep, input, target, weight)
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -400,22 +372,22 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     soft = target.is_floating_point()
     _check_no_grad(target=target, weight=weight)
     weight = weight.contiguous() if weight is not None else None
-    compute_grad = input.requires_grad and torch.is_grad_enabled()
+    (compute_grad,) = wanted_gradients(input)
     options = dict(soft=soft, focal=False, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, gamma=0.0,
                    return_lse=return_lse, compute_grad=compute_grad,
                    inplace=inplace_backward and compute_grad)
-    return _SoftmaxLoss.apply(input, target, weight, options)
+    return _softmax_loss(input, target, weight, options)
 
 
 def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):
     _check_no_grad(alpha=alpha)
     alpha = alpha.contiguous() if alpha is not None else None
-    compute_grad = input.requires_grad and torch.is_grad_enabled()
+    (compute_grad,) = wanted_gradients(input)
     options = dict(soft=False, focal=True, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=0.0, z_loss=0.0, softcap=None, gamma=gamma, return_lse=False,
                    compute_grad=compute_grad, inplace=False)
-    return _SoftmaxLoss.apply(input, target, alpha, options)
+    return _softmax_loss(input, target, alpha, options)
 
 
 class _NLLLoss(torch.autograd.Function):

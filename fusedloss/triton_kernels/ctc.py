@@ -44,22 +44,16 @@ per-sequence grad_output: never assumed to be 1, never read on the host.
 
 Host syncs: none for padded targets (S is the targets' width). Concatenated 1-D targets become
 padded rows whose width max(target_lengths) is read from the device (the argument checks in
-functional_sequence.py synchronise already).
+functional.py synchronise already).
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (accumulation_dtype, round_to, row_block, row_warps, scale_gradient,
-                      subtract_max, triton_accumulation)
-
-
-@triton.jit
-def _lse3(a, b, c):
-    """log(e^a + e^b + e^c) elementwise; all -inf gives -inf, never NaN."""
-    m = tl.maximum(tl.maximum(a, b), c)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    return m + tl.log(tl.exp(a - m) + tl.exp(b - m) + tl.exp(c - m))
+from .._reduction import reduce
+from ._common import accumulation_dtype, round_to, row_block, row_warps, triton_accumulation
+from ._math import logsumexp3, subtract_max
+from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 
 @triton.jit
@@ -136,7 +130,7 @@ def _ctc_kernel(
         previous = alpha_row + ((t - 1) % alpha_rows) * width + s
         step = tl.load(previous - 1, mask=valid & (s >= 1), other=float("-inf"))
         skip = tl.load(previous - 2, mask=can_skip, other=float("-inf"))
-        alpha, shift = subtract_max(tl.where(valid, _lse3(alpha, step, skip) + emit, neg_inf))
+        alpha, shift = subtract_max(tl.where(valid, logsumexp3(alpha, step, skip) + emit, neg_inf))
         log_scale += shift + offset
         tl.store(alpha_row + (t % alpha_rows) * width + s, alpha, mask=valid)
 
@@ -205,7 +199,7 @@ def _ctc_kernel(
                 # beta'_{t-1} from beta_t at s, s+1 and (skip) s+2, rescaled like alpha
                 step = tl.load(row + s + 1, mask=s + 1 < num_states, other=float("-inf"))
                 skip = tl.load(row + s + 2, mask=can_skip_next, other=float("-inf"))
-                beta, _ = subtract_max(tl.where(valid, _lse3(beta, step, skip), neg_inf))
+                beta, _ = subtract_max(tl.where(valid, logsumexp3(beta, step, skip), neg_inf))
 
 
 @triton.jit
@@ -326,45 +320,34 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compu
     return loss, grad
 
 
-class _CTCLoss(torch.autograd.Function):
-    """Per-sequence CTC losses; the forward writes d(loss_n)/d input, the backward scales each
-    sequence's gradient by its grad_output."""
-
-    @staticmethod
-    def forward(ctx, x, targets, input_lengths, target_lengths, blank, logits):
-        compute_grad = ctx.needs_input_grad[0]
-        batched = x if x.dim() == 3 else x.unsqueeze(1)
-        if x.dim() == 2:  # unbatched: the target is one row
-            targets = targets.reshape(1, -1)
-        loss, grad = _ctc_forward(batched.detach(), targets, input_lengths, target_lengths, blank,
-                                  logits, compute_grad)
-        if grad is not None:
-            ctx.save_for_backward(grad.view(batched.shape))
-        ctx.input_shape = x.shape
-        return loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        grad = scale_gradient(grad, grad_output.view(1, -1, 1), inplace=False)
-        return grad.view(ctx.input_shape), None, None, None, None, None
+def _per_sequence(grad_output):
+    """Each sequence's grad_output against its (T, N, C) gradient."""
+    return grad_output.view(1, -1, 1)
 
 
 def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, logits):
     input_lengths = input_lengths.reshape(-1).contiguous()
     target_lengths = target_lengths.reshape(-1).contiguous()
-    x_in = x if torch.is_grad_enabled() else x.detach()  # no gradient computed under no_grad
-    loss = _CTCLoss.apply(x_in, targets, input_lengths, target_lengths, blank, logits)
+    (compute_grad,) = wanted_gradients(x)
+
+    def sweep(x):
+        """Per-sequence CTC losses (N,) and d(loss_n)/d x; the backward scales each sequence's
+        gradient by its grad_output."""
+        batched = x if x.dim() == 3 else x.unsqueeze(1)
+        # unbatched: the target is one row
+        rows = targets if x.dim() == 3 else targets.reshape(1, -1)
+        loss, grad = _ctc_forward(batched.detach(), rows, input_lengths, target_lengths, blank,
+                                  logits, compute_grad)
+        return Sweep((loss,), [None if grad is None else grad.view(batched.shape)],
+                     shape_grad_output=_per_sequence, finish=lambda _, g: g.view(x.shape))
+    loss = PrecomputedGradient.apply(sweep, x)
     if zero_infinity:
         loss = torch.where(torch.isinf(loss), torch.zeros_like(loss), loss)
     if reduction == "mean":  # torch: each loss over its target length, then the batch mean
-        loss = (loss / target_lengths.clamp(min=1).to(loss.dtype)).mean()
-    elif reduction == "sum":
-        loss = loss.sum()
+        loss = loss / target_lengths.clamp(min=1).to(loss.dtype)
     elif x.dim() == 2:
         loss = loss.squeeze(0)
-    return loss.to(x.dtype)
+    return reduce(loss, reduction).to(x.dtype)
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",

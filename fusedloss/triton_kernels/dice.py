@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._reduction import reduce
 from ._common import ELEMENTWISE_BLOCK, accumulation_dtype, round_to, row_warps, triton_accumulation
 
 
@@ -98,11 +99,7 @@ class _DiceLoss(torch.autograd.Function):
         loss = 1 - 2 * intersection / denominator
         ctx.save_for_backward(label, intersection, denominator)
         ctx.reduction, ctx.shape, ctx.dtype = reduction, input.shape, input.dtype
-        if reduction == "sum":
-            loss = loss.sum()
-        elif reduction == "mean":
-            loss = loss.mean()
-        return loss.to(input.dtype)
+        return reduce(loss, reduction).to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -123,3 +120,6 @@ class _DiceLoss(torch.autograd.Function):
 
 def dice_loss(input, label, epsilon=1e-5, reduction="mean"):
     return _DiceLoss.apply(input, label, epsilon, reduction)
+
+
+KERNELS = {"dice_loss": dice_loss}

@@ -31,11 +31,14 @@ input dtype + O(N) per-token values. Deterministic: no atomics, a fixed chunk or
 Soft (probability) targets take the same path: the row kernel reads each chunk's rows of the
 (N, V) target through its strides.
 """
+import functools
+
 import torch
 import triton
 
-from .._args import reduce
-from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, scale_gradient
+from .._reduction import reduce
+from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype
+from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 from .cross_entropy import _check_no_grad, _hard_denominator, launch_row_kernel
 
 # Fewest rows per chunk on a GPU. A chunk's rows are the inner dimension of
@@ -131,76 +134,80 @@ def _gradient_buffers(x, linear_weight, linear_bias, needs):
             torch.zeros(linear_bias.shape, dtype=acc, device=x.device) if need_b else None)
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Linear cross entropy over chunks of tokens, hard or soft labels (module header)."""
+def _flat_target(target):
+    """Per token: a row of probabilities (read through its strides) or one class index."""
+    if target.is_floating_point():
+        return target.reshape(-1, target.shape[-1])
+    return target.reshape(-1).contiguous()
+
+
+def _forward(input, linear_weight, linear_bias, target, class_weight, options, grads):
+    """Steps 1-3 over every chunk, filling the `grads` buffers (None where not wanted): the
+    reduced loss, and the per-token lse when asked for."""
+    x = input.reshape(-1, input.shape[-1])  # an (H,) input is one row
+    acc = accumulation_dtype(input.dtype)
+    reduction = options["reduction"]
+    flat_target = _flat_target(target)
+    loss = torch.empty(x.shape[0], dtype=acc, device=x.device)
+    lse = torch.empty_like(loss) if options["return_lse"] else None
+    denominator = None
+    if reduction == "mean" and target.is_floating_point():
+        denominator = torch.full((), x.shape[0], dtype=acc, device=x.device)
+    elif reduction == "mean":
+        denominator = _hard_denominator(flat_target, class_weight, options["ignore_index"], acc)
+    _sweep(x, linear_weight, linear_bias, flat_target, class_weight, options, loss, lse,
+           denominator, grads)
+    token_shape = input.shape[:-1]
+    reduced = reduce(loss.view(token_shape), reduction, denominator).to(input.dtype)
+    return (reduced,) if lse is None else (reduced, lse.view(token_shape))
+
+
+def _rounded(grad, like):
+    """A gradient buffer (fp32 for 16-bit inputs) rounded once to its input's dtype and shape."""
+    return grad.to(like.dtype).view(like.shape)
+
+
+def _precomputed(options, input, linear_weight, linear_bias, target, class_weight):
+    """'mean' and 'sum' (or no gradient at all): one sweep writes the three gradients, which
+    the backward scales in place by the scalar grad_output."""
+    x = input.reshape(-1, input.shape[-1])
+    wanted = any(options["needs"])
+    grads = (_gradient_buffers(x, linear_weight, linear_bias, options["needs"]) if wanted
+             else (None, None, None))
+    outputs = _forward(input, linear_weight, linear_bias, target, class_weight, options, grads)
+    inputs = (input, linear_weight, linear_bias)
+    return Sweep(outputs, [*grads, None, None], finish=lambda i, grad: _rounded(grad, inputs[i]))
+
+
+class _PerTokenLinearCrossEntropy(torch.autograd.Function):
+    """reduction='none' with gradients: the per-token grad_output is unknown in the forward, so
+    the forward computes the losses alone and the backward recomputes steps 1-3 with it folded
+    in (module header)."""
 
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, class_weight, options):
-        x = input.reshape(-1, input.shape[-1])  # an (H,) input is one row
-        acc = accumulation_dtype(input.dtype)
-        reduction = options["reduction"]
-        soft = target.is_floating_point()
-        # per token: a row of probabilities (read through its strides) or one class index
-        if soft:
-            flat_target = target.reshape(-1, target.shape[-1])
-        else:
-            flat_target = target.reshape(-1).contiguous()
-        loss = torch.empty(x.shape[0], dtype=acc, device=x.device)
-        lse = torch.empty_like(loss) if options["return_lse"] else None
-        denominator = None
-        if reduction == "mean" and soft:
-            denominator = torch.full((), x.shape[0], dtype=acc, device=x.device)
-        elif reduction == "mean":
-            denominator = _hard_denominator(flat_target, class_weight, options["ignore_index"], acc)
-        precompute = reduction != "none" and any(options["needs"])
-        grads = (_gradient_buffers(x, linear_weight, linear_bias, options["needs"]) if precompute
-                 else (None, None, None))
-        _sweep(x, linear_weight, linear_bias, flat_target, class_weight, options, loss, lse,
-               denominator, grads)
-
+        outputs = _forward(input, linear_weight, linear_bias, target, class_weight, options,
+                           (None, None, None))
         ctx.options = options
-        ctx.input_shape = input.shape
-        ctx.dtypes = (input.dtype, linear_weight.dtype,
-                      linear_bias.dtype if linear_bias is not None else None)
-        if precompute:
-            ctx.precomputed = grads  # on ctx, not saved: the backward scales them in place
-        elif reduction == "none" and any(options["needs"]):
-            ctx.save_for_backward(input, linear_weight, linear_bias, flat_target, class_weight)
-        token_shape = input.shape[:-1]
-        reduced = reduce(loss.view(token_shape), reduction, denominator).to(input.dtype)
-        if lse is None:
-            return reduced
-        lse = lse.view(token_shape)
-        ctx.mark_non_differentiable(lse)
-        return reduced, lse
+        ctx.save_for_backward(input, linear_weight, linear_bias, _flat_target(target), class_weight)
+        if len(outputs) == 1:
+            return outputs[0]
+        ctx.mark_non_differentiable(outputs[1])
+        return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, *unused_lse_grad):
-        if ctx.options["reduction"] == "none":
-            input, linear_weight, linear_bias, flat_target, class_weight = ctx.saved_tensors
-            x = input.reshape(-1, input.shape[-1])
-            grads = _gradient_buffers(x, linear_weight, linear_bias, ctx.options["needs"])
-            scratch_loss = torch.empty(x.shape[0], dtype=accumulation_dtype(x.dtype),
-                                       device=x.device)
-            token_scale = grad_output.reshape(-1).to(scratch_loss.dtype)
-            _sweep(x, linear_weight, linear_bias, flat_target, class_weight, ctx.options,
-                   scratch_loss, grads=grads, token_scale=token_scale)
-        else:
-            if ctx.precomputed is None:
-                raise RuntimeError(
-                    "linear_cross_entropy computes its gradients in the forward and its backward "
-                    "consumes them: backward through it a second time (retain_graph=True) is not "
-                    "supported; call it again instead")
-            # scaled in place (the buffers are ours alone), then released
-            grads = [scale_gradient(g, grad_output, inplace=True) if g is not None else None
-                     for g in ctx.precomputed]
-            ctx.precomputed = None
-        grad_x, grad_w, grad_b = [g.to(dtype) if g is not None else None
-                                  for g, dtype in zip(grads, ctx.dtypes)]
-        if grad_x is not None:
-            grad_x = grad_x.view(ctx.input_shape)
-        return grad_x, grad_w, grad_b, None, None, None
+        input, linear_weight, linear_bias, flat_target, class_weight = ctx.saved_tensors
+        x = input.reshape(-1, input.shape[-1])
+        grads = _gradient_buffers(x, linear_weight, linear_bias, ctx.options["needs"])
+        scratch_loss = torch.empty(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
+        token_scale = grad_output.reshape(-1).to(scratch_loss.dtype)
+        _sweep(x, linear_weight, linear_bias, flat_target, class_weight, ctx.options,
+               scratch_loss, grads=grads, token_scale=token_scale)
+        inputs = (input, linear_weight, linear_bias)
+        return (*[None if g is None else _rounded(g, t) for g, t in zip(grads, inputs)],
+                None, None, None)
 
 
 def linear_cross_entropy(input, linear_weight, target, linear_bias=None, weight=None,
@@ -213,14 +220,16 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias=None, weight=
     gradients for input, linear_weight and linear_bias (whichever require grad).
     """
     _check_no_grad(target=target, weight=weight)
-    grad_enabled = torch.is_grad_enabled()
-    needs = tuple(t is not None and t.requires_grad and grad_enabled
-                  for t in (input, linear_weight, linear_bias))
+    needs = wanted_gradients(input, linear_weight, linear_bias)
     options = dict(reduction=reduction, ignore_index=ignore_index,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                    return_lse=return_lse, needs=needs)
     weight = weight.contiguous() if weight is not None else None
-    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, options)
+    if reduction == "none" and any(needs):
+        return _PerTokenLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight,
+                                                 options)
+    return PrecomputedGradient.apply(functools.partial(_precomputed, options), input,
+                                     linear_weight, linear_bias, target, weight)
 
 
 KERNELS = {"linear_cross_entropy": linear_cross_entropy}

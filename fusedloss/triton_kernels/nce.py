@@ -6,13 +6,13 @@ log q(c), the cost is the logistic cost of t = log o - log b: softplus(-t) = -lo
 for the true class, softplus(t) = -log(b / (o + b)) for a negative. d cost / d s is
 (sigmoid(t) - y) sigmoid(-s), d cost / d log q(c) is -(sigmoid(t) - y).
 
-The kernels, their passes and what is kept are hsigmoid.py's (see its header): one forward
+The kernels, their passes and what is kept are _gathered_logistic.py's (see its header): one forward
 program per sample over its 1 + k classes, and a deterministic sorted-segment scatter for the
 weight, bias and (when it requires grad) noise_log_probs gradients.
 """
 import torch
 
-from .hsigmoid import gathered_logistic
+from ._gathered_logistic import gathered_logistic
 
 
 def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean"):

@@ -1,4 +1,4 @@
-"""The shared backward of precomputed-gradient losses (triton_kernels/_scale.py) through the
+"""The shared backward of precomputed-gradient losses (triton_kernels/_precomputed_gradient.py) through the
 interpreter: exact products, in place, nothing written when grad_output is exactly 1, and a
 second backward through a retained graph exact or refused, never silently wrong."""
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 import fusedloss
 from fusedloss import functional as F
-from fusedloss.triton_kernels import _scale
+from fusedloss.triton_kernels import _precomputed_gradient
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -22,7 +22,7 @@ def test_scale_equals_torchs_product_in_place(dtype, value):
     grad = _gradient(2500, dtype)  # 3 programs, the last one partly masked
     expected = grad * torch.tensor(value, dtype=dtype)
     storage = grad.data_ptr()
-    result = _scale.scale_in_place(grad, torch.tensor(value, dtype=dtype))
+    result = _precomputed_gradient.scale_in_place(grad, torch.tensor(value, dtype=dtype))
     assert result.data_ptr() == storage
     torch.testing.assert_close(result, expected, rtol=0, atol=0, equal_nan=True)
 
@@ -32,7 +32,7 @@ def test_one_leaves_every_bit_alone(dtype):
     grad = _gradient(1500, dtype)
     grad[7] = float("nan")
     before = grad.clone()
-    result = _scale.scale_in_place(grad, torch.ones((), dtype=torch.float32))
+    result = _precomputed_gradient.scale_in_place(grad, torch.ones((), dtype=torch.float32))
     assert result.data_ptr() == grad.data_ptr()
     assert torch.equal(result.view(torch.uint8), before.view(torch.uint8))
 
@@ -41,20 +41,20 @@ def test_grad_output_of_another_dtype_is_cast_first():
     grad = _gradient(100, torch.bfloat16)
     grad_output = torch.tensor(1.0 / 3.0, dtype=torch.float64)
     expected = grad * grad_output.to(torch.bfloat16)
-    torch.testing.assert_close(_scale.scale_in_place(grad.clone(), grad_output), expected, rtol=0, atol=0)
+    torch.testing.assert_close(_precomputed_gradient.scale_in_place(grad.clone(), grad_output), expected, rtol=0, atol=0)
 
 
 def test_per_element_and_non_contiguous_gradients_scale_by_torch():
     grad = _gradient(60, torch.float32).view(6, 10)
     per_row = torch.linspace(-1, 2, 6).unsqueeze(1)
-    torch.testing.assert_close(_scale.scale_in_place(grad.clone(), per_row), grad * per_row, rtol=0, atol=0)
+    torch.testing.assert_close(_precomputed_gradient.scale_in_place(grad.clone(), per_row), grad * per_row, rtol=0, atol=0)
     transposed = grad.clone().t()
-    torch.testing.assert_close(_scale.scale_in_place(transposed, torch.tensor(2.0)), grad.t() * 2, rtol=0, atol=0)
+    torch.testing.assert_close(_precomputed_gradient.scale_in_place(transposed, torch.tensor(2.0)), grad.t() * 2, rtol=0, atol=0)
 
 
 def test_empty_gradient():
     grad = torch.empty(0, 5)
-    assert _scale.scale_in_place(grad, torch.tensor(3.0)).shape == (0, 5)
+    assert _precomputed_gradient.scale_in_place(grad, torch.tensor(3.0)).shape == (0, 5)
 
 
 def _losses():

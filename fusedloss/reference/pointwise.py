@@ -1,11 +1,11 @@
-"""Regression losses on the difference input - target, with torch 2.13's optional weight.
+"""Pointwise losses of the difference input - target, with torch 2.13's optional weight.
 
 torch 2.13 is not uniform about the weighted mean: L1 and MSE divide sum(w * loss) by sum(w),
 Huber divides it by the element count. The reference follows each.
 """
 import torch
 
-from .._args import reduce
+from .._reduction import reduce
 
 
 def _weighted(loss, weight, reduction):

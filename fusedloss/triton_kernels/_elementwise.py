@@ -1,0 +1,175 @@
+"""The generic elementwise loss kernel the binary, pointwise and ranking families run: one pass.
+
+Each program takes ELEMENTWISE_BLOCK elements, loads up to three operands and an optional
+weight, evaluates the loss and its derivatives together, and writes either the per-element loss
+or one partial sum per program, plus the gradient of every operand that requires grad. The
+per-loss math is a @triton.jit function of the family module (binary.py, pointwise.py,
+ranking.py) passed as the constexpr LOSS, so each compiled kernel contains only its own loss:
+
+    loss_math(a, b, c, p0, p1) -> (loss, dloss/da, dloss/db, dloss/dc)
+
+for one element, with `a, b, c` the operands (already loaded and cast to the accumulation dtype,
+in the order of the loss's Python signature; c is 1 when absent) and `p0, p1` its two scalar
+parameters, before any weight or reduction scaling. Derivatives of operands a loss does not have
+are returned as 0 and never stored. 'mean' and 'sum'
+finish with a torch sum of the partials: no atomics, so the same input gives the same bits. The
+backward only multiplies the saved gradients by grad_output (scalar or elementwise;
+_precomputed_gradient.py).
+
+Broadcasting: an operand whose broadcast only repeats a contiguous block along leading
+dimensions (pos_weight (C,) against (N, C)) is read in place with `offset % period`; other
+non-contiguous operands are copied once. The gradient of a broadcast operand is kept in the
+accumulation dtype and summed back to the operand's shape in the backward before the one cast
+to its dtype (summing after a per-element fp16 rounding loses too much to cancellation).
+"""
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .._reduction import reduce
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_warps,
+                      triton_accumulation)
+from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
+
+
+@triton.jit
+def _load(ptr, offsets, mask, period, REPEATS: tl.constexpr, ACC: tl.constexpr):
+    if REPEATS:  # a broadcast operand: its contiguous block repeats every `period` elements
+        offsets = offsets % period
+    # cast right after the load: the interpreter would compute on raw bf16 bits
+    return tl.load(ptr + offsets, mask=mask, other=0).to(ACC)
+
+
+@triton.jit
+def _elementwise_loss_kernel(
+    a_ptr, b_ptr, c_ptr, w_ptr,      # operands in the loss's signature order; c, w optional
+    c_period, w_period,              # c and w repeat every `period` elements when *_REPEATS
+    loss_ptr,                        # per-element loss, or one partial sum per program (REDUCE)
+    weight_sum_ptr,                  # one partial sum of the weight per program (WEIGHT_SUM)
+    ga_ptr, gb_ptr, gc_ptr, gw_ptr,  # gradients; gw holds the unweighted loss
+    n,                               # element count
+    p0_hi, p0_lo, p1_hi, p1_lo,      # the loss's two scalar parameters, each an fp32 pair hi + lo
+                                     # (a Python float arrives as fp32: fp64 losses need the rest)
+    LOSS: tl.constexpr,              # the loss's jit math (module header)
+    HAS_C: tl.constexpr, HAS_W: tl.constexpr,
+    C_REPEATS: tl.constexpr, W_REPEATS: tl.constexpr,
+    REDUCE: tl.constexpr, MEAN: tl.constexpr, WEIGHT_SUM: tl.constexpr,
+    GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr, GRAD_W: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offsets = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    a = _load(a_ptr, offsets, mask, n, False, ACC)
+    b = _load(b_ptr, offsets, mask, n, False, ACC)
+    if HAS_C:
+        c = _load(c_ptr, offsets, mask, c_period, C_REPEATS, ACC)
+    else:  # only pos_weight is optional, and its neutral value is 1
+        c = tl.full([BLOCK], 1.0, ACC)
+    p0 = tl.full([BLOCK], p0_hi, ACC) + p0_lo
+    p1 = tl.full([BLOCK], p1_hi, ACC) + p1_lo
+    loss, da, db, dc = LOSS(a, b, c, p0, p1)
+
+    # 'mean' over the element count folds 1/n into the gradient here; a weighted mean's
+    # denominator (the weight sum) is only known after the sweep and is applied in backward
+    scale = tl.full([BLOCK], 1.0, ACC)
+    if MEAN:
+        scale = scale / n
+    if GRAD_W:
+        tl.store(gw_ptr + offsets, round_to(loss * scale, gw_ptr.dtype.element_ty), mask=mask)
+    if HAS_W:
+        w = _load(w_ptr, offsets, mask, w_period, W_REPEATS, ACC)
+        loss = loss * w
+        scale = scale * w
+    if GRAD_A:
+        tl.store(ga_ptr + offsets, round_to(da * scale, ga_ptr.dtype.element_ty), mask=mask)
+    if GRAD_B:
+        tl.store(gb_ptr + offsets, round_to(db * scale, gb_ptr.dtype.element_ty), mask=mask)
+    if GRAD_C:
+        tl.store(gc_ptr + offsets, round_to(dc * scale, gc_ptr.dtype.element_ty), mask=mask)
+
+    if REDUCE:
+        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+        if WEIGHT_SUM:
+            tl.store(weight_sum_ptr + pid, tl.sum(tl.where(mask, w, 0.0), axis=0))
+    else:
+        tl.store(loss_ptr + offsets, round_to(loss, loss_ptr.dtype.element_ty), mask=mask)
+
+
+def _repeating(t):
+    """(flat tensor, period) such that element i of `t` is flat[i % period], without a copy when
+    `t` only broadcasts a contiguous block along leading dimensions."""
+    lead = 0
+    while lead < t.dim() and (t.stride(lead) == 0 or t.shape[lead] == 1):
+        lead += 1
+    if t.numel() > 0:
+        block = t[(0,) * lead]
+        if block.is_contiguous():
+            return block.reshape(-1), max(block.numel(), 1)
+    return t.contiguous().reshape(-1), max(t.numel(), 1)
+
+
+def _sweep(loss_math, reduction, p0, p1, weighted_mean, needs, a, b, c, w):
+    """Loss and gradients in one launch (module header), as a `Sweep` for the backward."""
+    operands = (a, b, c, w)
+    present = [t for t in operands if t is not None]
+    shape = torch.broadcast_shapes(*(t.shape for t in present))
+    n = shape.numel()
+    out_dtype = functools.reduce(torch.promote_types, [t.dtype for t in present])
+    acc = accumulation_dtype(out_dtype)
+    partial_sums = reduction != "none"  # one per program, reduced like the losses below
+
+    a_flat, b_flat = (t.expand(shape).contiguous().reshape(-1) for t in (a, b))
+    c_flat, c_period = _repeating(c.expand(shape)) if c is not None else (a_flat, n)
+    w_flat, w_period = _repeating(w.expand(shape)) if w is not None else (a_flat, n)
+    grid = (triton.cdiv(n, ELEMENTWISE_BLOCK),)
+    loss = torch.empty(grid[0] if partial_sums else n, device=a.device,
+                       dtype=acc if partial_sums else out_dtype)
+    weight_sum = torch.empty(grid[0], device=a.device, dtype=acc) if weighted_mean else loss
+    # keep in the accumulation dtype what backward sums (a broadcast operand's gradient) or
+    # cancels (the weighted mean's weight gradient l_i - mean)
+    in_acc = [t is not None and t.shape != shape for t in operands]
+    in_acc[3] = in_acc[3] or weighted_mean
+    grads = [torch.empty(n, device=a.device, dtype=acc if keep else t.dtype) if need else None
+             for t, need, keep in zip(operands, needs, in_acc)]
+    if n > 0:
+        _elementwise_loss_kernel[grid](
+            a_flat, b_flat, c_flat, w_flat, c_period, w_period, loss, weight_sum,
+            *[loss if g is None else g for g in grads], n, *fp32_pair(p0), *fp32_pair(p1),
+            LOSS=loss_math, HAS_C=c is not None, HAS_W=w is not None,
+            C_REPEATS=c_period != n, W_REPEATS=w_period != n,
+            REDUCE=partial_sums, MEAN=reduction == "mean" and not weighted_mean,
+            WEIGHT_SUM=weighted_mean,
+            GRAD_A=needs[0], GRAD_B=needs[1], GRAD_C=needs[2], GRAD_W=needs[3],
+            ACC=triton_accumulation(acc), BLOCK=ELEMENTWISE_BLOCK,
+            num_warps=row_warps(ELEMENTWISE_BLOCK))
+
+    if weighted_mean:
+        weight_sum = weight_sum.sum()
+    result = reduce(loss.view(shape) if reduction == "none" else loss, reduction,
+                    weight_sum if weighted_mean else n)
+    grads = [None if g is None else g.view(shape) for g in grads]
+    if weighted_mean and grads[3] is not None:  # d/dw_i of sum(w l) / sum(w): (l_i - mean) / sum(w)
+        grads[3] = grads[3] - result
+
+    def over_weight_sum(grad_output):  # the weighted mean's denominator, known after the sweep
+        return grad_output.to(weight_sum.dtype) / weight_sum
+
+    def finish(i, grad):  # a broadcast operand's gradient summed back, then one cast
+        return grad.sum_to_size(operands[i].shape).to(operands[i].dtype)
+    return Sweep((result.to(out_dtype),), grads,
+                 over_weight_sum if weighted_mean else Sweep.shape_grad_output, finish)
+
+
+def elementwise_loss(loss_math, operands, weight=None, reduction="mean", p0=0.0, p1=0.0,
+                     weighted_mean=False):
+    """Run the jit function `loss_math` through the kernel. operands: 2 or 3 tensors in the
+    loss's signature order (broadcast together with the weight); `weighted_mean`: 'mean' divides
+    by the weight sum (l1 and mse) instead of the element count."""
+    a, b, c = (list(operands) + [None])[:3]
+    sweep = functools.partial(_sweep, loss_math, reduction, float(p0), float(p1),
+                              weighted_mean and reduction == "mean" and weight is not None,
+                              wanted_gradients(a, b, c, weight))
+    return PrecomputedGradient.apply(sweep, a, b, c, weight)

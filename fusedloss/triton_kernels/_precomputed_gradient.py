@@ -1,0 +1,132 @@
+"""The autograd plumbing of losses whose forward sweep writes d loss / d input: which gradients a
+call wants, the one autograd Function whose backward scales the precomputed gradients by
+grad_output, and that scaling itself.
+
+The backward scales each gradient in place (the buffers are the loss's own). For a single
+grad_output value (a reduced loss) that is one flat kernel whose programs read grad_output on
+the device and return at once, touching nothing else, when it is exactly 1, which is every
+`loss.backward()`: the backward then moves 4 bytes per program instead of a read and a write of
+the gradient, with no host synchronisation to find that out. Any other value (0, NaN and inf
+included) is multiplied in the accumulation dtype and rounded once to the gradient's dtype, as
+torch's `grad * grad_output` rounds. A per-element grad_output (reduction='none') has nothing to
+skip: it is an in-place multiply by torch.
+
+A second backward through a retained graph finds the buffers as the first left them: still the
+unscaled gradients when the first grad_output was 1, which it checks on the host, once, in that
+rare call, and then scales copies; after any other first grad_output the buffers hold that
+product, which cannot be undone exactly, so it raises and says so.
+"""
+import dataclasses
+import typing
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import ELEMENTWISE_BLOCK, round_to, triton_accumulation
+
+
+def wanted_gradients(*tensors):
+    """Per tensor (None allowed): whether the call must produce its gradient. Asked before the
+    autograd Function runs: inside its forward grad mode is off, and needs_input_grad ignores
+    no_grad mode (an evaluation loop), where no gradient is due."""
+    enabled = torch.is_grad_enabled()
+    return tuple(t is not None and t.requires_grad and enabled for t in tensors)
+
+
+def scale_gradient(grad, grad_output, inplace):
+    """grad * grad_output, where grad_output is a scalar (reduced loss) or, for reduction='none',
+    a tensor the caller has shaped to broadcast against `grad`."""
+    grad_output = grad_output.to(grad.dtype)
+    return grad.mul_(grad_output) if inplace else grad * grad_output
+
+
+@triton.jit
+def _scale_kernel(grad_ptr, grad_output_ptr, numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    scale = tl.load(grad_output_ptr).to(ACC)
+    if scale != 1.0:
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < numel
+        grad = tl.load(grad_ptr + offsets, mask=mask).to(ACC)
+        tl.store(grad_ptr + offsets, round_to(grad * scale, grad_ptr.dtype.element_ty), mask=mask)
+
+
+def scale_in_place(grad, grad_output):
+    """`grad *= grad_output`, returning `grad`; free when grad_output is a single 1."""
+    grad_output = grad_output.to(grad.dtype)
+    if torch.broadcast_shapes(grad.shape, grad_output.shape) != grad.shape:
+        return grad * grad_output  # a grad_output larger than the gradient: no in-place form
+    if grad_output.numel() != 1 or not grad.is_contiguous():
+        return grad.mul_(grad_output)
+    if grad.numel():
+        grid = (triton.cdiv(grad.numel(), ELEMENTWISE_BLOCK),)
+        _scale_kernel[grid](grad, grad_output.reshape(1), grad.numel(),
+                            ACC=triton_accumulation(grad.dtype), BLOCK=ELEMENTWISE_BLOCK)
+    return grad
+
+
+def _same(grad_output):
+    return grad_output
+
+
+def _unchanged(index, grad):
+    return grad
+
+
+@dataclasses.dataclass
+class Sweep:
+    """What a loss's forward sweep hands its backward.
+
+    outputs: the loss, then any non-differentiable extras (the per-token lse).
+    gradients: per input of the Function, d loss / d input or None where none is wanted.
+    shape_grad_output: grad_output -> the factor that broadcasts against every gradient (a
+        per-token grad_output gets unit class dimensions; a weighted mean divides by its sum).
+    finish: (input index, scaled gradient) -> the gradient autograd receives (summed back to a
+        broadcast input's shape, cast to its dtype).
+    The gradients are the loss's own buffers (the backward scales them in place).
+    """
+    outputs: tuple
+    gradients: list
+    shape_grad_output: typing.Callable = _same
+    finish: typing.Callable = _unchanged
+
+
+class PrecomputedGradient(torch.autograd.Function):
+    """apply(sweep, *inputs): `sweep(*inputs)` launches the kernel and returns a `Sweep`; the
+    backward scales its gradients by grad_output (module header)."""
+
+    @staticmethod
+    def forward(ctx, sweep, *inputs):
+        result = sweep(*inputs)
+        # saved, not kept on ctx: autograd frees them after a backward that does not retain the
+        # graph, so the gradient it hands on is the only reference (AccumulateGrad takes it as
+        # .grad instead of copying)
+        ctx.wanted = [grad is not None for grad in result.gradients]
+        ctx.save_for_backward(*[grad for grad in result.gradients if grad is not None])
+        ctx.shape_grad_output, ctx.finish = result.shape_grad_output, result.finish
+        ctx.first_grad_output = None
+        loss, *extras = result.outputs
+        if not extras:
+            return loss
+        ctx.mark_non_differentiable(*extras)
+        return (loss, *extras)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, *unused_extra_grads):
+        factor = ctx.shape_grad_output(grad_output)
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) if wanted else None for wanted in ctx.wanted]
+        if ctx.first_grad_output is None:
+            ctx.first_grad_output = factor.detach()
+            # .data: the buffers are this Function's own, and a retained graph must still
+            # unpack them (the second-backward rule above, not the version counter, guards them)
+            scaled = [None if g is None else scale_in_place(g.data, factor) for g in grads]
+        elif bool((ctx.first_grad_output == 1).all()):  # a second backward: the host check is once
+            scaled = [None if g is None else g * factor.to(g.dtype) for g in grads]
+        else:
+            raise RuntimeError(
+                "fusedloss: a second backward through this loss after a first grad_output other "
+                "than 1 is not supported (the forward's gradient was scaled in place); run the "
+                "loss forward again for each backward")
+        return (None, *[None if g is None else ctx.finish(i, g) for i, g in enumerate(scaled)])
