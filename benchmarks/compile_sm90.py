@@ -23,6 +23,7 @@ kernel that fusedloss/triton_kernels/*.py launches (`kernel[grid](...)`) was nev
 import argparse
 import ast
 import contextlib
+import copyreg
 import dataclasses
 import importlib
 import io
@@ -168,9 +169,10 @@ def _fuzz_calls(examples):
     """(label, loss name, args, kwargs) for `examples` calls per loss drawn from the fuzzer's
     hypothesis strategies (the same seed and dtypes as its tests)."""
     from hypothesis import HealthCheck, Phase, given, seed, settings
+    from fusedloss import catalog
     from fusedloss.testing import strategies
 
-    for name in strategies.LOSSES:
+    for name in catalog.NAMES:
         drawn = []
 
         def keep(call):
@@ -181,6 +183,12 @@ def _fuzz_calls(examples):
             seed(FUZZ_SEED)(given(strategies.calls(name))(keep)))()
         for call in drawn:
             yield f"fuzz {name}", call.fn_name, call.args, call.kwargs
+
+
+def _jit_function(module, name):
+    """The jit function `name` of `module`: how a jit function passed as a constexpr (a loss's
+    math) is pickled, so that the compile step gets the real JITFunction, not the interpreter's."""
+    return getattr(importlib.import_module(module), name)
 
 
 def record(launch_all, examples):
@@ -212,6 +220,8 @@ def record(launch_all, examples):
         launches.setdefault(launch.key(), launch)
 
     InterpretedFunction.run = intercept
+    copyreg.pickle(InterpretedFunction,
+                   lambda jit: (_jit_function, (jit.fn.__module__, jit.fn.__name__)))
     calls = _fuzz_calls(examples) if launch_all else _realistic_calls()
     for label, name, args, kwargs in calls:
         current[0] = label
@@ -263,7 +273,7 @@ def compile_launch(launch):
 
 def describe(launch):
     """(first float pointer's dtype, constexprs): True flags by name, False ones left out, ints
-    a GPU launch specialises to 1 as name=1."""
+    a GPU launch specialises to 1 as name=1, jit functions by name."""
     names = list(launch.signature)
     dtype = next((kind[1:] for kind in launch.signature.values()
                   if kind.startswith(("*fp", "*bf"))), "-")
@@ -272,7 +282,7 @@ def describe(launch):
         if value is True:
             parts.append(names[index])
         elif value is not False:
-            parts.append(f"{names[index]}={value}")
+            parts.append(f"{names[index]}={getattr(value, '__name__', value)}")
     return dtype, " ".join(parts)
 
 
