@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point that sets itself up on a fresh machine:
 #   bash run.sh check [ARGS...]   the kernels against the reference (python -m fusedloss check)
-#   bash run.sh test  [ARGS...]   the test suite (what CI runs, on both stacks below)
+#   bash run.sh test  [ARGS...]   the test suite, a worker per core (what CI runs, on both stacks below)
 #   bash run.sh compile [ARGS...] every kernel compiled ahead of time for sm_90 (no GPU needed)
 #   bash run.sh traffic [ARGS...] bytes each loss moves fwd+bwd, counted on the CPU (--check: ceilings)
 #   bash run.sh bench [ARGS...]   the benchmarks (meaningful on a CUDA machine)
@@ -31,7 +31,7 @@ case "$stack" in
   *) echo "FUSEDLOSS_STACK must be newest or gpu-machine, not '$stack'" >&2; exit 2 ;;
 esac
 PY=$VENV/bin/python
-if ! "$PY" -c "import fusedloss, pytest, hypothesis, torchcrf, transformers, accelerate" 2>/dev/null; then
+if ! "$PY" -c "import fusedloss, pytest, xdist, hypothesis, torchcrf, transformers, accelerate" 2>/dev/null; then
   "$PY" -m pip install -q -e ".[test]"
 fi
 
@@ -39,7 +39,7 @@ command=${1:-test}
 shift || true
 case "$command" in
   check)   exec "$PY" -m fusedloss check "$@" ;;
-  test)    exec "$PY" -m pytest -q "$@" ;;
+  test)    exec "$PY" -m pytest -q -n auto "$@" ;;  # one worker per core (pytest-xdist)
   compile) exec "$PY" benchmarks/compile_sm90.py "$@" ;;
   traffic) exec "$PY" benchmarks/traffic.py "$@" ;;
   bench)   exec "$PY" benchmarks/run_all.py "$@" ;;
