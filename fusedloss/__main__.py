@@ -116,6 +116,13 @@ def _bench(args):
     return 0
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fusedloss",
                                      description="fusedloss: check the kernels against the reference")
@@ -124,13 +131,15 @@ def main(argv=None):
                                 "float64 reference (values and gradients)")
     check.add_argument("--loss", action="extend", nargs="+", metavar="NAME",
                        help="losses to check (repeatable; default: all)")
-    check.add_argument("--examples", type=int, default=200, metavar="N", help="calls per loss (200)")
+    check.add_argument("--examples", type=_positive_int, default=200, metavar="N", help="calls per loss (200)")
     check.add_argument("--device", choices=("cpu", "cuda"), default=None,
                        help="default: cuda if available, else cpu")
     check.add_argument("--seed", type=int, default=None, help="default: random (printed)")
     check.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     commands.add_parser("bench", help="list the benchmark scripts")
     args = parser.parse_args(argv)
+    if args.command == "check" and args.device == "cuda" and not __import__("torch").cuda.is_available():
+        check.error("--device cuda: this torch sees no CUDA device")
     return _check(args) if args.command == "check" else _bench(args)
 
 

@@ -201,3 +201,21 @@ def test_cli_unknown_loss_and_bench():
     assert _cli("check", "--loss", "nope", "--examples", "1").returncode == 2
     bench = _cli("bench")
     assert bench.returncode == 0 and "benchmarks" in bench.stdout
+
+
+@pytest.mark.parametrize("argv", [["check", "--examples", "-3"], ["check", "--examples", "0"],
+                                  ["check", "--examples", "many"], ["check", "--device", "tpu"]])
+def test_cli_bad_arguments_exit_2_with_usage(argv, capsys):
+    from fusedloss.__main__ import main
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "usage: python -m fusedloss check" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cli_cuda_without_a_device_exits_2(capsys):
+    from fusedloss.__main__ import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--device", "cuda", "--examples", "1"])
+    assert exit_.value.code == 2 and "no CUDA device" in capsys.readouterr().err
