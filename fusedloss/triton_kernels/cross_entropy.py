@@ -410,6 +410,7 @@ class _NLLLoss(torch.autograd.Function):
                 weight if weight is not None else loss, loss, target_weight,
                 num_tokens, spatial, ignore_index,
                 ACC=triton_accumulation(input.dtype), BLOCK=block, HAS_WEIGHT=weight is not None,
+                num_warps=row_warps(block),  # 4 warps on 4096 tokens spilled (ptxas, sm_90)
             )
         denominator = target_weight.sum()
         reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(input.dtype)
