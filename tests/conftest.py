@@ -51,12 +51,15 @@ def pytest_configure(config):
               or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--device cuda: this torch sees no CUDA device")
+    # the kernels take interpreted or compiled form when their module is imported
+    if "fusedloss.triton_kernels" in sys.modules and \
+            (device == "cpu") != (os.environ.get("TRITON_INTERPRET") == "1"):
+        raise pytest.UsageError("fusedloss's kernels were imported before tests/conftest.py chose "
+                                "the device")
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
     else:
         os.environ.pop("TRITON_INTERPRET", None)
-    if "triton" in sys.modules and (device == "cpu") != (os.environ.get("TRITON_INTERPRET") == "1"):
-        raise pytest.UsageError("triton was imported before tests/conftest.py chose the device")
     config.test_device = device
     examples = config.getoption("--fuzz-examples")
     if examples is not None and examples > CI_EXAMPLES:

@@ -253,7 +253,7 @@ class _GatheredLogistic(torch.autograd.Function):
         (_, x_dtype), (w_shape, w_dtype), bias_info, q_info = ctx.shapes
         grads = {}
         if need_x:
-            grads["x"] = scale_gradient(grad_x, grad_output, inplace=False).to(x_dtype)
+            grads["x"] = scale_gradient(grad_x, grad_output).to(x_dtype)
         if need_w or need_b or need_q:
             # deterministic scatter: segments of the entries stably sorted by row
             sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)
@@ -263,11 +263,11 @@ class _GatheredLogistic(torch.autograd.Function):
             if need_w or need_b:
                 grads["w"] = torch.empty(w_shape, device=device, dtype=w_dtype) if need_w else None
                 grads["b"] = torch.empty(num_rows, device=device, dtype=bias_info[1]) if need_b else None
-                _scatter(input, scale_gradient(dz, grad_output, inplace=False), order, bounds,
+                _scatter(input, scale_gradient(dz, grad_output), order, bounds,
                          grads["w"], grads["b"], ctx.acc)
             if need_q:
                 grads["q"] = torch.empty(num_rows, device=device, dtype=q_info[1])
-                _scatter(input, scale_gradient(dlogb, grad_output, inplace=False), order, bounds,
+                _scatter(input, scale_gradient(dlogb, grad_output), order, bounds,
                          None, grads["q"], ctx.acc)
         return (None, None, None, grads.get("x"), grads.get("w"), grads.get("b"), None, None,
                 grads.get("q"))

@@ -34,11 +34,11 @@ def wanted_gradients(*tensors):
     return tuple(t is not None and t.requires_grad and enabled for t in tensors)
 
 
-def scale_gradient(grad, grad_output, inplace):
-    """grad * grad_output, where grad_output is a scalar (reduced loss) or, for reduction='none',
-    a tensor the caller has shaped to broadcast against `grad`."""
-    grad_output = grad_output.to(grad.dtype)
-    return grad.mul_(grad_output) if inplace else grad * grad_output
+def scale_gradient(grad, grad_output):
+    """grad * grad_output, a new tensor, where grad_output is a scalar (reduced loss) or, for
+    reduction='none', a tensor the caller has shaped to broadcast against `grad` (for the losses
+    whose backward goes on computing with the product; PrecomputedGradient scales in place)."""
+    return grad * grad_output.to(grad.dtype)
 
 
 @triton.jit

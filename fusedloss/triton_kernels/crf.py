@@ -321,7 +321,7 @@ class _CRFNLL(torch.autograd.Function):
         emissions_dtype, transitions_dtype, start_dtype, end_dtype = ctx.dtypes
         grads = [None] * 4
         if need_emissions:
-            grads[0] = scale_gradient(work, scale.view(batch, 1, 1), False).to(emissions_dtype)
+            grads[0] = scale_gradient(work, scale.view(batch, 1, 1)).to(emissions_dtype)
         if need_transitions:
             grads[1] = (trans_work * scale.view(batch, 1, 1)).sum(0).to(transitions_dtype)
         if need_start:
