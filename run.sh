@@ -39,7 +39,7 @@ command=${1:-test}
 shift || true
 case "$command" in
   check)   exec "$PY" -m fusedloss check "$@" ;;
-  test)    exec "$PY" -m pytest -q -n auto "$@" ;;  # one worker per core (pytest-xdist)
+  test)    exec "$PY" -m pytest -q -n auto --dist worksteal "$@" ;;  # a worker per core; idle workers take queued tests from busy ones (pytest-xdist)
   compile) exec "$PY" benchmarks/compile_sm90.py "$@" ;;
   traffic) exec "$PY" benchmarks/traffic.py "$@" ;;
   bench)   exec "$PY" benchmarks/run_all.py "$@" ;;
