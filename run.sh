@@ -4,7 +4,7 @@
 #   bash run.sh test  [ARGS...]   the test suite, a worker per core (what CI runs, on both stacks below)
 #   bash run.sh compile [ARGS...] every kernel compiled ahead of time for sm_90 (no GPU needed)
 #   bash run.sh traffic [ARGS...] bytes each loss moves fwd+bwd, counted on the CPU (--check: ceilings)
-#   bash run.sh bench [ARGS...]   the benchmarks (meaningful on a CUDA machine)
+#   bash run.sh bench [ARGS...]   python -m fusedloss bench (on a CPU only --quick: tiny sizes)
 # FUSEDLOSS_STACK picks the software stack, each in its own virtual environment:
 #   newest (default)  .venv: the pinned CPU build of torch 2.13.0 and the triton it takes, made
 #                     seeing the system's packages so an installed CUDA torch is used as is (it
@@ -42,6 +42,6 @@ case "$command" in
   test)    exec "$PY" -m pytest -q -n auto "$@" ;;  # one worker per core (pytest-xdist)
   compile) exec "$PY" benchmarks/compile_sm90.py "$@" ;;
   traffic) exec "$PY" benchmarks/traffic.py "$@" ;;
-  bench)   exec "$PY" benchmarks/run_all.py "$@" ;;
+  bench)   exec "$PY" -m fusedloss bench "$@" ;;
   *) echo "usage: [FUSEDLOSS_STACK=newest|gpu-machine] bash run.sh check|test|compile|traffic|bench [ARGS...]" >&2; exit 2 ;;
 esac
