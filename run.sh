@@ -4,7 +4,8 @@
 #   bash run.sh test  [ARGS...]   the test suite, a worker per core (what CI runs, on both stacks below)
 #   bash run.sh compile [ARGS...] every kernel compiled ahead of time for sm_90 (no GPU needed)
 #   bash run.sh traffic [ARGS...] bytes each loss moves fwd+bwd, counted on the CPU (--check: ceilings)
-#   bash run.sh bench [ARGS...]   the benchmarks (meaningful on a CUDA machine)
+#   bash run.sh bench [ARGS...]   python -m fusedloss bench (on a CPU only --quick: tiny sizes)
+#   bash run.sh wheel             pip wheel . installs into a fresh venv and runs check there
 # FUSEDLOSS_STACK picks the software stack, each in its own virtual environment:
 #   newest (default)  .venv: the pinned CPU build of torch 2.13.0 and the triton it takes, made
 #                     seeing the system's packages so an installed CUDA torch is used as is (it
@@ -42,6 +43,22 @@ case "$command" in
   test)    exec "$PY" -m pytest -q -n auto --dist worksteal "$@" ;;  # a worker per core; idle workers take queued tests from busy ones (pytest-xdist)
   compile) exec "$PY" benchmarks/compile_sm90.py "$@" ;;
   traffic) exec "$PY" benchmarks/traffic.py "$@" ;;
-  bench)   exec "$PY" benchmarks/run_all.py "$@" ;;
-  *) echo "usage: [FUSEDLOSS_STACK=newest|gpu-machine] bash run.sh check|test|compile|traffic|bench [ARGS...]" >&2; exit 2 ;;
+  bench)   exec "$PY" -m fusedloss bench "$@" ;;
+  wheel)   # `pip wheel .` as a user runs it (isolated build), the wheel installed alone into a
+           # fresh venv, then imported and checked from outside the source tree. Its
+           # dependencies (torch, triton, numpy, hypothesis) come from the stack's site folders
+           # through a path file rather than PyPI: installing torch and triton again would cost
+           # minutes and test pip, not this package. Those folders' own .pth files are not read
+           # that way, so the stack's editable fusedloss stays out, and --no-deps keeps pip from
+           # touching it; the import below asserts the wheel's copy is what runs.
+           dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
+           "$PY" -m pip wheel -q --no-deps -w "$dir/dist" .
+           "$PY" -m venv --without-pip "$dir/venv"
+           fresh_site=$("$dir/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+           "$PY" -c "import site; print(*site.getsitepackages(), sep='\n')" > "$fresh_site/stack-dependencies.pth"
+           "$PY" -m pip --python "$dir/venv/bin/python" install -q --no-deps "$dir"/dist/*.whl
+           cd "$dir"
+           "$dir/venv/bin/python" -c "import fusedloss, pathlib, sys; p = pathlib.Path(fusedloss.__file__).parent; assert p.is_relative_to(sys.prefix), p; assert (p / 'py.typed').exists(); print('fusedloss', fusedloss.__version__, 'from', p)"
+           "$dir/venv/bin/python" -m fusedloss check --examples 2 "$@" ;;
+  *) echo "usage: [FUSEDLOSS_STACK=newest|gpu-machine] bash run.sh check|test|compile|traffic|bench|wheel [ARGS...]" >&2; exit 2 ;;
 esac

@@ -1,27 +1,23 @@
 """CTC loss, forward + backward: fusedloss against torch's native CTC (and cuDNN's where torch
-would take it), measured in the same process on the same inputs.
-
-Two input kinds, each with its own peer:
-  log_probs  fusedloss.ctc_loss(log_probs)            vs torch ctc_loss(log_probs), cuDNN off,
-                                                         and with cuDNN allowed when eligible
-  logits     fusedloss.ctc_loss_with_logits(logits)   vs torch ctc_loss(log_softmax(logits))
-Sizes are speech-like: T frames of N = 32 utterances, a character (C = 32) or BPE (C = 1000,
-5000) vocabulary, targets of S_max labels (lengths drawn in [S_max/2, S_max]), every input at
-its full length T. cuDNN's CTC is tried only where torch can use it: blank 0, fp32, int32
+would take it), on the same inputs. Two input kinds, each with its own peer:
+  log_probs  fusedloss ctc_loss(log_probs)             vs torch ctc_loss(log_probs), cuDNN off,
+                                                          and with cuDNN allowed when eligible
+  logits     fusedloss ctc_loss_with_logits(logits)    vs torch ctc_loss(log_softmax(logits))
+Speech-like sizes: T frames of N = 32 utterances, a character (C = 32) or BPE (C = 1000, 5000)
+vocabulary, targets of up to T/5 labels (lengths drawn from half that up), every input at its
+full length T. cuDNN's CTC is tried only where torch can use it: blank 0, fp32, int32
 concatenated targets on the CPU, all input lengths T, labels and target lengths at most 256.
-Timing is triton.testing.do_bench (median, 20%/80% quantiles) of loss + backward;
-"speedup" is the peer's time (torch native on the same input kind) over the row's.
+A latency-bound recursion over T: there is no bandwidth bound to report.
 
-    python benchmarks/bench_ctc.py [--csv out.csv]
-    TRITON_INTERPRET=1 python benchmarks/bench_ctc.py --smoke   # CPU, tiny size
+    python benchmarks/bench_ctc.py [--quick] [--out DIR]
 """
-import argparse
+from common import row, script_main, time_and_memory
 
-from common import benchmark_device, device_label, measure_ms, print_table, write_csv
-
-# (T, N, C, S_max)
-SIZES = ((500, 32, 32, 100), (1000, 32, 32, 200), (1000, 32, 1000, 150), (1500, 32, 5000, 300))
-SMOKE_SIZES = ((12, 2, 6, 3),)
+AXIS = "T"
+FRAMES = (500, 1000, 1500)
+CLASSES = (32, 1000, 5000)
+BATCH = 32
+QUICK = {"frames": (6, 10), "classes": (5,), "batch": 2}
 
 
 def make_inputs(num_frames, batch, num_classes, max_target, device):
@@ -35,7 +31,7 @@ def make_inputs(num_frames, batch, num_classes, max_target, device):
     return logits, targets, input_lengths, target_lengths
 
 
-def implementations(torch_cudnn_eligible):
+def implementations(cudnn_eligible):
     """name -> (input kind, loss(x, padded, flat, input_lengths, target_lengths)); `flat` is the
     concatenated int32 CPU targets cuDNN wants."""
     import torch
@@ -43,89 +39,54 @@ def implementations(torch_cudnn_eligible):
 
     import fusedloss.functional as F
 
+    def on(x, *tensors):
+        return [t.to(x.device) for t in tensors]
+
     def torch_native(x, targets, flat, il, tl):
         with torch.backends.cudnn.flags(enabled=False):
-            return TF.ctc_loss(x, targets.to(x.device), il.to(x.device), tl.to(x.device))
+            return TF.ctc_loss(x, *on(x, targets, il, tl))
 
     def torch_cudnn(x, targets, flat, il, tl):
         with torch.backends.cudnn.flags(enabled=True):
             return TF.ctc_loss(x, flat, il.int(), tl.int())
 
-    def torch_logits(x, targets, flat, il, tl):
-        return torch_native(x.log_softmax(-1), targets, flat, il, tl)
-
-    impls = {
-        "fusedloss": ("log_probs", lambda x, targets, flat, il, tl: F.ctc_loss(
-            x, targets.to(x.device), il.to(x.device), tl.to(x.device))),
-        "torch": ("log_probs", torch_native),
-    }
-    if torch_cudnn_eligible:
+    impls = {"fusedloss": ("log_probs", lambda x, targets, flat, il, tl:
+                           F.ctc_loss(x, *on(x, targets, il, tl))),
+             "torch": ("log_probs", torch_native)}
+    if cudnn_eligible:
         impls["torch cudnn"] = ("log_probs", torch_cudnn)
     impls["fusedloss with_logits"] = ("logits", lambda x, targets, flat, il, tl:
-                                      F.ctc_loss_with_logits(x, targets.to(x.device),
-                                                             il.to(x.device), tl.to(x.device)))
-    impls["torch log_softmax+ctc"] = ("logits", torch_logits)
+                                      F.ctc_loss_with_logits(x, *on(x, targets, il, tl)))
+    impls["torch log_softmax+ctc"] = ("logits", lambda x, targets, flat, il, tl:
+                                      torch_native(x.log_softmax(-1), targets, flat, il, tl))
     return impls
 
 
-def run_size(size, device, cuda):
+def run(device, quick, peaks, notes):
     import torch
-    num_frames, batch, num_classes, max_target = size
-    logits, targets, input_lengths, target_lengths = make_inputs(*size, device)
-    log_probs = logits.log_softmax(-1)
-    flat = torch.cat([row[:n] for row, n in zip(targets, target_lengths.tolist())]).int()
-    eligible = cuda and num_classes <= 256 and max_target <= 256
-    rows = []
-    for name, (kind, fn) in implementations(eligible).items():
-        x = (log_probs if kind == "log_probs" else logits).detach().requires_grad_()
+    frames, classes, batch = ((QUICK["frames"], QUICK["classes"], QUICK["batch"]) if quick
+                              else (FRAMES, CLASSES, BATCH))
+    if device.type != "cuda":
+        notes.append("torch cudnn left out: it needs CUDA")
+    for num_classes in classes:
+        for num_frames in frames:
+            max_target = max(num_frames // 5, 2)
+            logits, targets, input_lengths, target_lengths = make_inputs(
+                num_frames, batch, num_classes, max_target, device)
+            log_probs = logits.log_softmax(-1)
+            flat = torch.cat([r[:n] for r, n in zip(targets, target_lengths.tolist())]).int()
+            eligible = device.type == "cuda" and num_classes <= 256 and max_target <= 256
+            for name, (kind, fn) in implementations(eligible).items():
+                x = (log_probs if kind == "log_probs" else logits).detach().requires_grad_()
 
-        def step():
-            fn(x, targets, flat, input_lengths, target_lengths).backward()
+                def step():
+                    fn(x, targets, flat, input_lengths, target_lengths).backward()
 
-        median, q20, q80 = measure_ms(step, x, cuda)
-        rows.append({"T": num_frames, "N": batch, "C": num_classes, "S": max_target,
-                     "input": kind, "impl": name, "ms": median, "ms_q20": q20, "ms_q80": q80})
-    for row in rows:
-        peer = next(r["ms"] for r in rows
-                    if r["input"] == row["input"] and r["impl"].startswith("torch"))
-        row["speedup"] = peer / row["ms"]
-    return rows
-
-
-TABLE_COLUMNS = [("T", "{}"), ("N", "{}"), ("C", "{}"), ("S", "{}"), ("input", "{}"), ("impl", "{}"),
-                 ("ms", "{:.3f}"), ("ms_q20", "{:.3f}"), ("ms_q80", "{:.3f}"), ("speedup", "{:.2f}")]
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny size through the Triton interpreter (CPU) so the script "
-                             "cannot rot")
-    parser.add_argument("--csv", help="write the results (with device and versions) to this CSV")
-    args = parser.parse_args()
-
-    import torch
-    device = benchmark_device(parser, args.smoke)
-    cuda = device.type == "cuda"
-    import triton
-
-    import fusedloss
-    device_name = device_label(device)
-    versions = {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
-                "fusedloss": fusedloss.__version__,
-                "cudnn": str(torch.backends.cudnn.version()) if cuda else "n/a"}
-    print(", ".join(f"{k} {v}" for k, v in versions.items()))
-
-    rows = []
-    for size in SMOKE_SIZES if args.smoke else SIZES:
-        rows += run_size(size, device, cuda)
-        if cuda:
-            torch.cuda.empty_cache()
-    print_table(rows, TABLE_COLUMNS)
-    if args.csv:
-        write_csv(args.csv, rows, versions)
+                measured = time_and_memory(step, [x], device)
+                yield row("ctc", f"{kind} N={batch} C={num_classes}", "fp32", AXIS,
+                                num_frames, name, measured)
+            del logits, log_probs
 
 
 if __name__ == "__main__":
-    main()
+    script_main("ctc")

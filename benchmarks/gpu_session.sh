@@ -2,16 +2,17 @@
 # The one script a session with a lent GPU runs, with .whl carried beside the tree (made here by
 # `bash benchmarks/fetch_peer_wheels.sh`):
 #   device tool: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-# Stages, each under its own time limit so one slow stage cannot eat the lease (9 minutes in
-# all by default): the peers installed from the wheels; the test suite on CUDA tensors through
-# the compiled kernels; the differential check of every kernel on CUDA; every benchmark with its
-# peers. Results, in $OUT (or ./gpu-out), at most 8 files (what the device tool returns):
+# Stages, each under its own time limit so one slow stage cannot eat the lease (under 8 minutes
+# in all by default): the peers installed from the wheels; the test suite on CUDA tensors
+# through the compiled kernels; the differential check of every kernel on CUDA; every benchmark
+# family with its peers (python -m fusedloss bench). Results, in $OUT (or ./gpu-out), at most 8 files (what the device tool returns):
 #   env.txt             device, driver and versions
 #   tests.txt           the CUDA test suite's summary (pytest's short report)
 #   check.json          python -m fusedloss check --device cuda (the kernels against the reference)
-#   gpu-results.tar.gz  every stage's log, the suite's junit XML and each benchmark family's CSV
-#                       (device and versions in every row); packed on exit, also when a limit
-#                       cut a stage short
+#   gpu-results.tar.gz  every stage's log, the suite's junit XML and bench/ (results.md,
+#                       results.csv with device, versions and date in every row, and the plots
+#                       where matplotlib is importable); packed on exit, also when a limit cut a
+#                       stage short
 # The machine has no network: fusedloss runs from the working tree (PYTHONPATH).
 set -u -o pipefail
 OUT=${OUT:-gpu-out}
@@ -37,12 +38,12 @@ status=0
 timeout "${TEST_SECONDS:-200}" python3 -m pytest -q -x --device cuda -p no:cacheprovider \
   -r fEs --junitxml="$RESULTS/tests.xml" 2>&1 | tee "$RESULTS/tests.log" || status=1
 tail -n 40 "$RESULTS/tests.log" > "$RESULTS/tests.txt"
-timeout "${CHECK_SECONDS:-100}" python3 -m fusedloss check --device cuda \
+timeout "${CHECK_SECONDS:-80}" python3 -m fusedloss check --device cuda \
   --examples "${CHECK_EXAMPLES:-20}" --json "$RESULTS/check.json" 2>&1 | tee "$RESULTS/check.log" \
   || status=1
-for script in benchmarks/bench_*.py; do
-  name=$(basename "$script" .py)
-  timeout "${BENCH_SECONDS:-40}" python3 "$script" --csv "$RESULTS/$name.csv" 2>&1 \
-    | tee "$RESULTS/$name.log" || status=1
-done
+# Every family in one process and run, the most asked-about first; the table and the CSV are
+# rewritten after each row, so a run the limit cuts short keeps what it measured.
+timeout "${BENCH_SECONDS:-180}" python3 -m fusedloss bench --out "$RESULTS/bench" \
+  --family cross_entropy linear_cross_entropy pointwise ctc crf hsigmoid_nce 2>&1 \
+  | tee "$RESULTS/bench.log" || status=1
 exit $status

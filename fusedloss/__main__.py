@@ -2,16 +2,19 @@
 
 check: the differential fuzzer (fusedloss.testing.fuzz) over every loss or the ones named, with a
 progress bar on stderr, then a table; exit status 1 on any failure, each failure's reproducer
-printed. On a machine without CUDA it turns on the Triton interpreter itself (TRITON_INTERPRET=1,
-set before triton is imported) so the kernels, not the reference, are what gets checked.
+printed.
 
-bench: lists the benchmark scripts (they run separately: python benchmarks/<script>.py).
+bench: the benchmark families of the source tree's benchmarks/ (each bench_<family>.py measures
+fusedloss and every importable peer in one process), written into one folder as a Markdown
+table, a CSV and PNG plots (benchmarks/report.py). On a CPU only --quick runs: tiny sizes
+through the interpreter, which keep the outputs alive but measure no speed.
+
+On a machine without CUDA both turn on the Triton interpreter themselves (TRITON_INTERPRET=1, set
+before triton is imported: `import fusedloss` does not import it) so the kernels, not the
+reference, are what runs. Bad arguments exit 2 with the usage line.
 """
 import os
 import sys
-
-# Before anything that imports triton. `python -m fusedloss` has imported the package (which
-# does not import triton) but nothing that does, so the interpreter can still be switched on.
 
 
 def _want_interpreter(argv):
@@ -25,15 +28,10 @@ def _want_interpreter(argv):
     return not torch.cuda.is_available()
 
 
-if len(sys.argv) > 1 and sys.argv[1] == "check" and _want_interpreter(sys.argv[2:]):
-    os.environ["TRITON_INTERPRET"] = "1"
-    _INTERPRETER_SET = "triton" not in sys.modules
-else:
-    _INTERPRETER_SET = False
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import pathlib
+import time
 
 
 class _Progress:
@@ -69,7 +67,7 @@ class _Progress:
             self.stream.flush()
 
 
-def _check(args):
+def _check(args, interpreter_set):
     from . import _backend, catalog
     from . import testing
 
@@ -81,7 +79,7 @@ def _check(args):
                   file=sys.stderr)
             return 2
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
-    if _INTERPRETER_SET:
+    if interpreter_set:
         print("no CUDA device: running the kernels through the Triton interpreter "
               "(TRITON_INTERPRET=1 set by fusedloss check)", file=sys.stderr)
     elif device == "cpu" and not _backend.interpreting():
@@ -101,19 +99,23 @@ def _check(args):
     return 0 if report.ok else 1
 
 
+# bench runs from a source checkout: benchmarks/ sits beside the package, not inside the wheel
+_BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _bench_families():
+    return sorted(p.stem.removeprefix("bench_") for p in _BENCHMARKS.glob("bench_*.py"))
+
+
 def _bench(args):
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    folder = os.path.join(here, "benchmarks")
-    scripts = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) else []
-    if not scripts:
-        print("no benchmarks/ folder next to this installation (benchmarks live in the source "
-              "repository, not in the installed package)")
-        return 0
-    print("fusedloss does not run benchmarks from here; they run separately (GPU figures only "
-          "count from a CUDA machine):")
-    for script in scripts:
-        print(f"  python {os.path.relpath(os.path.join(folder, script))}")
-    return 0
+    sys.path.insert(0, str(_BENCHMARKS))
+    import report
+
+    from . import use_backend
+    families = list(dict.fromkeys(args.family or _bench_families()))
+    with use_backend("triton"):  # what is measured is the kernels, whatever FUSEDLOSS_BACKEND says
+        return report.run(families, args.quick, args.out, gbps=args.peak_gbps,
+                          tflops=args.peak_tflops)
 
 
 def _positive_int(text):
@@ -123,9 +125,18 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m fusedloss",
-                                     description="fusedloss: check the kernels against the reference")
+                                     description="fusedloss: check the kernels against the reference, "
+                                     "or benchmark them against their peers")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="differential fuzzing of the kernels against the "
                                 "float64 reference (values and gradients)")
@@ -136,11 +147,39 @@ def main(argv=None):
                        help="default: cuda if available, else cpu")
     check.add_argument("--seed", type=int, default=None, help="default: random (printed)")
     check.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    commands.add_parser("bench", help="list the benchmark scripts")
+    families = _bench_families()
+    bench = commands.add_parser(
+        "bench", help="benchmark fusedloss against every importable peer (a Markdown table, a CSV "
+        "and PNG plots)", description="Benchmark families: " + (", ".join(families) or
+                                                                "none (no benchmarks/ folder here)"))
+    bench.add_argument("--family", action="extend", nargs="+", metavar="F", choices=families,
+                       help="families to run (repeatable; default: all)")
+    bench.add_argument("--quick", action="store_true",
+                       help="tiny sizes (on a CPU through the Triton interpreter): keeps the "
+                       "benchmarks alive, measures no speed")
+    bench.add_argument("--out", metavar="DIR", help="where to write results.md, results.csv and "
+                       "the plots (default: benchmarks/results/<device>-<date>)")
+    bench.add_argument("--peak-gbps", type=_positive_float, metavar="X",
+                       help="the device's memory bandwidth for %% of bound (default: its datasheet's)")
+    bench.add_argument("--peak-tflops", type=_positive_float, metavar="X",
+                       help="the device's dense bf16 matmul rate for %% of bound (default: its "
+                       "datasheet's)")
     args = parser.parse_args(argv)
-    if args.command == "check" and args.device == "cuda" and not __import__("torch").cuda.is_available():
+    cuda_wanted = args.command == "check" and args.device == "cuda"
+    if cuda_wanted and not __import__("torch").cuda.is_available():
         check.error("--device cuda: this torch sees no CUDA device")
-    return _check(args) if args.command == "check" else _bench(args)
+    if args.command == "bench":
+        if not families:
+            bench.error(f"no benchmarks at {_BENCHMARKS}: bench runs from a source checkout "
+                        "(the benchmarks are not installed with the package)")
+        if not args.quick and not __import__("torch").cuda.is_available():
+            bench.error("no CUDA device: on a CPU only --quick runs (tiny sizes through the "
+                        "Triton interpreter)")
+    interpreter_set = False
+    if _want_interpreter(argv[1:]):
+        os.environ["TRITON_INTERPRET"] = "1"
+        interpreter_set = "triton" not in sys.modules
+    return _check(args, interpreter_set) if args.command == "check" else _bench(args)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def interpreting():
 
 
 def resolve(device):
-    """'triton' or 'reference' for inputs on `device`, following the backend rules of DESIGN.md."""
+    """'triton' or 'reference' for inputs on `device`, following the backend rules of docs/design.md."""
     backend = get_backend()
     if backend == "reference":
         return "reference"

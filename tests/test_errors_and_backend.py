@@ -1,5 +1,5 @@
 """Bad input raises the error type torch raises for the same call, before anything runs; the
-backend switch follows DESIGN.md."""
+backend switch follows docs/design.md (Backends)."""
 import pytest
 import torch
 import torch.nn.functional as TF

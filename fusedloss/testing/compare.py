@@ -1,4 +1,4 @@
-"""The one definition of "agrees with the reference" (DESIGN.md's tolerance rule).
+"""The one definition of "agrees with the reference" (the tolerance rule of docs/design.md).
 
 A call runs three times: as the user runs it (the backend in force: kernels under CUDA or the
 Triton interpreter), through the reference on float64 copies of every floating input (the
@@ -193,7 +193,7 @@ def compare(fn_name, *args, grad_seed=0, **kwargs):
 
 def assert_close_to_reference(fn_name, *args, **kwargs):
     """Raise AssertionError unless fusedloss.functional.<fn_name> on these arguments agrees with
-    the float64 reference within DESIGN.md's tolerance rule (values and gradients)."""
+    the float64 reference within the tolerance rule of docs/design.md (values and gradients)."""
     result = compare(fn_name, *args, **kwargs)
     if not result.ok:
         raise AssertionError(f"{fn_name}: error is {result.ratio:.3g} x the allowed ({result.where})")

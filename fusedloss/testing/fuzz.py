@@ -1,7 +1,7 @@
 """fuzz(): hypothesis-driven differential testing of every loss against the float64 reference.
 
 For each loss, hypothesis draws whole valid calls (fusedloss.testing.strategies), each call is
-checked by `compare` (DESIGN.md's tolerance rule, values and gradients), and the first failing
+checked by `compare` (docs/design.md's tolerance rule, values and gradients), and the first failing
 call is shrunk to a minimal one and turned into a self-contained Python reproducer. The result is
 a `Report`: one `Row` per loss, `.ok`, `.failures`, and a table as its `str()`.
 """

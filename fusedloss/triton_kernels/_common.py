@@ -50,7 +50,7 @@ def fp32_pair(value):
 
 
 def accumulation_dtype(dtype):
-    """fp32 accumulation for 16- and 32-bit inputs, fp64 for fp64 (DESIGN.md)."""
+    """fp32 accumulation for 16- and 32-bit inputs, fp64 for fp64 (docs/design.md, Kernel principles)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

@@ -5,7 +5,7 @@ Shapes are batch-first: emissions (B, T, K), tags (B, T), transitions[i, j] scor
 j, start/end transitions (K,). The mask is a prefix mask, so each sequence is its length L (the
 mask's row sum, computed on the device); steps past L are never read.
 
-Algorithm (DESIGN.md's wavefront: one program per sequence, the time loop inside the kernel).
+Algorithm (the wavefront of docs/design.md: one program per sequence, the time loop inside the kernel).
 The (K, K) transition matrix and the K-vector of log-scores live in registers, padded to
 BLOCK_K = next_pow2(K) with -inf, so a time step is one (BLOCK_K x BLOCK_K) tile op:
 
