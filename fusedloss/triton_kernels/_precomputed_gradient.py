@@ -83,12 +83,39 @@ class Sweep:
         per-token grad_output gets unit class dimensions; a weighted mean divides by its sum).
     finish: (input index, scaled gradient) -> the gradient autograd receives (summed back to a
         broadcast input's shape, cast to its dtype).
+    overwritten: the index of the input whose storage holds its own gradient (cross entropy's
+        inplace_backward), or None.
     The gradients are the loss's own buffers (the backward scales them in place).
     """
     outputs: tuple
     gradients: list
     shape_grad_output: typing.Callable = _same
     finish: typing.Callable = _unchanged
+    overwritten: typing.Optional[int] = None
+
+
+_OVERWRITTEN_USED = (
+    "one of the variables needed for gradient computation has been modified by an inplace "
+    "operation: fusedloss's inplace_backward=True overwrote the logits with their gradient in the "
+    "forward, and they were used after it; read what you need from the logits before the loss, or "
+    "drop inplace_backward")
+
+
+def _mark_overwritten(ctx, tensor):
+    """Make every later autograd-recorded use of `tensor` (which now holds its gradient) an error.
+
+    A non-leaf is marked dirty: autograd rebases it onto this Function, so a use recorded before
+    the forward fails torch's version check and one recorded after it sends a gradient into this
+    Function's backward, which refuses it. A leaf that requires grad cannot be marked dirty
+    (torch refuses in-place writes into one), so its version counter is bumped instead: uses
+    saved before the forward fail torch's check; its .grad is then its own storage.
+    Returns the tensor to add to the outputs (None for a leaf).
+    """
+    if tensor.is_leaf:
+        torch.autograd.graph.increment_version(tensor)
+        return None
+    ctx.mark_dirty(tensor)
+    return tensor
 
 
 class PrecomputedGradient(torch.autograd.Function):
@@ -106,14 +133,23 @@ class PrecomputedGradient(torch.autograd.Function):
         ctx.shape_grad_output, ctx.finish = result.shape_grad_output, result.finish
         ctx.first_grad_output = None
         loss, *extras = result.outputs
-        if not extras:
-            return loss
         ctx.mark_non_differentiable(*extras)
-        return (loss, *extras)
+        overwritten = None
+        if result.overwritten is not None:
+            overwritten = _mark_overwritten(ctx, inputs[result.overwritten])
+        ctx.overwritten_output = overwritten is not None
+        if ctx.overwritten_output:
+            ctx.set_materialize_grads(False)  # a None gradient there: the logits unused after
+            return (loss, *extras, overwritten)
+        return (loss, *extras) if extras else loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output, *unused_extra_grads):
+    def backward(ctx, grad_output, *extra_grads):
+        if ctx.overwritten_output and extra_grads[-1] is not None:
+            raise RuntimeError(_OVERWRITTEN_USED)
+        if grad_output is None:
+            return (None,) * (len(ctx.wanted) + 1)
         factor = ctx.shape_grad_output(grad_output)
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) if wanted else None for wanted in ctx.wanted]

@@ -361,9 +361,14 @@ def _softmax_loss(input, target, weight, options):
         # made here (grad mode off) could not be scaled in place by the backward
         loss, lse, grad = _softmax_loss_forward(input.detach(), target, weight, **options)
         per_token = options["reduction"] == "none" and input.dim() > 1
+        overwritten = grad is not None and grad.data_ptr() == input.data_ptr()
         return Sweep((loss,) if lse is None else (loss, lse), [grad, None, None],
-                     shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output)
-    return PrecomputedGradient.apply(sweep, input, target, weight)
+                     shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output,
+                     overwritten=0 if overwritten else None)
+    outputs = PrecomputedGradient.apply(sweep, input, target, weight)
+    if isinstance(outputs, tuple) and outputs[-1] is input:  # the overwritten logits, rebased
+        outputs = outputs[0] if len(outputs) == 2 else outputs[:-1]
+    return outputs
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
