@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, round_to, triton_accumulation
+from ._common import ELEMENTWISE_BLOCK, accumulation_dtype, round_to, triton_accumulation
 
 
 def wanted_gradients(*tensors):
@@ -35,10 +35,14 @@ def wanted_gradients(*tensors):
 
 
 def scale_gradient(grad, grad_output):
-    """grad * grad_output, a new tensor, where grad_output is a scalar (reduced loss) or, for
-    reduction='none', a tensor the caller has shaped to broadcast against `grad` (for the losses
-    whose backward goes on computing with the product; PrecomputedGradient scales in place)."""
-    return grad * grad_output.to(grad.dtype)
+    """grad * grad_output, a new tensor in grad's dtype, where grad_output is a scalar (reduced
+    loss) or, for reduction='none', a tensor the caller has shaped to broadcast against `grad`
+    (for the losses whose backward goes on computing with the product; PrecomputedGradient
+    scales in place). The product is taken in the wider dtype and rounded once: a float32
+    grad_output (an autocast loss) may not fit a 16-bit gradient's range (a GradScaler's 65536
+    is inf in float16) while the product does."""
+    wide = torch.promote_types(grad.dtype, grad_output.dtype)
+    return (grad.to(wide) * grad_output.to(wide)).to(grad.dtype)
 
 
 @triton.jit
@@ -52,15 +56,16 @@ def _scale_kernel(grad_ptr, grad_output_ptr, numel, ACC: tl.constexpr, BLOCK: tl
 
 
 def scale_in_place(grad, grad_output):
-    """`grad *= grad_output`, returning `grad`; free when grad_output is a single 1."""
-    grad_output = grad_output.to(grad.dtype)
+    """`grad *= grad_output`, returning `grad`; free when grad_output is a single 1. The product
+    is taken in the accumulation dtype and rounded once to grad's (scale_gradient says why)."""
     if torch.broadcast_shapes(grad.shape, grad_output.shape) != grad.shape:
-        return grad * grad_output  # a grad_output larger than the gradient: no in-place form
+        return scale_gradient(grad, grad_output)  # larger than the gradient: no in-place form
     if grad_output.numel() != 1 or not grad.is_contiguous():
-        return grad.mul_(grad_output)
+        return grad.mul_(grad_output)  # in the promoted dtype, rounded once to grad's
     if grad.numel():
         grid = (triton.cdiv(grad.numel(), ELEMENTWISE_BLOCK),)
-        _scale_kernel[grid](grad, grad_output.reshape(1), grad.numel(),
+        _scale_kernel[grid](grad, grad_output.to(accumulation_dtype(grad.dtype)).reshape(1),
+                            grad.numel(),
                             ACC=triton_accumulation(grad.dtype), BLOCK=ELEMENTWISE_BLOCK)
     return grad
 
@@ -159,7 +164,7 @@ class PrecomputedGradient(torch.autograd.Function):
             # unpack them (the second-backward rule above, not the version counter, guards them)
             scaled = [None if g is None else scale_in_place(g.data, factor) for g in grads]
         elif bool((ctx.first_grad_output == 1).all()):  # a second backward: the host check is once
-            scaled = [None if g is None else g * factor.to(g.dtype) for g in grads]
+            scaled = [None if g is None else scale_gradient(g, factor) for g in grads]
         else:
             raise RuntimeError(
                 "fusedloss: a second backward through this loss after a first grad_output other "

@@ -29,6 +29,7 @@ from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_block,
                       row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
+from ._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 
@@ -341,7 +342,8 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
                           gamma=gamma)
 
     token_shape = _token_shape(input)
-    reduced = reduce(loss.view(token_shape), reduction, denominator).to(input.dtype)
+    reduced = reduce(loss.view(token_shape), reduction, denominator).to(
+        loss_dtype(input.dtype, device))
     lse = lse.view(token_shape) if return_lse else None
     if grad is not None:
         grad = grad.view(input.shape)
@@ -418,7 +420,8 @@ class _NLLLoss(torch.autograd.Function):
                 num_warps=row_warps(block),  # 4 warps on 4096 tokens spilled (ptxas, sm_90)
             )
         denominator = target_weight.sum()
-        reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(input.dtype)
+        reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(
+            loss_dtype(input.dtype, input.device))
         ctx.save_for_backward(flat_target, target_weight, denominator)
         ctx.shape = (num_rows, num_classes, spatial)
         ctx.input_shape, ctx.dtype = input.shape, input.dtype
