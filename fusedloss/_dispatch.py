@@ -3,10 +3,17 @@
 Both backends expose the same function names with the same normalised signatures (the argument
 handling in functional.py has already run). A loss without a kernel yet runs its reference under
 every backend; `has_kernel` says which do, for the README table and the fuzzer.
+
+Under torch.autocast both backends return a 16-bit loss in float32 (torch's policy for its
+losses; triton_kernels/_autocast.py has the rule and why): the kernels read the 16-bit inputs
+as they are and return float32 themselves; the reference, like torch, runs on float32 copies
+with autocast off inside.
 """
 import importlib
 
-from . import _backend
+import torch
+
+from . import _backend, reference
 
 
 class KernelDeclined(Exception):
@@ -20,6 +27,22 @@ def has_kernel(name):
     return name in kernels.KERNELS
 
 
+def _float32_if_16_bit(value):
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value
+
+
+def _reference(name, device, args, kwargs):
+    function = getattr(reference, name)
+    device_type = torch.device(device).type
+    if not torch.is_autocast_enabled(device_type):
+        return function(*args, **kwargs)
+    with torch.autocast(device_type, enabled=False):
+        return function(*map(_float32_if_16_bit, args),
+                        **{key: _float32_if_16_bit(value) for key, value in kwargs.items()})
+
+
 def call(name, device, *args, **kwargs):
     """Run loss `name` on the backend chosen for tensors on `device`."""
     if _backend.resolve(device) == "triton":
@@ -30,5 +53,4 @@ def call(name, device, *args, **kwargs):
                 return kernel(*args, **kwargs)
             except KernelDeclined:
                 pass
-    reference = importlib.import_module("fusedloss.reference")
-    return getattr(reference, name)(*args, **kwargs)
+    return _reference(name, device, args, kwargs)

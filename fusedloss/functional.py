@@ -66,7 +66,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     denominator); `softcap` replaces logits x by softcap * tanh(x / softcap) first;
     `return_lse=True` returns (loss, lse) with lse per token in float32 (float64 for float64
     input), not differentiable; `inplace_backward=True` lets the kernel keep the gradient in the
-    logits' storage (their values are overwritten once the loss is computed).
+    logits' storage (their values are overwritten once the loss is computed): a backward through
+    any other use of the logits, recorded before the loss or after it, raises torch's "modified
+    by an inplace operation" error, and the logits must not be read after the loss (a metric
+    under no_grad would read the gradient).
     """
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_floating("cross_entropy input", input)

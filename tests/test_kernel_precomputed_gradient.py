@@ -37,11 +37,18 @@ def test_one_leaves_every_bit_alone(dtype):
     assert torch.equal(result.view(torch.uint8), before.view(torch.uint8))
 
 
-def test_grad_output_of_another_dtype_is_cast_first():
-    grad = _gradient(100, torch.bfloat16)
-    grad_output = torch.tensor(1.0 / 3.0, dtype=torch.float64)
-    expected = grad * grad_output.to(torch.bfloat16)
-    torch.testing.assert_close(_precomputed_gradient.scale_in_place(grad.clone(), grad_output), expected, rtol=0, atol=0)
+@pytest.mark.parametrize("grad_output", [1.0 / 3.0, 65536.0])
+def test_a_wider_grad_output_multiplies_in_float32_then_rounds_once(grad_output):
+    # 65536 (a GradScaler's first scale, the grad_output of an autocast float32 loss) is inf in
+    # float16, the product is not
+    for dtype in (torch.bfloat16, torch.float16):
+        grad = _gradient(100, dtype) * 1e-3
+        wide = torch.tensor(grad_output, dtype=torch.float32)
+        expected = (grad.float() * wide).to(dtype)
+        for scale in (_precomputed_gradient.scale_in_place, _precomputed_gradient.scale_gradient):
+            result = scale(grad.clone(), wide)
+            assert result.dtype == dtype and torch.isfinite(result).all()
+            torch.testing.assert_close(result, expected, rtol=0, atol=0)
 
 
 def test_per_element_and_non_contiguous_gradients_scale_by_torch():

@@ -31,6 +31,7 @@ import triton.language as tl
 from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_warps,
                       triton_accumulation)
+from ._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 
@@ -117,7 +118,8 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, needs, a, b, c, w):
     present = [t for t in operands if t is not None]
     shape = torch.broadcast_shapes(*(t.shape for t in present))
     n = shape.numel()
-    out_dtype = functools.reduce(torch.promote_types, [t.dtype for t in present])
+    out_dtype = loss_dtype(functools.reduce(torch.promote_types, [t.dtype for t in present]),
+                           a.device)
     acc = accumulation_dtype(out_dtype)
     partial_sums = reduction != "none"  # one per program, reduced like the losses below
 

@@ -38,6 +38,7 @@ import triton.language as tl
 from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, round_to, triton_accumulation
 from ._math import sigmoids_and_logs
+from ._autocast import loss_dtype
 from ._precomputed_gradient import scale_gradient, wanted_gradients
 
 # Launch sizes of the gathered-row kernels (here, not in _common: only hsigmoid and NCE gather
@@ -238,7 +239,7 @@ class _GatheredLogistic(torch.autograd.Function):
         ctx.save_for_backward(input if need_w else empty, rows, *(empty if t is None else t
                                                                    for t in (dz, dlogb, grad_x)))
         result = loss if reduction == "none" else reduce(loss, reduction)
-        return result.to(out_dtype)
+        return result.to(loss_dtype(out_dtype, result.device))
 
     @staticmethod
     def backward(ctx, grad_output):

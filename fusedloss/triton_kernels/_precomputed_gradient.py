@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, round_to, triton_accumulation
+from ._common import ELEMENTWISE_BLOCK, accumulation_dtype, round_to, triton_accumulation
 
 
 def wanted_gradients(*tensors):
@@ -35,10 +35,14 @@ def wanted_gradients(*tensors):
 
 
 def scale_gradient(grad, grad_output):
-    """grad * grad_output, a new tensor, where grad_output is a scalar (reduced loss) or, for
-    reduction='none', a tensor the caller has shaped to broadcast against `grad` (for the losses
-    whose backward goes on computing with the product; PrecomputedGradient scales in place)."""
-    return grad * grad_output.to(grad.dtype)
+    """grad * grad_output, a new tensor in grad's dtype, where grad_output is a scalar (reduced
+    loss) or, for reduction='none', a tensor the caller has shaped to broadcast against `grad`
+    (for the losses whose backward goes on computing with the product; PrecomputedGradient
+    scales in place). The product is taken in the wider dtype and rounded once: a float32
+    grad_output (an autocast loss) may not fit a 16-bit gradient's range (a GradScaler's 65536
+    is inf in float16) while the product does."""
+    wide = torch.promote_types(grad.dtype, grad_output.dtype)
+    return (grad.to(wide) * grad_output.to(wide)).to(grad.dtype)
 
 
 @triton.jit
@@ -52,15 +56,16 @@ def _scale_kernel(grad_ptr, grad_output_ptr, numel, ACC: tl.constexpr, BLOCK: tl
 
 
 def scale_in_place(grad, grad_output):
-    """`grad *= grad_output`, returning `grad`; free when grad_output is a single 1."""
-    grad_output = grad_output.to(grad.dtype)
+    """`grad *= grad_output`, returning `grad`; free when grad_output is a single 1. The product
+    is taken in the accumulation dtype and rounded once to grad's (scale_gradient says why)."""
     if torch.broadcast_shapes(grad.shape, grad_output.shape) != grad.shape:
-        return grad * grad_output  # a grad_output larger than the gradient: no in-place form
+        return scale_gradient(grad, grad_output)  # larger than the gradient: no in-place form
     if grad_output.numel() != 1 or not grad.is_contiguous():
-        return grad.mul_(grad_output)
+        return grad.mul_(grad_output)  # in the promoted dtype, rounded once to grad's
     if grad.numel():
         grid = (triton.cdiv(grad.numel(), ELEMENTWISE_BLOCK),)
-        _scale_kernel[grid](grad, grad_output.reshape(1), grad.numel(),
+        _scale_kernel[grid](grad, grad_output.to(accumulation_dtype(grad.dtype)).reshape(1),
+                            grad.numel(),
                             ACC=triton_accumulation(grad.dtype), BLOCK=ELEMENTWISE_BLOCK)
     return grad
 
@@ -83,12 +88,39 @@ class Sweep:
         per-token grad_output gets unit class dimensions; a weighted mean divides by its sum).
     finish: (input index, scaled gradient) -> the gradient autograd receives (summed back to a
         broadcast input's shape, cast to its dtype).
+    overwritten: the index of the input whose storage holds its own gradient (cross entropy's
+        inplace_backward), or None.
     The gradients are the loss's own buffers (the backward scales them in place).
     """
     outputs: tuple
     gradients: list
     shape_grad_output: typing.Callable = _same
     finish: typing.Callable = _unchanged
+    overwritten: typing.Optional[int] = None
+
+
+_OVERWRITTEN_USED = (
+    "one of the variables needed for gradient computation has been modified by an inplace "
+    "operation: fusedloss's inplace_backward=True overwrote the logits with their gradient in the "
+    "forward, and they were used after it; read what you need from the logits before the loss, or "
+    "drop inplace_backward")
+
+
+def _mark_overwritten(ctx, tensor):
+    """Make every later autograd-recorded use of `tensor` (which now holds its gradient) an error.
+
+    A non-leaf is marked dirty: autograd rebases it onto this Function, so a use recorded before
+    the forward fails torch's version check and one recorded after it sends a gradient into this
+    Function's backward, which refuses it. A leaf that requires grad cannot be marked dirty
+    (torch refuses in-place writes into one), so its version counter is bumped instead: uses
+    saved before the forward fail torch's check; its .grad is then its own storage.
+    Returns the tensor to add to the outputs (None for a leaf).
+    """
+    if tensor.is_leaf:
+        torch.autograd.graph.increment_version(tensor)
+        return None
+    ctx.mark_dirty(tensor)
+    return tensor
 
 
 class PrecomputedGradient(torch.autograd.Function):
@@ -106,14 +138,23 @@ class PrecomputedGradient(torch.autograd.Function):
         ctx.shape_grad_output, ctx.finish = result.shape_grad_output, result.finish
         ctx.first_grad_output = None
         loss, *extras = result.outputs
-        if not extras:
-            return loss
         ctx.mark_non_differentiable(*extras)
-        return (loss, *extras)
+        overwritten = None
+        if result.overwritten is not None:
+            overwritten = _mark_overwritten(ctx, inputs[result.overwritten])
+        ctx.overwritten_output = overwritten is not None
+        if ctx.overwritten_output:
+            ctx.set_materialize_grads(False)  # a None gradient there: the logits unused after
+            return (loss, *extras, overwritten)
+        return (loss, *extras) if extras else loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output, *unused_extra_grads):
+    def backward(ctx, grad_output, *extra_grads):
+        if ctx.overwritten_output and extra_grads[-1] is not None:
+            raise RuntimeError(_OVERWRITTEN_USED)
+        if grad_output is None:
+            return (None,) * (len(ctx.wanted) + 1)
         factor = ctx.shape_grad_output(grad_output)
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) if wanted else None for wanted in ctx.wanted]
@@ -123,7 +164,7 @@ class PrecomputedGradient(torch.autograd.Function):
             # unpack them (the second-backward rule above, not the version counter, guards them)
             scaled = [None if g is None else scale_in_place(g.data, factor) for g in grads]
         elif bool((ctx.first_grad_output == 1).all()):  # a second backward: the host check is once
-            scaled = [None if g is None else g * factor.to(g.dtype) for g in grads]
+            scaled = [None if g is None else scale_gradient(g, factor) for g in grads]
         else:
             raise RuntimeError(
                 "fusedloss: a second backward through this loss after a first grad_output other "

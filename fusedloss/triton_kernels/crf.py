@@ -70,6 +70,7 @@ from .._reduction import reduce
 from .._dispatch import KernelDeclined
 from ._common import accumulation_dtype, triton_accumulation
 from ._math import logsumexp, subtract_max
+from ._autocast import loss_dtype
 from ._precomputed_gradient import scale_gradient, wanted_gradients
 
 # Largest tag count whose (K, K) tiles fit the registers of one program.
@@ -306,7 +307,7 @@ class _CRFNLL(torch.autograd.Function):
         ctx.save_for_backward(work, trans_work, lengths)
         ctx.reduction, ctx.needs, ctx.acc = reduction, needs, acc
         ctx.dtypes = (emissions.dtype, transitions.dtype, start.dtype, end.dtype)
-        return reduce(nll, reduction).to(dtype)
+        return reduce(nll, reduction).to(loss_dtype(dtype, nll.device))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -343,7 +344,7 @@ class _CRFMarginals(torch.autograd.Function):
         _, marginals, _ = _forward_backward(emissions, None, transitions, start, end, lengths, acc,
                                             sweep=True, trans_grad=False)
         ctx.save_for_backward(emissions, transitions, start, end, mask)
-        return marginals.to(dtype)
+        return marginals.to(loss_dtype(dtype, marginals.device))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -400,7 +401,7 @@ def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=
             num_steps, num_tags,
             ACC=triton_accumulation(acc), BLOCK_K=block_k, num_warps=_tag_warps(block_k),
         )
-    return scores.to(dtype), best_tags
+    return scores.to(loss_dtype(dtype, scores.device)), best_tags
 
 
 KERNELS = {

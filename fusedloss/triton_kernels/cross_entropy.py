@@ -29,6 +29,7 @@ from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_block,
                       row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
+from ._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 
@@ -341,7 +342,8 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
                           gamma=gamma)
 
     token_shape = _token_shape(input)
-    reduced = reduce(loss.view(token_shape), reduction, denominator).to(input.dtype)
+    reduced = reduce(loss.view(token_shape), reduction, denominator).to(
+        loss_dtype(input.dtype, device))
     lse = lse.view(token_shape) if return_lse else None
     if grad is not None:
         grad = grad.view(input.shape)
@@ -361,9 +363,14 @@ def _softmax_loss(input, target, weight, options):
         # made here (grad mode off) could not be scaled in place by the backward
         loss, lse, grad = _softmax_loss_forward(input.detach(), target, weight, **options)
         per_token = options["reduction"] == "none" and input.dim() > 1
+        overwritten = grad is not None and grad.data_ptr() == input.data_ptr()
         return Sweep((loss,) if lse is None else (loss, lse), [grad, None, None],
-                     shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output)
-    return PrecomputedGradient.apply(sweep, input, target, weight)
+                     shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output,
+                     overwritten=0 if overwritten else None)
+    outputs = PrecomputedGradient.apply(sweep, input, target, weight)
+    if isinstance(outputs, tuple) and outputs[-1] is input:  # the overwritten logits, rebased
+        outputs = outputs[0] if len(outputs) == 2 else outputs[:-1]
+    return outputs
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -413,7 +420,8 @@ class _NLLLoss(torch.autograd.Function):
                 num_warps=row_warps(block),  # 4 warps on 4096 tokens spilled (ptxas, sm_90)
             )
         denominator = target_weight.sum()
-        reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(input.dtype)
+        reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(
+            loss_dtype(input.dtype, input.device))
         ctx.save_for_backward(flat_target, target_weight, denominator)
         ctx.shape = (num_rows, num_classes, spatial)
         ctx.input_shape, ctx.dtype = input.shape, input.dtype

@@ -53,6 +53,7 @@ import triton.language as tl
 from .._reduction import reduce
 from ._common import accumulation_dtype, round_to, row_block, row_warps, triton_accumulation
 from ._math import logsumexp3, subtract_max
+from ._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 
@@ -347,7 +348,7 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
         loss = loss / target_lengths.clamp(min=1).to(loss.dtype)
     elif x.dim() == 2:
         loss = loss.squeeze(0)
-    return reduce(loss, reduction).to(x.dtype)
+    return reduce(loss, reduction).to(loss_dtype(x.dtype, x.device))
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",

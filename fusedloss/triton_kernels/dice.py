@@ -18,6 +18,7 @@ import triton.language as tl
 
 from .._reduction import reduce
 from ._common import ELEMENTWISE_BLOCK, accumulation_dtype, round_to, row_warps, triton_accumulation
+from ._autocast import loss_dtype
 
 
 @triton.jit
@@ -99,7 +100,7 @@ class _DiceLoss(torch.autograd.Function):
         loss = 1 - 2 * intersection / denominator
         ctx.save_for_backward(label, intersection, denominator)
         ctx.reduction, ctx.shape, ctx.dtype = reduction, input.shape, input.dtype
-        return reduce(loss, reduction).to(input.dtype)
+        return reduce(loss, reduction).to(loss_dtype(input.dtype, input.device))
 
     @staticmethod
     def backward(ctx, grad_output):

@@ -38,6 +38,7 @@ import triton
 
 from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype
+from ._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 from .cross_entropy import _check_no_grad, _hard_denominator, launch_row_kernel
 
@@ -158,7 +159,8 @@ def _forward(input, linear_weight, linear_bias, target, class_weight, options, g
     _sweep(x, linear_weight, linear_bias, flat_target, class_weight, options, loss, lse,
            denominator, grads)
     token_shape = input.shape[:-1]
-    reduced = reduce(loss.view(token_shape), reduction, denominator).to(input.dtype)
+    reduced = reduce(loss.view(token_shape), reduction, denominator).to(
+        loss_dtype(input.dtype, input.device))
     return (reduced,) if lse is None else (reduced, lse.view(token_shape))
 
 

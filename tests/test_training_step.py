@@ -1,0 +1,126 @@
+"""What a real training step asks of every fused loss beyond its value and gradient, one
+parametrised test over the catalog per property: the in-place option never yields a silently
+wrong number; under autocast the loss comes back in torch's dtype on both backends and an fp16
+GradScaler step goes through."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import fusedloss
+import fusedloss.functional as F
+from fusedloss import catalog
+from fusedloss.testing.compare import run_with_gradients
+from fusedloss.testing.twins import torch_function
+
+AUTOCAST_EXAMPLES = 2  # per loss: the property is about dtypes, not about values
+
+
+def _projected_logits():
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 8, generator=generator)
+    weight = torch.randn(40, 8, generator=generator, requires_grad=True)
+    target = torch.randint(0, 40, (6,), generator=generator)
+    return hidden, weight, target
+
+
+# --- inplace_backward ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("regulariser_first", [False, True])
+def test_logits_used_beside_an_inplace_loss_raise(regulariser_first):
+    hidden, weight, target = _projected_logits()
+    logits = hidden @ weight.t()
+    regulariser = (logits ** 2).mean() if regulariser_first else None
+    loss = F.cross_entropy(logits, target, inplace_backward=True)
+    if regulariser is None:
+        regulariser = (logits ** 2).mean()  # reads the gradient now in the logits' storage
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + regulariser).backward()
+
+
+def test_inplace_loss_alone_keeps_torchs_gradient():
+    hidden, weight, target = _projected_logits()
+    loss, lse = F.cross_entropy(hidden @ weight.t(), target, inplace_backward=True,
+                                return_lse=True)
+    loss.backward()
+    expected = weight.detach().clone().requires_grad_()
+    torch.nn.functional.cross_entropy(hidden @ expected.t(), target).backward()
+    torch.testing.assert_close(weight.grad, expected.grad)
+    torch.testing.assert_close(lse, torch.logsumexp(hidden @ expected.detach().t(), 1))
+
+
+# --- autocast ------------------------------------------------------------------------------
+
+def _twin_under_autocast(info, kwargs):
+    """torch's loss whose autocast dtype fusedloss follows, or None. torch 2.13's new `weight`
+    of the pointwise losses is a composition of elementwise ops outside autocast's float32 list
+    (a 16-bit result); fusedloss keeps the float32 of the unweighted loss there."""
+    if any(kwargs.get(key, default) != default for key, default in info.extras.items()):
+        return None
+    if info.family == "pointwise" and kwargs.get("weight") is not None:
+        return None
+    return info.composition or (torch_function(info.twin) if info.twin else None)
+
+
+@pytest.mark.parametrize("loss", catalog.NAMES)
+@settings(max_examples=AUTOCAST_EXAMPLES)
+@given(data=st.data())
+def test_autocast_returns_torchs_dtype_on_both_backends(loss, data, device):
+    info = catalog.get(loss)
+    call = data.draw(info.valid_calls(torch.bfloat16)).to(device)
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        outputs, grads = run_with_gradients(info.function, call.args, call.kwargs, grad_seed=0)
+        with fusedloss.use_backend("reference"):
+            expected, expected_grads = run_with_gradients(info.function, call.args, call.kwargs,
+                                                          grad_seed=0)
+        twin = _twin_under_autocast(info, call.kwargs)
+        twin_loss = twin(*call.args, **call.kwargs) if twin is not None else None
+    floating = [o for o in outputs if torch.is_tensor(o) and o.is_floating_point()]
+    assert floating and all(o.dtype == torch.float32 for o in floating), call
+    if twin_loss is not None:
+        assert twin_loss.dtype == outputs[0].dtype, call
+    for ours, theirs in zip(outputs, expected):
+        assert ours.dtype == theirs.dtype, call
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, equal_nan=True)
+    leaves = [a for a in (*call.args, *call.kwargs.values()) if torch.is_tensor(a) and a.requires_grad]
+    for leaf, ours, theirs in zip(leaves, grads, expected_grads):
+        assert ours.dtype == theirs.dtype == leaf.dtype, call
+        torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-2, equal_nan=True)
+
+
+def _scaled_step(loss_fn, functional):
+    """One fp16 GradScaler step of a tiny linear model (initial scale 65536, the default):
+    (whether the step was taken, the updated weight)."""
+    hidden, weight, target = _projected_logits()
+    weight = weight.detach().clone().requires_grad_()
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = loss_fn(functional, hidden, weight, target)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scale = scaler.get_scale()
+    scaler.update()
+    return scaler.get_scale() == scale, weight.detach(), loss.dtype
+
+
+GRAD_SCALER_LOSSES = {
+    "cross_entropy": lambda F, h, w, t: F.cross_entropy(h @ w.t(), t),
+    "linear_cross_entropy": lambda F, h, w, t: F.linear_cross_entropy(h, w, t),
+    "mse_loss": lambda F, h, w, t: F.mse_loss(h @ w.t(), torch.zeros(6, 40)),
+}
+
+
+@pytest.mark.cpu_tensors  # torch's GradScaler on the CPU
+@pytest.mark.parametrize("loss", GRAD_SCALER_LOSSES)
+def test_fp16_grad_scaler_step_is_taken_where_torchs_is(loss):
+    from fusedloss.testing.twins import torch_function
+
+    class Torch:  # torch's functions under fusedloss's names
+        def __getattr__(self, name):
+            return torch_function(name)
+    taken, weight, dtype = _scaled_step(GRAD_SCALER_LOSSES[loss], F)
+    torch_taken, torch_weight, torch_dtype = _scaled_step(GRAD_SCALER_LOSSES[loss], Torch())
+    assert torch_taken and taken
+    assert dtype == torch_dtype == torch.float32
+    torch.testing.assert_close(weight, torch_weight, rtol=1e-3, atol=1e-3)
