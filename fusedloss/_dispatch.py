@@ -16,10 +16,12 @@ import torch
 from . import _backend, reference
 
 
-class KernelDeclined(Exception):
-    """Raised by a kernel function, before it launches anything, for a call outside what the
-    kernel supports (say, more tags than its register tiles hold): the reference runs instead.
-    Kernels never import the reference themselves; this keeps the fallback here."""
+def __getattr__(name):
+    # KernelDeclined lives beside the kernels (triton_kernels/_declined.py, which they raise
+    # without importing this module); re-exported lazily, as importing that package imports triton
+    if name == "KernelDeclined":
+        return importlib.import_module("fusedloss.triton_kernels._declined").KernelDeclined
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def has_kernel(name):
@@ -51,6 +53,6 @@ def call(name, device, *args, **kwargs):
         if kernel is not None:
             try:
                 return kernel(*args, **kwargs)
-            except KernelDeclined:
+            except __getattr__("KernelDeclined"):  # the kernel cannot take it: the reference runs
                 pass
     return _reference(name, device, args, kwargs)

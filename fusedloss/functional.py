@@ -383,7 +383,8 @@ def ctc_loss_with_logits(logits, targets, input_lengths, target_lengths, blank=0
 # --- crf ------------------------------------------------------------------------------------
 
 def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=None, mask=None):
-    """pytorch-crf's checks (ValueError) on batch-first inputs; returns tags as int64, mask as bool."""
+    """pytorch-crf's checks (ValueError) on batch-first inputs; returns tags as int64 tag indices
+    (negative ones wrapped, as pytorch-crf's indexing wraps them), mask as bool."""
     if emissions.dim() != 3:
         raise ValueError(f"emissions must have dimension of 3, got {emissions.dim()}")
     if emissions.shape[1] == 0:
@@ -407,15 +408,51 @@ def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=
             raise ValueError("the first two dimensions of emissions and mask must match, "
                              f"got {tuple(emissions.shape[:2])} and {tuple(mask.shape)}")
         mask = mask.bool()
-        if not bool(mask[:, 0].all()):
-            raise ValueError("mask of the first timestep must all be on")
+    checks = []  # (all-good flag on the device, error type, message)
+    if mask is not None:
+        checks.append((mask[:, 0].all(), ValueError, "mask of the first timestep must all be on"))
     if tags is not None:
-        out_of_range = (tags < 0) | (tags >= num_tags)
-        if mask is not None:  # tags past a sequence's length are padding, never read (-1 is fine)
-            out_of_range &= mask
-        if bool(out_of_range.any()):
-            raise IndexError(f"tags must be tag indices in [0, {num_tags}) inside the mask")
+        read = _crf_tags_read(tags, mask)
+        in_range = (tags >= -num_tags) & (tags < num_tags)
+        checks.append(((in_range | ~read).all(), IndexError,
+                       f"tags must be tag indices in [-{num_tags}, {num_tags}) (negative ones "
+                       "counting from the end) wherever the score reads them"))
+        tags = torch.where(in_range, tags.remainder(num_tags), 0)
+    _raise_failed_checks(emissions.device, checks)
     return tags, mask
+
+
+def _crf_tags_read(tags, mask):
+    """Where pytorch-crf's gold score reads a tag: each step that is on, the step before it (the
+    transition's source, on or not) and step L-1 with L the mask's row sum (the end transition)."""
+    if mask is None:
+        return torch.ones_like(tags, dtype=torch.bool)
+    read = mask.clone()
+    read[:, :-1] |= mask[:, 1:]
+    last = (mask.sum(1, keepdim=True) - 1).clamp(min=0)
+    return read.scatter_(1, last, True)
+
+
+def _reads_values_on_host(device):
+    """Whether a value check may read its verdict on the host: on the CPU that is a memory read;
+    on an accelerator it would stall the host until the device has caught up (a sync)."""
+    return device.type == "cpu"
+
+
+def _raise_failed_checks(device, checks):
+    """Raise the first failed check's error. On the CPU the verdicts come in one read; elsewhere
+    each becomes a device-side assertion (torch._assert_async), as torch's own indexing reports
+    an out-of-range index on a GPU: no host synchronisation, the error surfaces asynchronously."""
+    if not checks:
+        return
+    if _reads_values_on_host(device):
+        verdicts = torch.stack([flag for flag, _, _ in checks]).tolist()
+        for good, (_, error, message) in zip(verdicts, checks):
+            if not good:
+                raise error(message)
+        return
+    for flag, _, message in checks:
+        torch._assert_async(flag, message)
 
 
 def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, mask=None,
@@ -423,7 +460,7 @@ def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, ma
     """Linear-chain CRF negative log-likelihood log Z - score(tags) per sequence.
 
     emissions (B, T, K) batch-first, tags (B, T), transitions[i, j] scores tag i -> tag j, mask
-    (B, T) a prefix mask with the first step on (None: all on). Reductions 'none' (B,), 'sum' and
+    (B, T) with the first step on (None: all on), applied step by step as pytorch-crf applies it. Reductions 'none' (B,), 'sum' and
     'mean' (over the batch); pytorch-crf's 'token_mean' lives in fusedloss.nn.CRF only.
     """
     reduction = _reduction.check_reduction(reduction)

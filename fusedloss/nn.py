@@ -239,9 +239,23 @@ class CRF(torch.nn.Module):
     def _batch_first(self, *tensors):
         return tensors if self.batch_first else tuple(_swap_time_batch(t) for t in tensors)
 
+    def _validate(self, emissions, tags=None, mask=None):
+        """pytorch-crf's shape checks, in the caller's layout (its messages name the shapes as
+        passed); the mask's first step is checked by functional, on the batch-first view."""
+        if emissions.dim() != 3:
+            raise ValueError(f"emissions must have dimension of 3, got {emissions.dim()}")
+        if emissions.size(2) != self.num_tags:
+            raise ValueError(f"expected last dimension of emissions is {self.num_tags}, "
+                             f"got {emissions.size(2)}")
+        for name, other in (("tags", tags), ("mask", mask)):
+            if other is not None and emissions.shape[:2] != other.shape:
+                raise ValueError(f"the first two dimensions of emissions and {name} must match, "
+                                 f"got {tuple(emissions.shape[:2])} and {tuple(other.shape)}")
+
     def forward(self, emissions, tags, mask=None, reduction="sum"):
         if reduction not in ("none", "sum", "mean", "token_mean"):
             raise ValueError(f"invalid reduction: {reduction}")
+        self._validate(emissions, tags, mask)
         emissions, tags, mask = self._batch_first(emissions, tags, mask)
         log_likelihood = -F.crf_nll(emissions, tags, self.transitions, self.start_transitions,
                                     self.end_transitions, mask=mask, reduction="none")
@@ -255,6 +269,7 @@ class CRF(torch.nn.Module):
         return log_likelihood.sum() / num_tokens
 
     def decode(self, emissions, mask=None):
+        self._validate(emissions, mask=mask)
         emissions, mask = self._batch_first(emissions, mask)
         _, best_tags = F.crf_decode(emissions, self.transitions, self.start_transitions,
                                     self.end_transitions, mask=mask)

@@ -25,6 +25,9 @@ MASKS = {  # name -> per-sequence lengths (None: no mask, every step on)
     "variable": [STEPS, 1, 4],
     "length_1": [1, 1, 1],
 }
+# steps off between steps on (pytorch-crf applies a mask step by step): one row each of a prefix,
+# a hole, and a last step on after steps off
+HOLES = [[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0, 0], [1, 1, 0, 0, 0, 1]]
 WHICH_GRADS = {
     "all": (True, True, True, True),
     "emissions": (True, False, False, False),
@@ -35,7 +38,8 @@ WHICH_GRADS = {
 
 def _crf_inputs(batch, steps, num_tags, lengths, dtype=torch.float32, grads=(True,) * 4,
                 scale=2.0, seed=0):
-    """(emissions, tags, transitions, start, end, mask); tags past each length are -1."""
+    """(emissions, tags, transitions, start, end, mask); `lengths`: per-sequence lengths (a prefix
+    mask) or 0/1 mask rows; tags where the mask is off are -1."""
     generator = torch.Generator().manual_seed(seed)
 
     def scores(*shape):
@@ -48,7 +52,9 @@ def _crf_inputs(batch, steps, num_tags, lengths, dtype=torch.float32, grads=(Tru
     tags = torch.randint(0, num_tags, (batch, steps), generator=generator)
     mask = None
     if lengths is not None:
-        mask = torch.arange(steps) < torch.tensor(lengths).unsqueeze(1)
+        lengths = torch.tensor(lengths)
+        mask = (lengths.bool() if lengths.dim() == 2
+                else torch.arange(steps) < lengths.unsqueeze(1))
         tags = torch.where(mask, tags, -1)
     return emissions, tags, transitions, start, end, mask
 
@@ -131,6 +137,16 @@ def test_empty_batch():
     assert torch.isnan(F.crf_nll(emissions, tags, transitions, start, end))
     scores, best = F.crf_decode(emissions.detach(), transitions, start, end)
     assert scores.shape == (0,) and best.shape == (0, 3)
+
+
+def test_masks_with_holes_match_reference():
+    emissions, tags, transitions, start, end, mask = _crf_inputs(3, STEPS, 5, HOLES)
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask,
+                              reduction="none")
+    assert_close_to_reference("crf_marginals", emissions, transitions, start, end, mask=mask)
+    detached = [x.detach() for x in (emissions, transitions, start, end)]
+    assert torch.equal(F.crf_decode(*detached, mask=mask)[1],
+                       reference.crf_decode(*[x.float() for x in detached], mask=mask)[1])
 
 
 # --- marginals ------------------------------------------------------------------------------

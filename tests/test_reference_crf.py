@@ -1,5 +1,6 @@
 """The CRF reference against brute-force enumeration of tag paths and against pytorch-crf."""
 import itertools
+import re
 
 import pytest
 import torch
@@ -83,8 +84,12 @@ def test_tags_past_the_length_are_ignored():
     expected = F.crf_nll(emissions, tags, transitions, start, end, mask, "none")
     padded = tags.masked_fill(~mask, -1)
     torch.testing.assert_close(F.crf_nll(emissions, padded, transitions, start, end, mask, "none"), expected)
-    with pytest.raises(IndexError):  # without a mask every step is inside the sequence
-        F.crf_nll(emissions, padded, transitions, start, end)
+    # without a mask every tag is read, and -1 is the last tag (pytorch-crf's indexing wraps it)
+    wrapped = tags.masked_fill(~mask, 2)
+    torch.testing.assert_close(F.crf_nll(emissions, padded, transitions, start, end),
+                               F.crf_nll(emissions, wrapped, transitions, start, end))
+    with pytest.raises(IndexError):
+        F.crf_nll(emissions, tags.masked_fill(~mask, -4), transitions, start, end)
 
 
 def _pair(num_tags, batch_first, seed=0):
@@ -95,17 +100,26 @@ def _pair(num_tags, batch_first, seed=0):
     return ours, theirs
 
 
+# masks pytorch-crf accepts: none, prefixes, and steps off between steps on (applied step by step)
+HOLES = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 0], [1, 1, 0, 0, 1]], dtype=torch.bool)
+
+
 @pytest.mark.filterwarnings("ignore:where received a uint8")  # inside pytorch-crf
 @pytest.mark.parametrize("batch_first", [False, True])
-@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "token_mean"])
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_module_matches_pytorch_crf(batch_first, reduction, with_mask):
+@pytest.mark.parametrize("reduction,mask_kind", [
+    *[(reduction, kind) for reduction in ("none", "sum", "mean", "token_mean")
+      for kind in ("none", "prefix")],
+    ("token_mean", "holes")])  # holes: the one reduction that reads the mask
+def test_module_matches_pytorch_crf(batch_first, reduction, mask_kind):
     ours, theirs = _pair(4, batch_first)
     emissions, tags, *_, mask = _random_crf(1, 3, 5, 4, [5, 2, 3])
+    if mask_kind == "holes":  # tags off the mask are -1: pytorch-crf reads some (as the last tag)
+        mask = HOLES
+        tags = tags.masked_fill(~mask, -1)
     emissions.requires_grad_()
     if not batch_first:
         emissions, tags, mask = emissions.transpose(0, 1), tags.transpose(0, 1), mask.transpose(0, 1)
-    mask = mask.to(torch.uint8) if with_mask else None
+    mask = None if mask_kind == "none" else mask.to(torch.uint8)
     expected = theirs(emissions, tags, mask=mask, reduction=reduction)
     actual = ours(emissions, tags, mask=mask, reduction=reduction)
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
@@ -114,6 +128,59 @@ def test_module_matches_pytorch_crf(batch_first, reduction, with_mask):
     for a, e in zip(actual_grads, expected_grads):
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-10)
     assert ours.decode(emissions, mask=mask) == theirs.decode(emissions, mask=mask)
+
+
+def test_reference_holes_match_brute_force():
+    # a mask with holes is the chain over the steps that are on (the gold score aside, whose
+    # transitions and end read pytorch-crf's tags[t-1] and tags[L-1]): log Z and marginals
+    emissions, _, transitions, start, end, _ = _random_crf(2, 3, 5, 3, [5, 5, 5])
+    for b in range(3):
+        on = HOLES[b].nonzero().squeeze(1)
+        paths = _all_paths(emissions[b, on], len(on), transitions, start, end)
+        scores = torch.stack(list(paths.values()))
+        log_z = torch.logsumexp(scores, 0)
+        zeros = torch.zeros(1, 5, dtype=torch.long)
+        torch.testing.assert_close(crf_nll(emissions[b:b + 1], zeros, transitions, start, end,
+                                           HOLES[b:b + 1], "sum")
+                                   + _pytorch_crf_gold(emissions[b], zeros[0], transitions, start,
+                                                       end, HOLES[b]), log_z)
+        weights = torch.softmax(scores, 0)
+        marginals = torch.zeros(5, 3, dtype=torch.float64)
+        for weight, path in zip(weights, paths):
+            marginals[on, list(path)] += weight
+        torch.testing.assert_close(crf_marginals(emissions[b:b + 1], transitions, start, end,
+                                                 HOLES[b:b + 1])[0], marginals)
+
+
+def _pytorch_crf_gold(emissions, tags, transitions, start, end, mask):
+    """pytorch-crf's gold score of one sequence, written out step by step."""
+    score = start[tags[0]] + emissions[0, tags[0]]
+    for t in range(1, len(tags)):
+        if mask[t]:
+            score = score + transitions[tags[t - 1], tags[t]] + emissions[t, tags[t]]
+    return score + end[tags[int(mask.sum()) - 1]]
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_module_errors_match_pytorch_crf(batch_first):
+    ours, theirs = _pair(4, batch_first)
+    emissions, tags, *_, mask = _random_crf(1, 3, 5, 4, [5, 2, 3])
+    if not batch_first:  # the caller's layout: the messages name these shapes
+        emissions, tags, mask = emissions.transpose(0, 1), tags.transpose(0, 1), mask.transpose(0, 1)
+    late_start = mask.clone()
+    late_start[(1, 0) if batch_first else (0, 1)] = False
+    calls = [lambda crf: crf(emissions[0], tags),
+             lambda crf: crf(emissions[..., :3], tags),  # a wrong tag count
+             lambda crf: crf(emissions, tags[:, :2]),
+             lambda crf: crf(emissions, tags, mask=mask[:2]),
+             lambda crf: crf(emissions, tags, mask=late_start),
+             lambda crf: crf.decode(emissions[..., :3]),
+             lambda crf: crf.decode(emissions, mask=late_start)]
+    for call in calls:
+        with pytest.raises(ValueError) as expected:
+            call(theirs)
+        with pytest.raises(ValueError, match="^" + re.escape(str(expected.value)) + "$"):
+            call(ours)
 
 
 def test_module_parameters_and_init():

@@ -1,8 +1,9 @@
 """Linear-chain CRF: the forward algorithm (log-partition), Viterbi and forward-backward marginals.
 
 Shapes are batch-first: emissions (B, T, K), tags and mask (B, T); transitions[i, j] scores the
-step from tag i to tag j. The mask is a prefix mask (each row on, then off; the first step on) and
-a sequence's length is its row sum; the formulas are pytorch-crf's, so the two agree exactly.
+step from tag i to tag j. The mask (first step on) applies step by step: a step that is off
+leaves the recursions' state as it was, and L, the mask's row sum, picks the tag whose end
+transition the gold score takes; the formulas are pytorch-crf's, so the two agree exactly.
 """
 import torch
 
@@ -52,7 +53,7 @@ def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, ma
     """Per sequence log Z - score(tags); 'mean' averages over the batch ('token_mean' is
     nn.CRF's business: it needs the token count, which a functional 'mean' would hide)."""
     mask = _mask_or_ones(emissions, mask)
-    tags = torch.where(mask, tags.long(), 0)  # padding past the length may be any value, e.g. -1
+    tags = tags.long()  # read wherever pytorch-crf reads them; -1 indexes the last tag, as there
     log_z = _log_partition(emissions, transitions, start_transitions, end_transitions, mask)
     score = _path_score(emissions, tags, transitions, start_transitions, end_transitions, mask)
     return reduce(log_z - score, reduction)
@@ -85,16 +86,16 @@ def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=
 
 
 def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None):
-    """P(tag at step t = k | emissions) by forward-backward, (B, T, K); zero past each length."""
+    """P(tag at step t = k | emissions) by forward-backward, (B, T, K); zero where the mask is off."""
     mask = _mask_or_ones(emissions, mask)
     alphas = _forward_scores(emissions, transitions, start_transitions, mask)
     # beta[t][b, k]: log-sum of the scores of every continuation after step t given tag k there,
-    # end transition included; at a sequence's last step (next step masked off) it is the end score.
+    # end transition included; a step that is off passes beta on unchanged, as alpha.
     beta = end_transitions.expand_as(alphas[-1])
     betas = [beta]
     for t in reversed(range(emissions.shape[1] - 1)):
         step = transitions + (emissions[:, t + 1] + beta).unsqueeze(1)  # (B, from, to)
-        beta = torch.where(mask[:, t + 1].unsqueeze(1), safe_logsumexp(step, dim=2), end_transitions)
+        beta = torch.where(mask[:, t + 1].unsqueeze(1), safe_logsumexp(step, dim=2), beta)
         betas.append(beta)
     betas.reverse()
     log_z = safe_logsumexp(alphas[-1] + end_transitions, dim=1)
