@@ -47,12 +47,13 @@ def implementations(device, quick, notes):
 
 
 def fits(num_tokens, vocabulary, element, device):
-    """The logits and one gradient of their size must fit (peers may still run out: OOM rows)."""
+    """The logits, the copy each implementation gets and its gradient must fit (peers may still
+    run out: OOM rows)."""
     import torch
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info()
-    return 2 * num_tokens * vocabulary * element < 0.9 * free
+    return 3 * num_tokens * vocabulary * element < 0.9 * free
 
 
 def run(device, quick, peaks, notes):

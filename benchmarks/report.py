@@ -7,8 +7,8 @@
                   one row of panels per case (matplotlib, an optional extra: without it the
                   plots are skipped and the command says so)
 
-The table and the CSV are rewritten after each family, so a run cut short by a time limit
-keeps what it measured.
+The table and the CSV are rewritten after each measured row, so a run cut short by a time
+limit keeps what it measured.
 """
 import csv
 import datetime

@@ -179,6 +179,11 @@ def main(argv=None):
     if _want_interpreter(argv[1:]):
         os.environ["TRITON_INTERPRET"] = "1"
         interpreter_set = "triton" not in sys.modules
+    if args.command == "bench" and not __import__("torch").cuda.is_available():
+        from . import _backend
+        if not _backend.interpreting():
+            bench.error("TRITON_INTERPRET is off and there is no CUDA device: the kernels cannot "
+                        "run here (unset it or set TRITON_INTERPRET=1)")
     return _check(args, interpreter_set) if args.command == "check" else _bench(args)
 
 

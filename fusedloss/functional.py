@@ -57,9 +57,12 @@ def _check_logit_options(z_loss, softcap):
         raise ValueError(f"softcap must be a positive number or None, got {softcap}")
 
 
-def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                  return_lse=False, inplace_backward=False):
+def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                  size_average: bool | None = None, ignore_index: int = -100,
+                  reduce: bool | None = None, reduction: str = "mean", label_smoothing: float = 0.0,
+                  *, z_loss: float = 0.0, softcap: float | None = None, return_lse: bool = False,
+                  inplace_backward: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """torch.nn.functional.cross_entropy, plus z-loss, tanh soft-capping and the per-token lse.
 
     Extras: `z_loss` adds z_loss * lse**2 per non-ignored token (unweighted, sharing the mean's
@@ -86,8 +89,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                 inplace_backward=inplace_backward)
 
 
-def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-             reduction="mean"):
+def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+             size_average: bool | None = None, ignore_index: int = -100, reduce: bool | None = None,
+             reduction: str = "mean") -> torch.Tensor:
     """torch.nn.functional.nll_loss: input holds log-probabilities, classes on dim 1."""
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_floating("nll_loss input", input)
@@ -97,7 +101,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
                 reduction=reduction)
 
 
-def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):
+def softmax_focal_loss(input: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None = None,
+                       gamma: float = 2.0, ignore_index: int = -100,
+                       reduction: str = "mean") -> torch.Tensor:
     """Multi-class focal loss on logits: -alpha[t] * (1 - p_t)**gamma * log p_t per token.
 
     'mean' averages over the non-ignored tokens (not over alpha), as focal loss is usually
@@ -115,9 +121,13 @@ def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, 
 
 # --- linear_cross_entropy -------------------------------------------------------------------
 
-def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
-                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None,
-                         z_loss=0.0, softcap=None, return_lse=False):
+def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor, *,
+                         linear_bias: torch.Tensor | None = None,
+                         weight: torch.Tensor | None = None, reduction: str = "mean",
+                         ignore_index: int | None = None, label_smoothing: float = 0.0,
+                         options: object = None, z_loss: float = 0.0, softcap: float | None = None,
+                         return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """torch.nn.functional.linear_cross_entropy: cross_entropy(linear(input, W, b), target).
 
     The (N, C) logits are never held whole by the kernel, so torch's chunking `options` are
@@ -152,8 +162,11 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
 
 # --- binary ---------------------------------------------------------------------------------
 
-def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
-                                     reduction="mean", pos_weight=None):
+def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
+                                     weight: torch.Tensor | None = None,
+                                     size_average: bool | None = None, reduce: bool | None = None,
+                                     reduction: str = "mean",
+                                     pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.binary_cross_entropy_with_logits (weight and pos_weight broadcast)."""
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_same_size(input, target, "Target size ({target}) must be the same as input size ({input})")
@@ -175,8 +188,9 @@ def _check_probabilities(input):
         raise RuntimeError(message)
 
 
-def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
-                         reduction="mean"):
+def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor,
+                         weight: torch.Tensor | None = None, size_average: bool | None = None,
+                         reduce: bool | None = None, reduction: str = "mean") -> torch.Tensor:
     """torch.nn.functional.binary_cross_entropy on probabilities, logs clamped at -100."""
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_same_size(input, target, "Using a target size ({target}) that is different to the "
@@ -188,7 +202,8 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
                 reduction=reduction)
 
 
-def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
+def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                       gamma: float = 2.0, reduction: str = "none") -> torch.Tensor:
     """torchvision.ops.sigmoid_focal_loss: BCE with logits scaled by (1 - p_t)**gamma and alpha_t
     (alpha < 0 disables the alpha weighting)."""
     if reduction not in _reduction.REDUCTIONS:
@@ -211,7 +226,9 @@ def _check_elementwise_weight(weight, input):
         raise ValueError("Weights and input must have the same size.")
 
 
-def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
+            reduce: bool | None = None, reduction: str = "mean",
+            weight: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.l1_loss; a weight (input's shape) makes 'mean' sum(w*|d|)/sum(w)."""
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     input, target = _broadcast_pair(input, target)
@@ -219,7 +236,9 @@ def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", wei
     return call("l1_loss", input.device, input, target, reduction=reduction, weight=weight)
 
 
-def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
+             reduce: bool | None = None, reduction: str = "mean",
+             weight: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.mse_loss; a weight (input's shape) makes 'mean' sum(w*d²)/sum(w)."""
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     input, target = _broadcast_pair(input, target)
@@ -227,7 +246,9 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     return call("mse_loss", input.device, input, target, reduction=reduction, weight=weight)
 
 
-def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
+def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
+                   reduce: bool | None = None, reduction: str = "mean",
+                   beta: float = 1.0) -> torch.Tensor:
     """torch.nn.functional.smooth_l1_loss; beta = 0 is the L1 loss."""
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     if beta < 0:
@@ -236,7 +257,8 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mea
     return call("smooth_l1_loss", input.device, input, target, reduction=reduction, beta=beta)
 
 
-def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
+def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+               delta: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.huber_loss; with a weight (input's shape) 'mean' is sum(w * loss)
     over the element count, as torch 2.13 computes it (unlike l1_loss and mse_loss)."""
     reduction = _reduction.check_reduction(reduction)
@@ -250,8 +272,9 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
 
 # --- ranking --------------------------------------------------------------------------------
 
-def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None,
-                        reduction="mean"):
+def margin_ranking_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
+                        margin: float = 0.0, size_average: bool | None = None,
+                        reduce: bool | None = None, reduction: str = "mean") -> torch.Tensor:
     """torch.nn.functional.margin_ranking_loss: max(0, -y * (x1 - x2) + margin)."""
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     if not input1.dim() == input2.dim() == target.dim():
@@ -263,7 +286,8 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, r
                 reduction=reduction)
 
 
-def rank_loss(label, left, right, reduction="mean"):
+def rank_loss(label: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+              reduction: str = "mean") -> torch.Tensor:
     """RankNet pairwise loss log(1 + exp(left - right)) - label * (left - right), broadcast."""
     reduction = _reduction.check_reduction(reduction)
     label, left, right = torch.broadcast_tensors(label, left, right)
@@ -272,7 +296,8 @@ def rank_loss(label, left, right, reduction="mean"):
 
 # --- dice -----------------------------------------------------------------------------------
 
-def dice_loss(input, label, epsilon=1e-5, reduction="mean"):
+def dice_loss(input: torch.Tensor, label: torch.Tensor, epsilon: float = 1e-5,
+              reduction: str = "mean") -> torch.Tensor:
     """Dice loss per sample, 1 - 2|X∩Y| / (|X| + |Y| + epsilon), over probabilities (N, ..., C)
     and class indices (N, ..., 1); 'none' gives the (N,) per-sample losses."""
     reduction = _reduction.check_reduction(reduction)
@@ -359,8 +384,10 @@ def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reducti
     return targets, input_lengths, target_lengths
 
 
-def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
-             zero_infinity=False):
+def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor,
+             input_lengths: torch.Tensor | list[int] | tuple[int, ...],
+             target_lengths: torch.Tensor | list[int] | tuple[int, ...], blank: int = 0,
+             reduction: str = "mean", zero_infinity: bool = False) -> torch.Tensor:
     """torch.nn.functional.ctc_loss: log_probs (T, N, C) or unbatched (T, C); targets padded
     (N, S) or concatenated 1-D; lengths as tensors or lists. Labels outside [0, C) inside a
     target's length raise IndexError (torch does not check them)."""
@@ -370,8 +397,10 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
                 blank=blank, reduction=reduction, zero_infinity=zero_infinity)
 
 
-def ctc_loss_with_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean",
-                         zero_infinity=False):
+def ctc_loss_with_logits(logits: torch.Tensor, targets: torch.Tensor,
+                         input_lengths: torch.Tensor | list[int] | tuple[int, ...],
+                         target_lengths: torch.Tensor | list[int] | tuple[int, ...], blank: int = 0,
+                         reduction: str = "mean", zero_infinity: bool = False) -> torch.Tensor:
     """ctc_loss on log_softmax(logits, -1) with the softmax fused in; the gradient is w.r.t. the
     logits. Same arguments and checks as ctc_loss."""
     targets, input_lengths, target_lengths = _check_ctc(logits, targets, input_lengths,
@@ -455,8 +484,9 @@ def _raise_failed_checks(device, checks):
         torch._assert_async(flag, message)
 
 
-def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, mask=None,
-            reduction="mean"):
+def crf_nll(emissions: torch.Tensor, tags: torch.Tensor, transitions: torch.Tensor,
+            start_transitions: torch.Tensor, end_transitions: torch.Tensor,
+            mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Linear-chain CRF negative log-likelihood log Z - score(tags) per sequence.
 
     emissions (B, T, K) batch-first, tags (B, T), transitions[i, j] scores tag i -> tag j, mask
@@ -469,14 +499,18 @@ def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, ma
                 end_transitions, mask=mask, reduction=reduction)
 
 
-def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=None):
+def crf_decode(emissions: torch.Tensor, transitions: torch.Tensor, start_transitions: torch.Tensor,
+               end_transitions: torch.Tensor,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Viterbi: (best_scores (B,), best_tags (B, T) int64, -1 past each sequence's length)."""
     _, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, mask=mask)
     return call("crf_decode", emissions.device, emissions, transitions, start_transitions,
                 end_transitions, mask=mask)
 
 
-def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None):
+def crf_marginals(emissions: torch.Tensor, transitions: torch.Tensor,
+                  start_transitions: torch.Tensor, end_transitions: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-position tag marginals P(y_t = k) (B, T, K); rows past a sequence's length are zero."""
     _, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, mask=mask)
     return call("crf_marginals", emissions.device, emissions, transitions, start_transitions,
@@ -502,8 +536,9 @@ def _check_matrix_input(input, weight):
                          f"got shape {tuple(weight.shape)}")
 
 
-def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None, path_code=None,
-                  reduction="mean"):
+def hsigmoid_loss(input: torch.Tensor, label: torch.Tensor, num_classes: int, weight: torch.Tensor,
+                  bias: torch.Tensor | None = None, path_table: torch.Tensor | None = None,
+                  path_code: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
     """Paddle's hierarchical sigmoid loss; 'none' gives (N,) (Paddle: (N, 1)).
 
     Default tree: weight (num_classes - 1, D), bias (num_classes - 1,) or (num_classes - 1, 1),
@@ -540,7 +575,9 @@ def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None,
 
 # --- nce ------------------------------------------------------------------------------------
 
-def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean"):
+def nce_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor | None, noise_samples: torch.Tensor, noise_log_probs: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
     """Noise-contrastive estimation: per sample -log sigmoid(o_t - log b_t) - sum_j
     log sigmoid(log b_j - o_j), o_c = input . weight[c] + bias[c], b_c = k * exp(noise_log_probs[c]).
 

@@ -9,6 +9,7 @@ the (N, 1) per-sample losses, which reduction='none' gives as (N,)).
 import math
 
 import torch
+from torch import Tensor
 
 from . import _reduction
 from . import functional as F
@@ -24,13 +25,15 @@ __all__ = [
 class _Loss(torch.nn.Module):
     """Stores the reduction, mapping torch's deprecated size_average/reduce as torch does."""
 
-    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean") -> None:
         super().__init__()
         self.reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
 
 
 class _WeightedLoss(_Loss):
-    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+    def __init__(self, weight: Tensor | None = None, size_average: bool | None = None,
+                 reduce: bool | None = None, reduction: str = "mean") -> None:
         super().__init__(size_average, reduce, reduction)
         self.register_buffer("weight", weight)
 
@@ -38,9 +41,11 @@ class _WeightedLoss(_Loss):
 class CrossEntropyLoss(_WeightedLoss):
     """torch.nn.CrossEntropyLoss; keyword-only extras as in fusedloss.functional.cross_entropy."""
 
-    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                 reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                 return_lse=False, inplace_backward=False):
+    def __init__(self, weight: Tensor | None = None, size_average: bool | None = None,
+                 ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, z_loss: float = 0.0,
+                 softcap: float | None = None, return_lse: bool = False,
+                 inplace_backward: bool = False) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
@@ -49,7 +54,7 @@ class CrossEntropyLoss(_WeightedLoss):
         self.return_lse = return_lse
         self.inplace_backward = inplace_backward
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing,
                                z_loss=self.z_loss, softcap=self.softcap,
@@ -57,67 +62,91 @@ class CrossEntropyLoss(_WeightedLoss):
 
 
 class NLLLoss(_WeightedLoss):
-    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                 reduction="mean"):
+    """torch.nn.NLLLoss: the negative log-likelihood of log-probabilities `input` (N, C) or
+    (N, C, d1, ...) at class indices `target`, with class `weight` and `ignore_index`."""
+
+    def __init__(self, weight: Tensor | None = None, size_average: bool | None = None,
+                 ignore_index: int = -100, reduce: bool | None = None,
+                 reduction: str = "mean") -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
                           reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_WeightedLoss):
-    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean",
-                 pos_weight=None):
+    """torch.nn.BCEWithLogitsLoss: binary cross entropy on logits, with an element `weight`
+    and a per-class `pos_weight` broadcast over the last dimension (both buffers)."""
+
+    def __init__(self, weight: Tensor | None = None, size_average: bool | None = None,
+                 reduce: bool | None = None, reduction: str = "mean",
+                 pos_weight: Tensor | None = None) -> None:
         super().__init__(weight, size_average, reduce, reduction)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(input, target, self.weight,
                                                   pos_weight=self.pos_weight,
                                                   reduction=self.reduction)
 
 
 class BCELoss(_WeightedLoss):
-    def forward(self, input, target):
+    """torch.nn.BCELoss: binary cross entropy on probabilities in [0, 1], logs clamped at -100
+    as torch's; an input outside [0, 1] raises before any kernel runs."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 
 
 class SmoothL1Loss(_Loss):
-    def __init__(self, size_average=None, reduce=None, reduction="mean", beta=1.0):
+    """torch.nn.SmoothL1Loss: quadratic below `beta`, linear above (`beta=0` is L1)."""
+
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean", beta: float = 1.0) -> None:
         super().__init__(size_average, reduce, reduction)
         self.beta = beta
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
 
 
 class HuberLoss(_Loss):
-    def __init__(self, reduction="mean", delta=1.0):
+    """torch.nn.HuberLoss: quadratic below `delta`, linear above (SmoothL1 scaled by delta)."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
         super().__init__(reduction=reduction)
         self.delta = delta
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
 
 
 class L1Loss(_Loss):
-    def forward(self, input, target):
+    """torch.nn.L1Loss: the mean (or sum, or none) absolute error."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.l1_loss(input, target, reduction=self.reduction)
 
 
 class MSELoss(_Loss):
-    def forward(self, input, target):
+    """torch.nn.MSELoss: the mean (or sum, or none) squared error."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(input, target, reduction=self.reduction)
 
 
 class MarginRankingLoss(_Loss):
-    def __init__(self, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+    """torch.nn.MarginRankingLoss: max(0, -target * (input1 - input2) + margin), target
+    +1 or -1."""
+
+    def __init__(self, margin: float = 0.0, size_average: bool | None = None,
+                 reduce: bool | None = None, reduction: str = "mean") -> None:
         super().__init__(size_average, reduce, reduction)
         self.margin = margin
 
-    def forward(self, input1, input2, target):
+    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
         return F.margin_ranking_loss(input1, input2, target, margin=self.margin,
                                      reduction=self.reduction)
 
@@ -126,9 +155,11 @@ class LinearCrossEntropyLoss(_WeightedLoss):
     """torch.nn.LinearCrossEntropyLoss: owns the projection as `self.linear` (same state_dict
     keys as torch) and never materialises the (N, C) logits. Only out_features=() is supported."""
 
-    def __init__(self, in_features, num_classes, *, out_features=(), bias=False, device=None,
-                 dtype=None, reduction="mean", weight=None, ignore_index=None,
-                 label_smoothing=0.0, options=None):
+    def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
+                 bias: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, reduction: str = "mean",
+                 weight: Tensor | None = None, ignore_index: int | None = None,
+                 label_smoothing: float = 0.0, options: object = None) -> None:
         if tuple(out_features) != ():
             raise ValueError("fusedloss.nn.LinearCrossEntropyLoss supports only out_features=()")
         if weight is not None and weight.shape != (num_classes,):
@@ -143,7 +174,7 @@ class LinearCrossEntropyLoss(_WeightedLoss):
         self.options = options
         self.linear = torch.nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.linear_cross_entropy(input, self.linear.weight, target,
                                       linear_bias=self.linear.bias, weight=self.weight,
                                       reduction=self.reduction, ignore_index=self.ignore_index,
@@ -151,54 +182,71 @@ class LinearCrossEntropyLoss(_WeightedLoss):
 
 
 class SigmoidFocalLoss(torch.nn.Module):
-    def __init__(self, alpha=0.25, gamma=2.0, reduction="none"):
+    """torchvision's sigmoid_focal_loss as a module: binary cross entropy on logits scaled by
+    (1 - p_t)**gamma and, unless alpha < 0, by alpha for positives and 1 - alpha for negatives;
+    reduction 'none' by default, as torchvision's."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
         super().__init__()
         self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
 
-    def forward(self, inputs, targets):
+    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return F.sigmoid_focal_loss(inputs, targets, alpha=self.alpha, gamma=self.gamma,
                                     reduction=self.reduction)
 
 
 class SoftmaxFocalLoss(torch.nn.Module):
-    def __init__(self, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):
+    """Multi-class focal loss on logits (N, C): -alpha[target] * (1 - p_t)**gamma *
+    log(p_t), `alpha` an optional per-class weight buffer; 'mean' averages over the tokens
+    whose target is not `ignore_index`."""
+
+    def __init__(self, alpha: Tensor | None = None, gamma: float = 2.0, ignore_index: int = -100,
+                 reduction: str = "mean") -> None:
         super().__init__()
         self.register_buffer("alpha", alpha)
         self.gamma, self.ignore_index, self.reduction = gamma, ignore_index, reduction
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.softmax_focal_loss(input, target, alpha=self.alpha, gamma=self.gamma,
                                     ignore_index=self.ignore_index, reduction=self.reduction)
 
 
 class RankLoss(torch.nn.Module):
-    def __init__(self, reduction="mean"):
+    """RankNet's pairwise loss (Paddle's rank_loss): log(1 + exp(left - right)) - label *
+    (left - right), label the probability that left ranks above right."""
+
+    def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         self.reduction = reduction
 
-    def forward(self, label, left, right):
+    def forward(self, label: Tensor, left: Tensor, right: Tensor) -> Tensor:
         return F.rank_loss(label, left, right, reduction=self.reduction)
 
 
 class DiceLoss(torch.nn.Module):
-    def __init__(self, epsilon=1e-5, reduction="mean"):
+    """Paddle's dice loss: input the probabilities (N, ..., C), label class indices
+    (N, ..., 1); per sample 1 - 2 |X and Y| / (|X| + |Y| + epsilon), then reduced."""
+
+    def __init__(self, epsilon: float = 1e-5, reduction: str = "mean") -> None:
         super().__init__()
         self.epsilon, self.reduction = epsilon, reduction
 
-    def forward(self, input, label):
+    def forward(self, input: Tensor, label: Tensor) -> Tensor:
         return F.dice_loss(input, label, epsilon=self.epsilon, reduction=self.reduction)
 
 
 class CTCLoss(torch.nn.Module):
-    """torch.torch.nn.CTCLoss: forward(log_probs, targets, input_lengths, target_lengths)."""
+    """torch.nn.CTCLoss: forward(log_probs, targets, input_lengths, target_lengths), log_probs
+    (T, N, C); targets padded (N, S) or concatenated, lengths as tensors or lists."""
 
-    def __init__(self, blank=0, reduction="mean", zero_infinity=False):
+    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False) -> None:
         super().__init__()
         self.blank = blank
         self.reduction = reduction
         self.zero_infinity = zero_infinity
 
-    def forward(self, log_probs, targets, input_lengths, target_lengths):
+    def forward(self, log_probs: Tensor, targets: Tensor, input_lengths: Tensor | list[int],
+                target_lengths: Tensor | list[int]) -> Tensor:
         return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=self.blank,
                           reduction=self.reduction, zero_infinity=self.zero_infinity)
 
@@ -217,7 +265,7 @@ class CRF(torch.nn.Module):
     unless batch_first.
     """
 
-    def __init__(self, num_tags, batch_first=False):
+    def __init__(self, num_tags: int, batch_first: bool = False) -> None:
         if num_tags <= 0:
             raise ValueError(f"invalid number of tags: {num_tags}")
         super().__init__()
@@ -228,12 +276,12 @@ class CRF(torch.nn.Module):
         self.transitions = torch.nn.Parameter(torch.empty(num_tags, num_tags))
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """Uniform in [-0.1, 0.1], as pytorch-crf."""
         for parameter in (self.start_transitions, self.end_transitions, self.transitions):
             torch.nn.init.uniform_(parameter, -0.1, 0.1)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{self.__class__.__name__}(num_tags={self.num_tags})"
 
     def _batch_first(self, *tensors):
@@ -252,7 +300,8 @@ class CRF(torch.nn.Module):
                 raise ValueError(f"the first two dimensions of emissions and {name} must match, "
                                  f"got {tuple(emissions.shape[:2])} and {tuple(other.shape)}")
 
-    def forward(self, emissions, tags, mask=None, reduction="sum"):
+    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None,
+                reduction: str = "sum") -> Tensor:
         if reduction not in ("none", "sum", "mean", "token_mean"):
             raise ValueError(f"invalid reduction: {reduction}")
         self._validate(emissions, tags, mask)
@@ -268,7 +317,7 @@ class CRF(torch.nn.Module):
         num_tokens = tags.numel() if mask is None else mask.sum()
         return log_likelihood.sum() / num_tokens
 
-    def decode(self, emissions, mask=None):
+    def decode(self, emissions: Tensor, mask: Tensor | None = None) -> list[list[int]]:
         self._validate(emissions, mask=mask)
         emissions, mask = self._batch_first(emissions, mask)
         _, best_tags = F.crf_decode(emissions, self.transitions, self.start_transitions,
@@ -281,7 +330,8 @@ class HSigmoidLoss(torch.nn.Module):
     (num_classes, feature_size) when is_custom (num_classes then counts the inner nodes, as in
     Paddle). forward(input, label, path_table=None, path_code=None); a custom tree needs both."""
 
-    def __init__(self, feature_size, num_classes, bias=True, is_custom=False, *, reduction="mean"):
+    def __init__(self, feature_size: int, num_classes: int, bias: bool = True,
+                 is_custom: bool = False, *, reduction: str = "mean") -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
@@ -293,7 +343,8 @@ class HSigmoidLoss(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(num_nodes)) if bias else None
         torch.nn.init.xavier_uniform_(self.weight)
 
-    def forward(self, input, label, path_table=None, path_code=None):
+    def forward(self, input: Tensor, label: Tensor, path_table: Tensor | None = None,
+                path_code: Tensor | None = None) -> Tensor:
         if self.is_custom != (path_table is not None):
             raise ValueError("path_table and path_code are required when is_custom=True and "
                              "not accepted otherwise")
@@ -321,8 +372,8 @@ class NCELoss(torch.nn.Module):
     'log_uniform' (Zipfian, for classes sorted by decreasing frequency) or a tensor of class
     weights (normalised here). forward(input, target)."""
 
-    def __init__(self, num_classes, embedding_dim, num_neg_samples=10, sampler="uniform", *,
-                 reduction="mean"):
+    def __init__(self, num_classes: int, embedding_dim: int, num_neg_samples: int = 10,
+                 sampler: str | Tensor = "uniform", *, reduction: str = "mean") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_neg_samples = num_neg_samples
@@ -332,7 +383,7 @@ class NCELoss(torch.nn.Module):
         torch.nn.init.xavier_uniform_(self.weight)
         self.register_buffer("noise_log_probs", _noise_log_probs(sampler, num_classes))
 
-    def forward(self, input, target):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         batch = input.shape[0]
         noise_samples = torch.multinomial(self.noise_log_probs.exp(), batch * self.num_neg_samples,
                                           replacement=True).view(batch, self.num_neg_samples)

@@ -7,6 +7,7 @@ crf_decoding) take Fluid's padded form, a batch of equal-length rows plus a leng
 per-sample losses keep Fluid's (N, 1) shape.
 """
 import torch
+from torch import Tensor
 
 from . import functional as F
 
@@ -17,12 +18,13 @@ __all__ = [
 ]
 
 
-def square_error_cost(input, label):
+def square_error_cost(input: Tensor, label: Tensor) -> Tensor:
     """(input - label)**2 per element, no reduction (Fluid has no reduction argument here)."""
     return F.mse_loss(input, label, reduction="none")
 
 
-def smooth_l1(x, y, inside_weight=None, outside_weight=None, sigma=1.0):
+def smooth_l1(x: Tensor, y: Tensor, inside_weight: Tensor | None = None,
+              outside_weight: Tensor | None = None, sigma: float = 1.0) -> Tensor:
     """Fluid's smooth L1: with d = inside_weight * (x - y), 0.5 * (sigma * d)**2 where
     |d| < 1 / sigma**2 else |d| - 0.5 / sigma**2, times outside_weight, summed over every
     dimension but the first: shape (N, 1). torch's beta is 1 / sigma**2 and torch reduces over
@@ -35,8 +37,9 @@ def smooth_l1(x, y, inside_weight=None, outside_weight=None, sigma=1.0):
     return loss.reshape(loss.shape[0], -1).sum(1, keepdim=True)
 
 
-def softmax_with_cross_entropy(logits, label, soft_label=False, ignore_index=-100, axis=-1,
-                               return_softmax=False):
+def softmax_with_cross_entropy(logits: Tensor, label: Tensor, soft_label: bool = False,
+                               ignore_index: int = -100, axis: int = -1,
+                               return_softmax: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Cross entropy on logits along `axis` (Fluid: the last by default, torch: dim 1). Hard
     labels carry a size-1 dimension at `axis`; the loss keeps it (shape of logits with 1 at
     `axis`), ignored positions give 0 and nothing is reduced."""
@@ -53,7 +56,8 @@ def softmax_with_cross_entropy(logits, label, soft_label=False, ignore_index=-10
     return loss
 
 
-def cross_entropy(input, label, soft_label=False, ignore_index=-100):
+def cross_entropy(input: Tensor, label: Tensor, soft_label: bool = False,
+                  ignore_index: int = -100) -> Tensor:
     """Fluid's cross entropy on probabilities (not logits, unlike torch): -log input[label] per
     row, shape (N, 1), 0 where label == ignore_index; soft labels give -sum(label * log input)."""
     log_probs = torch.log(input)
@@ -64,7 +68,8 @@ def cross_entropy(input, label, soft_label=False, ignore_index=-100):
     return loss.unsqueeze(-1)
 
 
-def sigmoid_cross_entropy_with_logits(x, label, ignore_index=-100, normalize=False):
+def sigmoid_cross_entropy_with_logits(x: Tensor, label: Tensor, ignore_index: int = -100,
+                                      normalize: bool = False) -> Tensor:
     """Element-wise BCE on logits; elements whose label equals ignore_index give 0 (torch has no
     ignore_index here), and normalize=True divides by the number of elements not ignored."""
     kept = (label != ignore_index).to(x.dtype)
@@ -74,18 +79,18 @@ def sigmoid_cross_entropy_with_logits(x, label, ignore_index=-100, normalize=Fal
     return loss
 
 
-def rank_loss(label, left, right):
+def rank_loss(label: Tensor, left: Tensor, right: Tensor) -> Tensor:
     """RankNet per pair, no reduction: log(1 + exp(left - right)) - label * (left - right)."""
     return F.rank_loss(label, left, right, reduction="none")
 
 
-def margin_rank_loss(label, left, right, margin=0.1):
+def margin_rank_loss(label: Tensor, left: Tensor, right: Tensor, margin: float = 0.1) -> Tensor:
     """max(0, -label * (left - right) + margin) per pair, no reduction; Fluid's default margin is
     0.1 where torch's is 0, and the label comes first."""
     return F.margin_ranking_loss(left, right, label, margin=margin, reduction="none")
 
 
-def dice_loss(input, label, epsilon=1e-5):
+def dice_loss(input: Tensor, label: Tensor, epsilon: float = 1e-5) -> Tensor:
     """Mean over the batch of 1 - 2|X∩Y| / (|X| + |Y| + epsilon), label one-hot over the last dim."""
     return F.dice_loss(input, label, epsilon=epsilon)
 
@@ -94,7 +99,8 @@ def _per_sample(loss):
     return loss.unsqueeze(1)
 
 
-def warpctc(input, label, blank=0, norm_by_times=False, input_length=None, label_length=None):
+def warpctc(input: Tensor, label: Tensor, blank: int = 0, norm_by_times: bool = False,
+            input_length: Tensor | None = None, label_length: Tensor | None = None) -> Tensor:
     """fluid.layers.warpctc on padded input: per-sequence CTC loss, shape (N, 1).
 
     Unlike torch.nn.functional.ctc_loss, `input` holds UNSCALED logits (T, N, C): Fluid's warp-ctc
@@ -136,7 +142,8 @@ def _fluid_crf_args(input, transition, length):
     return transition[2:], transition[0], transition[1], mask
 
 
-def linear_chain_crf(input, label, transition, length=None):
+def linear_chain_crf(input: Tensor, label: Tensor, transition: Tensor,
+                     length: Tensor | None = None) -> Tensor:
     """fluid.layers.linear_chain_crf on padded input: per-sequence negative log-likelihood (N, 1).
 
     input (N, T, K) emissions, label (N, T) or (N, T, 1), transition (K + 2, K) in Fluid's layout:
@@ -149,7 +156,8 @@ def linear_chain_crf(input, label, transition, length=None):
     return _per_sample(F.crf_nll(input, label, transitions, start, end, mask=mask, reduction="none"))
 
 
-def crf_decoding(input, transition, label=None, length=None):
+def crf_decoding(input: Tensor, transition: Tensor, label: Tensor | None = None,
+                 length: Tensor | None = None) -> Tensor:
     """fluid.layers.crf_decoding on padded input: the Viterbi path (N, T) int64.
 
     Positions past a sequence's length hold 0 (Fluid's padding; crf_decode pads with -1). With
@@ -166,8 +174,9 @@ def crf_decoding(input, transition, label=None, length=None):
     return ((path == label) & inside).long()
 
 
-def hsigmoid(input, label, num_classes, weight, bias=None, path_table=None, path_code=None,
-             is_custom=False):
+def hsigmoid(input: Tensor, label: Tensor, num_classes: int, weight: Tensor,
+             bias: Tensor | None = None, path_table: Tensor | None = None,
+             path_code: Tensor | None = None, is_custom: bool = False) -> Tensor:
     """fluid.layers.hsigmoid: per-sample hierarchical sigmoid loss, shape (N, 1).
 
     weight (num_classes - 1, D) and bias (num_classes - 1, 1) for the default tree; with
@@ -181,7 +190,8 @@ def hsigmoid(input, label, num_classes, weight, bias=None, path_table=None, path
                                        path_code=path_code, reduction="none"))
 
 
-def nce(input, label, num_total_classes, weight, bias, noise_samples, noise_log_probs):
+def nce(input: Tensor, label: Tensor, num_total_classes: int, weight: Tensor, bias: Tensor | None,
+        noise_samples: Tensor, noise_log_probs: Tensor) -> Tensor:
     """fluid.layers.nce with caller-drawn negatives: per-sample NCE loss, shape (N, 1).
 
     Fluid draws the negatives itself (sampler, custom_dist, seed); here they come in as

@@ -115,3 +115,13 @@ def test_without_cuda_only_quick_runs(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--family", "crf"])
     assert exit_.value.code == 2 and "only --quick runs" in capsys.readouterr().err
+
+
+def test_without_cuda_or_interpreter_exits_2(monkeypatch, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the kernels run compiled")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the user turned the interpreter off
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--quick", "--family", "crf"])
+    assert exit_.value.code == 2 and "TRITON_INTERPRET is off" in capsys.readouterr().err

@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import inspect
 import types
+import typing
 
 import torch
 from transformers import GenerationMixin, PreTrainedModel
@@ -41,6 +42,7 @@ from transformers.utils import ModelOutput
 from .. import functional as F
 
 IGNORE_INDEX = -100
+Model = typing.TypeVar("Model", bound=PreTrainedModel)  # apply returns the instance it patched
 
 # Config settings under which a causal LM's forward does more than lm_head + cross entropy
 # (logit scaling: Cohere, Granite; a router's auxiliary loss: Mixtral, Qwen-MoE), which the fused
@@ -48,7 +50,7 @@ IGNORE_INDEX = -100
 _PLAIN_FORWARD_CONFIG = {"logit_scale": 1.0, "logits_scaling": 1.0, "output_router_logits": False}
 
 
-def apply(model, *, fused_linear_cross_entropy=True):
+def apply(model: Model, *, fused_linear_cross_entropy: bool = True) -> Model:
     """Make this causal-LM instance compute its training loss with fusedloss; returns the model.
 
     fused_linear_cross_entropy: True, a training forward computes the loss from the hidden
@@ -70,8 +72,10 @@ def apply(model, *, fused_linear_cross_entropy=True):
     return model
 
 
-def causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=IGNORE_INDEX,
-                   shift_labels=None, **kwargs):
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor | None, vocab_size: int,
+                   num_items_in_batch: int | torch.Tensor | None = None,
+                   ignore_index: int = IGNORE_INDEX, shift_labels: torch.Tensor | None = None,
+                   **kwargs: object) -> torch.Tensor:
     """transformers' ForCausalLMLoss with fusedloss's cross entropy (same arguments)."""
     del kwargs  # the model's other forward kwargs, which the loss does not use
     target = _shifted_labels(labels, shift_labels, ignore_index).to(logits.device)

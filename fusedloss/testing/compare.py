@@ -14,6 +14,7 @@ error / allowed over all elements: a call passes when it is at most 1.
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as torch_F
@@ -34,7 +35,7 @@ _PLANTED = {}
 
 
 @contextlib.contextmanager
-def planted_error(fn_name, wrap):
+def planted_error(fn_name: str, wrap: Callable[[Callable], Callable]) -> Iterator[None]:
     """Within the block, the candidate run of `fn_name` (never the reference, never torch) is
     `wrap(fn)(*args, **kwargs)`: a deliberate bug the fuzzer must catch. Nestable."""
     _PLANTED.setdefault(fn_name, []).append(wrap)
@@ -59,7 +60,7 @@ class Comparison:
     where: str
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return self.ratio <= 1.0
 
 
@@ -147,7 +148,7 @@ def _element_ratio(candidate, truth, torch_value, rtol, atol):
     return float(ratio.flatten()[index]), f"element {index}: {float(candidate.flatten()[index])!r} vs reference {float(truth.flatten()[index])!r}"
 
 
-def compare(fn_name, *args, grad_seed=0, **kwargs):
+def compare(fn_name: str, *args: object, grad_seed: int = 0, **kwargs: object) -> Comparison:
     """Run `fusedloss.functional.<fn_name>(*args, **kwargs)` on the backend in force and against
     the float64 reference; return the worst error/allowed ratio over values and gradients."""
     info = catalog.get(fn_name)
@@ -191,7 +192,7 @@ def compare(fn_name, *args, grad_seed=0, **kwargs):
     return worst
 
 
-def assert_close_to_reference(fn_name, *args, **kwargs):
+def assert_close_to_reference(fn_name: str, *args: object, **kwargs: object) -> Comparison:
     """Raise AssertionError unless fusedloss.functional.<fn_name> on these arguments agrees with
     the float64 reference within the tolerance rule of docs/design.md (values and gradients)."""
     result = compare(fn_name, *args, **kwargs)

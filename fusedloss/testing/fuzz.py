@@ -11,6 +11,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -35,7 +36,7 @@ class Failure:
     reproducer: str
     shrink_steps: int = 0
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.loss}: {self.message}\n  call: {self.call!r}\n--- reproducer ---\n{self.reproducer}"
 
 
@@ -47,31 +48,31 @@ class Row:
     passed: int = 0
     worst: float = 0.0  # worst error / allowed over every case run
     seconds: float = 0.0
-    failure: Failure = None
+    failure: Failure | None = None
     skipped: str = ""
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return self.failure is None and not self.skipped
 
 
 @dataclasses.dataclass
 class Report:
-    rows: list
+    rows: list[Row]
     device: str
     seed: int
     examples: int
     mode: str  # what ran as the candidate: the kernels (CUDA or interpreter) or the reference
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return all(row.ok for row in self.rows)
 
     @property
-    def failures(self):
+    def failures(self) -> list[Failure]:
         return [row.failure for row in self.rows if row.failure is not None]
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return {
             "ok": self.ok, "device": self.device, "seed": self.seed, "examples": self.examples,
             "mode": self.mode,
@@ -83,7 +84,7 @@ class Report:
                           "reproducer": r.failure.reproducer}} for r in self.rows],
         }
 
-    def table(self):
+    def table(self) -> str:
         header = ("loss", "backend", "cases", "passed", "worst err/allowed", "time", "status")
         lines = []
         for r in self.rows:
@@ -99,7 +100,7 @@ class Report:
         rule = "  ".join("-" * w for w in widths)
         return "\n".join([fmt(header), rule] + [fmt(line) for line in lines])
 
-    def __str__(self):
+    def __str__(self) -> str:
         failed = len(self.failures)
         summary = (f"fusedloss fuzz: {len(self.rows)} losses, device {self.device}, seed {self.seed}, "
                    f"{self.examples} examples each; candidate: {self.mode}")
@@ -149,7 +150,8 @@ def _value_source(value, names, lines, hint):
     return repr(value)
 
 
-def reproducer(call, grad_seed=0, interpret=None, message=None):
+def reproducer(call: object, grad_seed: int = 0, interpret: bool | None = None,
+               message: str | None = None) -> str:
     """Self-contained Python source that rebuilds the call's exact tensors and runs
     fusedloss.testing.assert_close_to_reference on them (raising AssertionError while it fails)."""
     if interpret is None:
@@ -294,7 +296,9 @@ def _fuzz_loss(name, examples, device, seed, progress):
     return row
 
 
-def fuzz(loss=None, examples=200, device=None, seed=None, *, progress=None):
+def fuzz(loss: str | Iterable[str] | None = None, examples: int = 200, device: str | None = None,
+         seed: int | None = None, *,
+         progress: Callable[[str, int, int], None] | None = None) -> Report:
     """Differential fuzzing of fusedloss against its float64 reference, values and gradients.
 
     loss: a name, a list of names, or None for every loss; examples: calls drawn per loss;
