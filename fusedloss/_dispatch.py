@@ -2,11 +2,13 @@
 
 Both backends expose the same function names with the same normalised signatures (the argument
 handling in functional.py has already run). A loss without a kernel yet runs its reference under
-every backend; `has_kernel` says which do, for the README table and the fuzzer.
+every backend; `has_kernel` says which do, for the README table and the fuzzer. A call in
+dtypes the kernels do not compute in (`_args.kernels_take`: complex, or an integer input) runs
+the reference too, whose torch operations promote as torch does.
 """
 import importlib
 
-from . import _backend
+from . import _args, _backend
 
 
 class KernelDeclined(Exception):
@@ -22,7 +24,7 @@ def has_kernel(name):
 
 def call(name, device, *args, **kwargs):
     """Run loss `name` on the backend chosen for tensors on `device`."""
-    if _backend.resolve(device) == "triton":
+    if _backend.resolve(device) == "triton" and _args.kernels_take([*args, *kwargs.values()]):
         kernels = importlib.import_module("fusedloss.triton_kernels")
         kernel = kernels.KERNELS.get(name)
         if kernel is not None:
