@@ -83,6 +83,13 @@ def check_class_weight(weight, num_classes, dtype, name="weight"):
                            f"{type_name(weight.dtype)} ({name} against the input)")
 
 
+def check_weight_not_differentiated(weight):
+    """torch's class-index losses have no gradient for their class weight and say so."""
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("the loss of class-index targets is not differentiable with respect to "
+                           "its class weight: the weight cannot have requires_grad=True")
+
+
 # --- dtypes and devices -------------------------------------------------------------------------
 
 # torch's names for dtypes in its error messages

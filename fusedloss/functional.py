@@ -82,6 +82,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     else:
         num_classes = _check_class_target(input.shape, target, ignore_index)
         _args.check_class_weight(weight, num_classes, input.dtype)
+        _args.check_weight_not_differentiated(weight)
     return call("cross_entropy", input.device, input, target, weight=weight,
                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 z_loss=z_loss, softcap=softcap, return_lse=return_lse,
@@ -96,6 +97,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     _args.check_floating("nll_loss", input)
     num_classes = _check_class_target(input.shape, target, ignore_index)
     _args.check_class_weight(weight, num_classes, input.dtype)
+    _args.check_weight_not_differentiated(weight)
     return call("nll_loss", input.device, input, target, weight=weight, ignore_index=ignore_index,
                 reduction=reduction)
 
@@ -155,6 +157,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     else:
         _check_class_target(logits_shape, target, ignore_index)
         _args.check_class_weight(weight, num_classes, input.dtype)
+        _args.check_weight_not_differentiated(weight)
     options = dict(linear_bias=linear_bias, weight=weight, ignore_index=ignore_index,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                    return_lse=return_lse)

@@ -40,6 +40,8 @@ BAD_CALLS = [
     ("binary_cross_entropy", (torch.rand(3), torch.rand(3, dtype=torch.float64)), {}),
     ("binary_cross_entropy_with_logits", (torch.randn(3), torch.tensor([0, 1, 1])), {}),
     ("margin_ranking_loss", (torch.randn(3) > 0, torch.randn(3), torch.ones(3)), {}),
+    ("cross_entropy", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, requires_grad=True)}),
+    ("nll_loss", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, requires_grad=True)}),
     # a second device ("meta" exists everywhere; torch refuses to mix it with CPU tensors)
     ("cross_entropy", (x, torch.tensor([0, 1, 2], device="meta")), {}),
     ("cross_entropy", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, device="meta")}),
