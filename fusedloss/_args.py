@@ -1,11 +1,14 @@
 """Argument checks every loss family shares: each raises the error torch raises for the same
-call (the reduction's own handling is in _reduction.py).
+call (the reduction's own handling is in _reduction.py), and the dtype rules: which dtypes the
+kernels take (`kernels_take`, the dispatcher's one rule) and the promotion torch applies first.
 
 Nothing here validates with `assert`: a user's mistake must survive `python -O`.
 """
+import functools
 import warnings
 
 import torch
+
 
 def check_label_smoothing(label_smoothing):
     if label_smoothing > 1.0:  # torch bounds it above only; a negative value is accepted
@@ -25,9 +28,9 @@ def warn_if_broadcasting(input, target):
                       "broadcasting. Please ensure they have the same size.", stacklevel=3)
 
 
-def check_floating(name, tensor):
-    if not tensor.is_floating_point():
-        raise RuntimeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+def check_floating(op, tensor):
+    """torch's error for a softmax over integer or complex logits (log_softmax has no such kernel)."""
+    check_computable(op, tensor.dtype)
 
 
 def check_class_indices(target, num_classes, ignore_index):
@@ -67,9 +70,99 @@ def check_in_range(values, low, high, error, message):
         raise error(message)
 
 
-def check_class_weight(weight, num_classes, name="weight"):
+def check_class_weight(weight, num_classes, dtype, name="weight"):
+    """A per-class weight: (num_classes,) and of the input's dtype, as torch's class-index losses
+    require (`dtype` None: any floating dtype, where torch promotes instead)."""
     if weight is None:
         return
     if weight.dim() != 1 or weight.numel() != num_classes:
         raise RuntimeError(f"{name} tensor should be defined either for all {num_classes} classes "
                            f"or no classes but got {name} tensor of shape: {list(weight.shape)}")
+    if dtype is not None and weight.dtype != dtype:
+        raise RuntimeError(f"expected scalar type {type_name(dtype)} but found "
+                           f"{type_name(weight.dtype)} ({name} against the input)")
+
+
+def check_weight_not_differentiated(weight):
+    """torch's class-index losses have no gradient for their class weight and say so."""
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("the loss of class-index targets is not differentiable with respect to "
+                           "its class weight: the weight cannot have requires_grad=True")
+
+
+# --- dtypes and devices -------------------------------------------------------------------------
+
+# torch's names for dtypes in its error messages
+_TORCH_NAMES = {
+    torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float", torch.float64: "Double",
+    torch.complex32: "ComplexHalf", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+    torch.uint8: "Byte", torch.bool: "Bool",
+}
+
+
+def type_name(dtype):
+    return _TORCH_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def kernels_take(tensors):
+    """The one rule for which dtypes the kernels run: they compute in and return floating point,
+    so a call whose first tensor (the input) is not floating point (L1 of two integer tensors)
+    or that holds a complex tensor (L1 of complex inputs) runs the reference instead, whose torch
+    operations promote as torch does. Integer operands beside a floating input (class indices,
+    or an integer target that promotion has already cast) are the kernels' to read."""
+    tensors = [t for t in tensors if torch.is_tensor(t)]
+    return (bool(tensors) and tensors[0].is_floating_point()
+            and not any(t.is_complex() for t in tensors))
+
+
+def check_same_device(*tensors):
+    """torch's error for tensors on different devices, before anything reads them."""
+    devices = []
+    for tensor in tensors:
+        if torch.is_tensor(tensor) and tensor.device not in devices:
+            devices.append(tensor.device)
+    if len(devices) > 1:
+        raise RuntimeError("Expected all tensors to be on the same device, but found at least two "
+                           f"devices, {devices[0]} and {devices[1]}!")
+
+
+def result_dtype(*tensors, number=None):
+    """The dtype torch computes an expression of these tensors (None ones skipped) in, with a
+    Python `number` beside them (a float lifts integer tensors to the default float dtype)."""
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors if t is not None])
+    if number is not None:
+        dtype = torch.result_type(torch.empty(0, dtype=dtype), number)
+    return dtype
+
+
+def promote(dtype, *tensors):
+    """Each tensor cast to `dtype` (differentiably; no copy where it already has it)."""
+    return tuple(t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
+def check_computable(op, dtype):
+    """torch's error where its kernel for `op` exists for floating dtypes only."""
+    if not dtype.is_floating_point:
+        raise NotImplementedError(f'"{op}" not implemented for \'{type_name(dtype)}\'')
+
+
+def check_castable(result, out):
+    """torch's error where an operation's result dtype cannot be stored in its output dtype."""
+    if not torch.can_cast(result, out):
+        raise RuntimeError(f"result type {type_name(result)} can't be cast to the desired output "
+                           f"type {type_name(out)}")
+
+
+def check_same_dtype(name, tensor, expected):
+    if tensor is not None and tensor.dtype != expected:
+        raise RuntimeError(f"Found dtype {type_name(tensor.dtype)} but expected "
+                           f"{type_name(expected)} ({name} against the input)")
+
+
+def check_subtractable(*tensors):
+    """torch's `-` refuses bool tensors (the differences of the pointwise and ranking losses)."""
+    if any(t.dtype == torch.bool for t in tensors):
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. If "
+                           "you are trying to invert a mask, use the `~` or `logical_not()` "
+                           "operator instead.")

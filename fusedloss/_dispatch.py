@@ -2,7 +2,9 @@
 
 Both backends expose the same function names with the same normalised signatures (the argument
 handling in functional.py has already run). A loss without a kernel yet runs its reference under
-every backend; `has_kernel` says which do, for the README table and the fuzzer.
+every backend; `has_kernel` says which do, for the README table and the fuzzer. A call in
+dtypes the kernels do not compute in (`_args.kernels_take`: complex, or an integer input) runs
+the reference too, whose torch operations promote as torch does.
 
 Under torch.autocast both backends return a 16-bit loss in float32 (torch's policy for its
 losses; triton_kernels/_autocast.py has the rule and why): the kernels read the 16-bit inputs
@@ -13,7 +15,7 @@ import importlib
 
 import torch
 
-from . import _backend, reference
+from . import _args, _backend, reference
 
 
 def __getattr__(name):
@@ -47,7 +49,7 @@ def _reference(name, device, args, kwargs):
 
 def call(name, device, *args, **kwargs):
     """Run loss `name` on the backend chosen for tensors on `device`."""
-    if _backend.resolve(device) == "triton":
+    if _backend.resolve(device) == "triton" and _args.kernels_take([*args, *kwargs.values()]):
         kernels = importlib.import_module("fusedloss.triton_kernels")
         kernel = kernels.KERNELS.get(name)
         if kernel is not None:

@@ -97,8 +97,8 @@ LOSSES = (
     LossInfo(functional.linear_cross_entropy, "linear_cross_entropy", "linear_cross_entropy_calls",
              "invalid_linear_cross_entropy_calls", twin="linear_cross_entropy",
              eager_reference=True, extras=dict(_LOGIT_EXTRAS),
-             notes="input `(N, H)` or `(H,)`, weight `(C, H)`; chunked over tokens, never the "
-                   "whole `(N, C)` logits"),
+             notes="input `(N, H)` or `(H,)`, weight `(C, H)` or K-dimensional "
+                   "`(C, d1, ..., dk, H)`; chunked over tokens, never the whole `(N, C)` logits"),
     LossInfo(functional.binary_cross_entropy_with_logits, "binary",
              "binary_cross_entropy_with_logits_calls", "invalid_binary_calls",
              twin="binary_cross_entropy_with_logits", notes="weight, pos_weight broadcast"),
@@ -107,7 +107,7 @@ LOSSES = (
              notes="logs clamped at -100 as torch"),
     LossInfo(functional.sigmoid_focal_loss, "binary", "sigmoid_focal_loss_calls",
              "invalid_binary_calls", eager_reference=True, counterpart="torchvision's",
-             notes="`alpha < 0` disables alpha"),
+             notes="`alpha = -1` disables alpha"),
     LossInfo(functional.smooth_l1_loss, "pointwise", "smooth_l1_loss_calls",
              "invalid_pointwise_calls", twin="smooth_l1_loss", notes="`beta = 0` is L1"),
     LossInfo(functional.huber_loss, "pointwise", "huber_loss_calls", "invalid_pointwise_calls",

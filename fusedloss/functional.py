@@ -74,15 +74,21 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     by an inplace operation" error, and the logits must not be read after the loss (a metric
     under no_grad would read the gradient).
     """
+    _args.check_same_device(input, target, weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
-    _args.check_floating("cross_entropy input", input)
+    _args.check_floating("log_softmax", input)
     _args.check_label_smoothing(label_smoothing)
     _check_logit_options(z_loss, softcap)
     if _is_soft_target(input, target):
         num_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
+        _args.check_class_weight(weight, num_classes, dtype=None)
+        # probabilities: torch's expression promotes logits, target and weight together
+        input, target, weight = _args.promote(_args.result_dtype(input, target, weight), input,
+                                              target, weight)
     else:
         num_classes = _check_class_target(input.shape, target, ignore_index)
-    _args.check_class_weight(weight, num_classes)
+        _args.check_class_weight(weight, num_classes, input.dtype)
+        _args.check_weight_not_differentiated(weight)
     return call("cross_entropy", input.device, input, target, weight=weight,
                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 z_loss=z_loss, softcap=softcap, return_lse=return_lse,
@@ -93,10 +99,12 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
              size_average: bool | None = None, ignore_index: int = -100, reduce: bool | None = None,
              reduction: str = "mean") -> torch.Tensor:
     """torch.nn.functional.nll_loss: input holds log-probabilities, classes on dim 1."""
+    _args.check_same_device(input, target, weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
-    _args.check_floating("nll_loss input", input)
+    _args.check_floating("nll_loss", input)
     num_classes = _check_class_target(input.shape, target, ignore_index)
-    _args.check_class_weight(weight, num_classes)
+    _args.check_class_weight(weight, num_classes, input.dtype)
+    _args.check_weight_not_differentiated(weight)
     return call("nll_loss", input.device, input, target, weight=weight, ignore_index=ignore_index,
                 reduction=reduction)
 
@@ -109,12 +117,13 @@ def softmax_focal_loss(input: torch.Tensor, target: torch.Tensor, alpha: torch.T
     'mean' averages over the non-ignored tokens (not over alpha), as focal loss is usually
     normalised by the number of samples.
     """
+    _args.check_same_device(input, target, alpha)
     reduction = _reduction.check_reduction(reduction)
-    _args.check_floating("softmax_focal_loss input", input)
+    _args.check_floating("log_softmax", input)
     if gamma < 0:
         raise ValueError(f"gamma must be non-negative, got {gamma}")
     num_classes = _check_class_target(input.shape, target, ignore_index)
-    _args.check_class_weight(alpha, num_classes, name="alpha")
+    _args.check_class_weight(alpha, num_classes, input.dtype, name="alpha")
     return call("softmax_focal_loss", input.device, input, target, alpha=alpha, gamma=gamma,
                 ignore_index=ignore_index, reduction=reduction)
 
@@ -131,36 +140,120 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
     """torch.nn.functional.linear_cross_entropy: cross_entropy(linear(input, W, b), target).
 
     The (N, C) logits are never held whole by the kernel, so torch's chunking `options` are
-    accepted and ignored. Input is (N, in_features) or (in_features,) and linear_weight
-    (C, in_features); torch's K-dimensional `out_features` layouts are not supported.
+    accepted and ignored. Input is (N, in_features) or (in_features,), linear_weight
+    (C, in_features), or torch 2.13's K-dimensional classifier (C, d1, ..., dk, in_features)
+    with batched input: class c at position p is scored by row linear_weight[c, p], target
+    (N, d1, ..., dk) class indices or (N, C, d1, ..., dk) probabilities.
     """
     del options  # chunking hints for torch's own implementation; the kernel always streams
+    _args.check_same_device(input, linear_weight, target, linear_bias, weight)
     reduction = _reduction.check_reduction(reduction)
-    ignore_index = -100 if ignore_index is None else ignore_index
-    _args.check_floating("linear_cross_entropy input", input)
     _args.check_label_smoothing(label_smoothing)
     _check_logit_options(z_loss, softcap)
-    if input.dim() not in (1, 2) or linear_weight.dim() != 2:
-        raise ValueError("linear_cross_entropy supports input (N, in_features) or (in_features,) "
-                         f"and linear_weight (C, in_features); got input {list(input.shape)} and "
-                         f"linear_weight {list(linear_weight.shape)}")
-    if input.shape[-1] != linear_weight.shape[1]:
-        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied: input has "
-                           f"{input.shape[-1]} features, linear_weight expects {linear_weight.shape[1]}")
+    logits_shape = _linear_logits_shape(input, linear_weight, linear_bias)
+    soft = target.shape == logits_shape  # torch's own test for probabilities
+    if soft and ignore_index is not None:
+        raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
+    ignore_index = -100 if ignore_index is None else ignore_index
+    _args.check_floating("log_softmax", input)
+    for name, tensor in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if tensor is not None and tensor.dtype != input.dtype:
+            raise RuntimeError(f"expected input and {name} to have the same dtype, but got: "
+                               f"{_args.type_name(input.dtype)} != {_args.type_name(tensor.dtype)}")
     num_classes = linear_weight.shape[0]
-    if linear_bias is not None and linear_bias.shape != (num_classes,):
-        raise RuntimeError(f"linear_bias must have shape ({num_classes},), got {list(linear_bias.shape)}")
-    logits_shape = input.shape[:-1] + (num_classes,)
-    if not (target.is_floating_point() and target.shape == logits_shape):
+    if soft and target.is_floating_point():
+        _args.check_class_weight(weight, num_classes, dtype=None)
+        # probabilities: torch's cross entropy promotes logits, target and weight together
+        dtype = _args.result_dtype(input, target, weight)
+        input, linear_weight, linear_bias, target, weight = _args.promote(
+            dtype, input, linear_weight, linear_bias, target, weight)
+    else:
         _check_class_target(logits_shape, target, ignore_index)
-    _args.check_class_weight(weight, num_classes)
+        _args.check_class_weight(weight, num_classes, input.dtype)
+        _args.check_weight_not_differentiated(weight)
+    options = dict(linear_bias=linear_bias, weight=weight, ignore_index=ignore_index,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   return_lse=return_lse)
+    if linear_weight.dim() > 2:
+        return _positionwise_linear_cross_entropy(input, linear_weight, target, reduction, options)
     return call("linear_cross_entropy", input.device, input, linear_weight, target,
-                linear_bias=linear_bias, weight=weight, reduction=reduction,
-                ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
-                softcap=softcap, return_lse=return_lse)
+                reduction=reduction, **options)
+
+
+def _linear_logits_shape(input, linear_weight, linear_bias):
+    """torch 2.13's shape checks of linear_cross_entropy; the shape its logits would have."""
+    if input.dim() not in (1, 2):
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError("expected linear_weight with dimensionality at least 2, got "
+                           f"{linear_weight.dim()}")
+    if input.shape[-1] != linear_weight.shape[-1]:
+        raise RuntimeError("expected equal input and linear_weight last dimensions "
+                           f"(in_features), got {input.shape[-1]} and {linear_weight.shape[-1]}")
+    num_classes, out_features = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (num_classes, *out_features):
+        raise RuntimeError(f"expected linear_bias shape {(num_classes, *out_features)}, got "
+                           f"{tuple(linear_bias.shape)}")
+    if out_features and input.dim() == 1:
+        raise RuntimeError(f"a K-dimensional linear_weight {tuple(linear_weight.shape)} needs a "
+                           f"batched input (N, {input.shape[-1]}), got {tuple(input.shape)}")
+    return torch.Size((*input.shape[:-1], num_classes, *out_features))
+
+
+def _positionwise_linear_cross_entropy(input, linear_weight, target, reduction, options):
+    """A K-dimensional classifier (C, d1, ..., dk, H) is one (C, H) classifier per position p of
+    d1 x ... x dk, all reading the same input rows: each position runs the kernel's linear cross
+    entropy on its own (C, H) slice (no (N, C, P) logits either), and the positions' sums are
+    reduced together, the mean over every kept token of every position as torch's."""
+    num_classes, features = linear_weight.shape[0], linear_weight.shape[-1]
+    out_features = linear_weight.shape[1:-1]
+    positions = out_features.numel()
+    weights = linear_weight.reshape(num_classes, positions, features)
+    bias = options.pop("linear_bias")
+    biases = None if bias is None else bias.reshape(num_classes, positions)
+    soft = target.is_floating_point()
+    targets = target.reshape(*target.shape[:2 if soft else 1], positions)
+    parts = [call("linear_cross_entropy", input.device, input, weights[:, p], targets[..., p],
+                  linear_bias=None if biases is None else biases[:, p],
+                  reduction="none" if reduction == "none" else "sum", **options)
+             for p in range(positions)]
+    lse = None
+    if options["return_lse"]:
+        parts, lse = zip(*parts)
+        lse = torch.stack(lse, -1).reshape(input.shape[0], *out_features)
+    if reduction == "none":
+        loss = torch.stack(parts, -1).reshape(input.shape[0], *out_features)
+    else:
+        sums = torch.stack(parts).to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+        denominator = None
+        if reduction == "mean":
+            denominator = (targets[:, 0].numel() if soft
+                           else _kept_weight(targets, options["weight"], options["ignore_index"]))
+        loss = _reduction.reduce(sums, reduction, denominator).to(input.dtype)
+    return loss if lse is None else (loss, lse)
+
+
+def _kept_weight(target, weight, ignore_index):
+    """The 'mean' denominator of class-index targets: the summed class weights of the kept ones."""
+    kept = target != ignore_index
+    if weight is None:
+        return kept.sum()
+    return (weight[torch.where(kept, target, 0)] * kept).sum()
 
 
 # --- binary ---------------------------------------------------------------------------------
+
+def _logistic_dtypes(input, target, *weights):
+    """torch's dtype handling of a loss on logits: floating logits; a floating (or complex)
+    target, which sets the output dtype (torch computes the loss into a copy of 1 - target).
+    Returns the real operands promoted to their common dtype; complex ones are left for the
+    reference."""
+    _args.check_computable("log_sigmoid", input.dtype)
+    _args.check_subtractable(target)
+    _args.check_castable(_args.result_dtype(input, target), target.dtype)
+    dtype = _args.result_dtype(input, target, *weights)
+    return (input, target, *weights) if dtype.is_complex else _args.promote(dtype, input, target, *weights)
+
 
 def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
                                      weight: torch.Tensor | None = None,
@@ -168,14 +261,17 @@ def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
                                      reduction: str = "mean",
                                      pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.binary_cross_entropy_with_logits (weight and pos_weight broadcast)."""
+    _args.check_same_device(input, target, weight, pos_weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_same_size(input, target, "Target size ({target}) must be the same as input size ({input})")
     if weight is not None:
         torch.broadcast_shapes(weight.shape, input.shape)
     if pos_weight is not None:
         torch.broadcast_shapes(pos_weight.shape, input.shape)
+    out_dtype = target.dtype
+    input, target, weight, pos_weight = _logistic_dtypes(input, target, weight, pos_weight)
     return call("binary_cross_entropy_with_logits", input.device, input, target, weight=weight,
-                reduction=reduction, pos_weight=pos_weight)
+                reduction=reduction, pos_weight=pos_weight).to(out_dtype)
 
 
 def _check_probabilities(input):
@@ -192,24 +288,37 @@ def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor,
                          weight: torch.Tensor | None = None, size_average: bool | None = None,
                          reduce: bool | None = None, reduction: str = "mean") -> torch.Tensor:
     """torch.nn.functional.binary_cross_entropy on probabilities, logs clamped at -100."""
+    _args.check_same_device(input, target, weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_same_size(input, target, "Using a target size ({target}) that is different to the "
                           "input size ({input}) is deprecated. Please ensure they have the same size.")
+    _args.check_same_dtype("target", target, input.dtype)
+    _args.check_computable("binary_cross_entropy", input.dtype)
     _check_probabilities(input)
     if weight is not None and weight.shape != input.shape:
         weight = weight.expand(torch.broadcast_shapes(target.shape, weight.shape))
+    (weight,) = _args.promote(input.dtype, weight)  # torch scales by the weight in the input's dtype
     return call("binary_cross_entropy", input.device, input, target, weight=weight,
                 reduction=reduction)
+
+
+def _check_focal_alpha(alpha):
+    if not (0 <= alpha <= 1 or alpha == -1):
+        raise ValueError(f"Invalid alpha value: {alpha}. alpha must be in [0, 1], or -1 to "
+                         "disable the alpha weighting.")
 
 
 def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
                        gamma: float = 2.0, reduction: str = "none") -> torch.Tensor:
     """torchvision.ops.sigmoid_focal_loss: BCE with logits scaled by (1 - p_t)**gamma and alpha_t
-    (alpha < 0 disables the alpha weighting)."""
+    (alpha = -1 disables the alpha weighting; torchvision refuses other values outside [0, 1])."""
+    _args.check_same_device(inputs, targets)
+    _check_focal_alpha(alpha)
     if reduction not in _reduction.REDUCTIONS:
         raise ValueError(f"Invalid Value for arg 'reduction': '{reduction}' \n Supported reduction "
                          "modes: 'none', 'mean', 'sum'")
     _args.check_same_size(inputs, targets, "Target size ({target}) must be the same as input size ({input})")
+    inputs, targets = _logistic_dtypes(inputs, targets)
     return call("sigmoid_focal_loss", inputs.device, inputs, targets, alpha=alpha, gamma=gamma,
                 reduction=reduction)
 
@@ -226,11 +335,26 @@ def _check_elementwise_weight(weight, input):
         raise ValueError("Weights and input must have the same size.")
 
 
+def _floating_pair(op, input, target, weight):
+    """mse and smooth L1: torch's kernels compute in the common dtype, floating only."""
+    dtype = _args.result_dtype(input, target, weight)
+    _args.check_computable(op, dtype)
+    return _args.promote(dtype, input, target, weight)
+
+
 def l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None,
             reduce: bool | None = None, reduction: str = "mean",
             weight: torch.Tensor | None = None) -> torch.Tensor:
-    """torch.nn.functional.l1_loss; a weight (input's shape) makes 'mean' sum(w*|d|)/sum(w)."""
+    """torch.nn.functional.l1_loss; a weight (input's shape) makes 'mean' sum(w*|d|)/sum(w).
+    Integer inputs give integer 'none' and 'sum' losses and complex ones the modulus, as torch."""
+    _args.check_same_device(input, target, weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
+    _args.check_subtractable(input, target)
+    dtype = _args.result_dtype(input, target, weight)
+    if reduction == "mean" and weight is None and not (dtype.is_floating_point or dtype.is_complex):
+        raise RuntimeError("mean(): could not infer output dtype. Input dtype must be either a "
+                           f"floating point or complex dtype. Got: {_args.type_name(dtype)}")
+    input, target, weight = _args.promote(dtype, input, target, weight)
     input, target = _broadcast_pair(input, target)
     _check_elementwise_weight(weight, input)
     return call("l1_loss", input.device, input, target, reduction=reduction, weight=weight)
@@ -240,7 +364,9 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
              reduce: bool | None = None, reduction: str = "mean",
              weight: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.mse_loss; a weight (input's shape) makes 'mean' sum(w*d²)/sum(w)."""
+    _args.check_same_device(input, target, weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
+    input, target, weight = _floating_pair("mse_loss", input, target, weight)
     input, target = _broadcast_pair(input, target)
     _check_elementwise_weight(weight, input)
     return call("mse_loss", input.device, input, target, reduction=reduction, weight=weight)
@@ -250,9 +376,11 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool
                    reduce: bool | None = None, reduction: str = "mean",
                    beta: float = 1.0) -> torch.Tensor:
     """torch.nn.functional.smooth_l1_loss; beta = 0 is the L1 loss."""
+    _args.check_same_device(input, target)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    input, target, _ = _floating_pair("smooth_l1_loss", input, target, None)
     input, target = _broadcast_pair(input, target)
     return call("smooth_l1_loss", input.device, input, target, reduction=reduction, beta=beta)
 
@@ -260,14 +388,21 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool
 def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
                delta: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """torch.nn.functional.huber_loss; with a weight (input's shape) 'mean' is sum(w * loss)
-    over the element count, as torch 2.13 computes it (unlike l1_loss and mse_loss)."""
+    over the element count, as torch 2.13 computes it (unlike l1_loss and mse_loss). As torch,
+    the loss has the input's dtype (a weight's dtype promotes it)."""
+    _args.check_same_device(input, target, weight)
     reduction = _reduction.check_reduction(reduction)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
+    _args.check_castable(_args.result_dtype(input, target), input.dtype)
+    _args.check_computable("huber_loss", input.dtype)
+    out_dtype = _args.result_dtype(input, weight)
+    input, target, weight = _args.promote(_args.result_dtype(input, target, weight), input,
+                                          target, weight)
     input, target = _broadcast_pair(input, target)
     _check_elementwise_weight(weight, input)
     return call("huber_loss", input.device, input, target, reduction=reduction, delta=delta,
-                weight=weight)
+                weight=weight).to(out_dtype)
 
 
 # --- ranking --------------------------------------------------------------------------------
@@ -281,7 +416,15 @@ def margin_ranking_loss(input1: torch.Tensor, input2: torch.Tensor, target: torc
         raise RuntimeError("margin_ranking_loss : All input tensors should have same dimension but "
                            f"got sizes: input1: {input1.size()}, input2: {input2.size()}, "
                            f"target: {target.size()} ")
-    input1, input2, target = torch.broadcast_tensors(input1, input2, target)
+    _args.check_subtractable(input1, input2)
+    if target.dtype == torch.bool:
+        raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported. If you "
+                           "are trying to invert a mask, use the `~` or `logical_not()` operator "
+                           "instead.")
+    dtype = _args.result_dtype(input1, input2, target, number=float(margin))
+    if dtype.is_complex:
+        raise NotImplementedError("clamp is not supported for complex types")
+    input1, input2, target = torch.broadcast_tensors(*_args.promote(dtype, input1, input2, target))
     return call("margin_ranking_loss", input1.device, input1, input2, target, margin=margin,
                 reduction=reduction)
 
@@ -290,7 +433,10 @@ def rank_loss(label: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
               reduction: str = "mean") -> torch.Tensor:
     """RankNet pairwise loss log(1 + exp(left - right)) - label * (left - right), broadcast."""
     reduction = _reduction.check_reduction(reduction)
-    label, left, right = torch.broadcast_tensors(label, left, right)
+    _args.check_subtractable(left, right)
+    dtype = _args.result_dtype(label, left, right, number=0.0)
+    _args.check_computable("rank_loss", dtype)
+    label, left, right = torch.broadcast_tensors(*_args.promote(dtype, label, left, right))
     return call("rank_loss", left.device, label, left, right, reduction=reduction)
 
 

@@ -30,6 +30,22 @@ BAD_CALLS = [
     ("mse_loss", (torch.randn(3), torch.randn(3)), {"weight": torch.ones(2)}),
     ("smooth_l1_loss", (torch.randn(3), torch.randn(3)), {"beta": -1.0}),
     ("huber_loss", (torch.randn(3), torch.randn(3)), {"delta": 0.0}),
+    # dtypes torch refuses
+    ("cross_entropy", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, dtype=torch.float64)}),
+    ("nll_loss", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, dtype=torch.float16)}),
+    ("cross_entropy", (x.long(), torch.tensor([0, 1, 2])), {}),
+    ("mse_loss", (torch.arange(3), torch.arange(3)), {}),
+    ("huber_loss", (torch.arange(3), torch.randn(3)), {}),
+    ("l1_loss", (torch.arange(3), torch.arange(3)), {}),
+    ("binary_cross_entropy", (torch.rand(3), torch.rand(3, dtype=torch.float64)), {}),
+    ("binary_cross_entropy_with_logits", (torch.randn(3), torch.tensor([0, 1, 1])), {}),
+    ("margin_ranking_loss", (torch.randn(3) > 0, torch.randn(3), torch.ones(3)), {}),
+    ("cross_entropy", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, requires_grad=True)}),
+    ("nll_loss", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, requires_grad=True)}),
+    # a second device ("meta" exists everywhere; torch refuses to mix it with CPU tensors)
+    ("cross_entropy", (x, torch.tensor([0, 1, 2], device="meta")), {}),
+    ("cross_entropy", (x, torch.tensor([0, 1, 2])), {"weight": torch.ones(5, device="meta")}),
+    ("l1_loss", (torch.randn(3), torch.randn(3, device="meta")), {}),
 ]
 
 
@@ -41,6 +57,31 @@ def test_bad_input_raises_torchs_error_type(name, args, kwargs, backend):
     with fusedloss.use_backend(backend), pytest.raises(torch_error.type) as ours:
         getattr(F, name)(*args, **kwargs)
     assert str(ours.value)
+
+
+def test_mixed_devices_name_the_devices():
+    """Before any check reads a value (`.item()` on a meta tensor would say something else)."""
+    target = torch.tensor([0, 1, 2], device="meta")
+    for fn, args in ((F.cross_entropy, (x, target)), (F.nll_loss, (x, target)),
+                     (F.softmax_focal_loss, (x, target)),
+                     (F.linear_cross_entropy, (torch.randn(3, 4), torch.randn(5, 4), target))):
+        with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device, "
+                                               "but found at least two devices, cpu and meta"):
+            fn(*args)
+
+
+def test_probabilities_refuse_an_explicit_ignore_index():
+    """torch 2.13's linear_cross_entropy: ignore_index only applies to class indices."""
+    probabilities = torch.rand(3, 5).softmax(1)
+    with pytest.raises(RuntimeError, match="ignore_index cannot be specified when target "
+                                           "contains probabilities"):
+        F.linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 4), probabilities, ignore_index=-100)
+
+
+@pytest.mark.parametrize("alpha", [1.5, -0.5, 2.0])
+def test_sigmoid_focal_alpha_outside_unit_interval_is_torchvisions_value_error(alpha):
+    with pytest.raises(ValueError, match=f"Invalid alpha value: {alpha}"):
+        F.sigmoid_focal_loss(torch.randn(3), torch.rand(3), alpha=alpha)
 
 
 def test_backend_switch():

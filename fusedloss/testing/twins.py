@@ -10,8 +10,14 @@ import torch.nn.functional as torch_F
 
 def _linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                           reduction="mean", ignore_index=None, label_smoothing=0.0, options=None):
+    """A K-dimensional linear_weight (C, d1, ..., dk, H) gives logits (N, C, d1, ..., dk): the
+    projection on its (C * d1 * ... * dk, H) rows, reshaped, as torch 2.13 computes it."""
     del options  # torch's chunking hints; the composition has nothing to chunk
-    logits = torch_F.linear(input, linear_weight, linear_bias)
+    out_features = linear_weight.shape[1:-1]
+    flat_bias = None if linear_bias is None else linear_bias.reshape(-1)
+    logits = torch_F.linear(input, linear_weight.reshape(-1, linear_weight.shape[-1]), flat_bias)
+    if out_features:
+        logits = logits.reshape(*input.shape[:-1], linear_weight.shape[0], *out_features)
     return torch_F.cross_entropy(logits, target, weight=weight, reduction=reduction,
                                  ignore_index=-100 if ignore_index is None else ignore_index,
                                  label_smoothing=label_smoothing)

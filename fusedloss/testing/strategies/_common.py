@@ -45,7 +45,8 @@ def _to(value, device):
     if not torch.is_tensor(value):
         return value
     moved = value.detach().to(device)
-    return moved.requires_grad_(value.requires_grad) if moved.is_floating_point() else moved
+    differentiable = moved.is_floating_point() or moved.is_complex()
+    return moved.requires_grad_(value.requires_grad) if differentiable else moved
 
 
 # --- building blocks ------------------------------------------------------------------------
@@ -133,7 +134,27 @@ def strided(draw, tensor):
 
 
 def grad(tensor, on=True):
-    return tensor.requires_grad_(bool(on)) if tensor.is_floating_point() else tensor
+    differentiable = tensor.is_floating_point() or tensor.is_complex()
+    return tensor.requires_grad_(bool(on)) if differentiable else tensor
+
+
+# The device mixed with the call's own in invalid calls: meta tensors exist on every machine and
+# torch refuses to mix them with real ones, as it refuses to mix CUDA and CPU tensors.
+OTHER_DEVICE = "meta"
+
+
+def on_other_device(tensor):
+    return tensor.to(OTHER_DEVICE)
+
+
+def as_integers(tensor):
+    """The values rounded to int64 (integer operands, which torch promotes)."""
+    return tensor.detach().round().to(torch.int64)
+
+
+def complex_dtype(dtype):
+    """The complex dtype of a float dtype's width: complex128 for float64, else complex64."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def values_only(call, why):

@@ -6,8 +6,9 @@ pos_weight, targets that are hard 0/1 or soft.
 import torch
 from hypothesis import strategies as st
 
-from ._common import (LOGIT_SPECIALS, PROB_FLOOR, REDUCTIONS, Call, elementwise_shapes, grad,
-                      indices, invalid, reduction_kwargs, strided, uniform, values, values_only)
+from ._common import (LOGIT_SPECIALS, PROB_FLOOR, REDUCTIONS, Call, as_integers, elementwise_shapes,
+                      grad, indices, invalid, on_other_device, reduction_kwargs, strided, uniform,
+                      values, values_only)
 
 
 @st.composite
@@ -79,14 +80,31 @@ def invalid_binary_calls(draw, name):
     shape = (draw(st.integers(1, 4)), draw(st.integers(2, 4)))  # last dim + 1 must not broadcast
     x = draw(uniform(shape, torch.float32, 0.05, 0.95))
     t = draw(uniform(shape, torch.float32))
-    kinds = ["size mismatch", "bad reduction"]
+    kinds = ["size mismatch", "bad reduction", "target on another device", "integer target",
+             "integer input"]
     if name == "binary_cross_entropy":
-        kinds.append("not a probability")
+        kinds += ["not a probability", "target dtype"]
     if name == "binary_cross_entropy_with_logits":
-        kinds += ["weight shape", "pos_weight shape"]
+        kinds += ["weight shape", "pos_weight shape", "pos_weight on another device"]
+    if name == "sigmoid_focal_loss":
+        kinds.append("alpha outside [0, 1]")
     kind = draw(st.sampled_from(kinds))
     kwargs = {}
-    if kind == "size mismatch":
+    expected = None
+    if kind == "target on another device":
+        t = on_other_device(t)
+    elif kind == "pos_weight on another device":
+        kwargs["pos_weight"] = on_other_device(torch.ones(shape[1]))
+    elif kind == "integer target":  # torch computes the loss into a copy of 1 - target
+        t = as_integers(t)
+    elif kind == "integer input":  # log-sigmoid (or BCE) has no integer kernel
+        x = as_integers(x)
+    elif kind == "target dtype":  # BCE wants the input's dtype exactly
+        t = t.to(draw(st.sampled_from((torch.float64, torch.float16))))
+    elif kind == "alpha outside [0, 1]":  # torchvision's ValueError (-1 alone disables alpha)
+        kwargs["alpha"] = draw(st.sampled_from((1.5, -0.5, 2.0)))
+        return invalid(name, (x, t), kwargs, ValueError, kind)
+    elif kind == "size mismatch":
         t = draw(uniform((shape[0], shape[1] + 1), torch.float32))
     elif kind == "bad reduction":
         kwargs["reduction"] = "avg"
@@ -94,9 +112,9 @@ def invalid_binary_calls(draw, name):
         x.view(-1)[0] = draw(st.sampled_from((1.5, -0.5)))
     elif kind == "weight shape":
         kwargs["weight"] = torch.ones(shape[1] + 1)
-    else:
+    elif kind == "pos_weight shape":
         kwargs["pos_weight"] = torch.ones(shape[1] + 1)
-    expected = None
-    if name == "sigmoid_focal_loss":
-        expected = ValueError
+    if name == "sigmoid_focal_loss":  # torchvision's errors: its own ValueErrors, else torch's
+        expected = {"size mismatch": ValueError, "bad reduction": ValueError,
+                    "integer input": NotImplementedError}.get(kind, RuntimeError)
     return invalid(name, (x, t), kwargs, expected, kind)

@@ -8,9 +8,9 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from ._common import (LOGIT_SPECIALS, REDUCTIONS, Call, batch_sizes, class_counts,
-                      effective_reduction, grad, indices, invalid, reduction_kwargs, strided,
-                      uniform, values, values_only)
+from ._common import (LOGIT_SPECIALS, REDUCTIONS, Call, as_integers, batch_sizes, class_counts,
+                      effective_reduction, grad, indices, invalid, on_other_device,
+                      reduction_kwargs, strided, uniform, values, values_only)
 
 
 @st.composite
@@ -171,9 +171,19 @@ def invalid_class_index_calls(draw, name):
     kind = draw(st.sampled_from(("target out of range", "negative target", "batch mismatch",
                                  "bad reduction", "weight size", "multi-target",
                                  "extras" if name == "cross_entropy" else "bad reduction",
-                                 "label_smoothing" if name == "cross_entropy" else "weight size")))
+                                 "label_smoothing" if name == "cross_entropy" else "weight size",
+                                 "weight dtype", "target on another device",
+                                 "weight on another device", "integer logits")))
     kwargs = {}
-    if kind == "target out of range":
+    if kind == "weight dtype":  # torch wants the class weight in the input's dtype exactly
+        kwargs["weight"] = torch.ones(c, dtype=draw(st.sampled_from((torch.float64, torch.float16))))
+    elif kind == "target on another device":
+        t = on_other_device(t)
+    elif kind == "weight on another device":
+        kwargs["weight"] = on_other_device(torch.ones(c))
+    elif kind == "integer logits":  # log_softmax has no integer kernel
+        x = as_integers(x)
+    elif kind == "target out of range":
         t[draw(st.integers(0, n - 1))] = c + draw(st.integers(0, 3))
     elif kind == "negative target":
         t[0] = -2
@@ -192,11 +202,11 @@ def invalid_class_index_calls(draw, name):
         kwargs.update(draw(st.sampled_from(({"z_loss": -1.0}, {"softcap": 0.0}, {"softcap": -2.0}))))
         return invalid(name, (x, t), kwargs, ValueError, kind)
     if name == "softmax_focal_loss":
-        if kind == "weight size":
+        if "weight" in kwargs:
             kwargs = {"alpha": kwargs.pop("weight")}
         expected = {"target out of range": IndexError, "negative target": IndexError,
                     "batch mismatch": ValueError, "bad reduction": ValueError,
-                    "weight size": RuntimeError, "multi-target": RuntimeError}[kind]
+                    "integer logits": NotImplementedError}.get(kind, RuntimeError)
         if kind == "bad reduction" and draw(st.booleans()):
             kwargs, kind, expected = {"gamma": -1.0}, "negative gamma", ValueError
         return invalid(name, (x, t), kwargs, expected, kind)
