@@ -33,6 +33,13 @@ def check_floating(op, tensor):
     check_computable(op, tensor.dtype)
 
 
+def checks_on_host(device):
+    """Whether a value check reads its verdict on the host: on the CPU that is a memory read; on
+    CUDA it would wait for the device (a host sync), so there the check is queued on the device
+    instead (torch._assert_async, as torch's own CUDA kernels assert)."""
+    return device.type != "cuda"
+
+
 def check_class_indices(target, num_classes, ignore_index):
     """Class-index targets: int64 or uint8 as torch requires, each in [0, num_classes) or equal to ignore_index.
 
@@ -47,7 +54,7 @@ def check_class_indices(target, num_classes, ignore_index):
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
-    if target.device.type == "cuda":
+    if not checks_on_host(target.device):
         torch._assert_async(~bad.any(), f"target out of bounds for {num_classes} classes")
     elif bool(bad.any()):
         value = int(target[bad].flatten()[0])
@@ -64,7 +71,7 @@ def check_in_range(values, low, high, error, message):
     if values.numel() == 0:
         return
     bad = (values < low) | (values >= high)
-    if values.device.type == "cuda":
+    if not checks_on_host(values.device):
         torch._assert_async(~bad.any(), message)
     elif bool(bad.any()):
         raise error(message)

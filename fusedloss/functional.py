@@ -474,6 +474,15 @@ def _ctc_lengths(name, lengths, batch, device):
     return lengths
 
 
+def _ctc_rows(targets, target_lengths, width):
+    """Concatenated 1-D targets as (N, width) padded rows (0 past each length)."""
+    positions = torch.arange(width, device=targets.device)
+    starts = torch.cumsum(target_lengths, 0) - target_lengths
+    inside = positions < target_lengths.unsqueeze(1)
+    index = (starts.unsqueeze(1) + positions).clamp(max=max(targets.numel() - 1, 0))
+    return torch.where(inside, targets[index], 0)
+
+
 def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction):
     """torch.nn.functional.ctc_loss's checks and normalisation; returns int64 targets and lengths."""
     reduction = _reduction.check_reduction(reduction)
@@ -496,37 +505,39 @@ def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reducti
                            f"{targets.dim()}-dimensional {targets.dtype} tensor")
     targets = targets.long()
 
-    for name, lengths in (("input_lengths", input_lengths), ("target_lengths", target_lengths)):
-        if bool((lengths < 0).any()):
+    # the lengths are read on the host once, as torch's CTC reads them; every other check is
+    # Python on that copy or queued on the device
+    input_list, target_list = torch.stack([input_lengths, target_lengths]).tolist()
+    for name, values in (("input_lengths", input_list), ("target_lengths", target_list)):
+        if values and min(values) < 0:
             raise RuntimeError(f"Expected {name} to have value at least 0, but got value "
-                               f"{int(lengths.min())}")
-    if bool((input_lengths > num_frames).any()):
+                               f"{min(values)}")
+    if input_list and max(input_list) > num_frames:
         raise RuntimeError(f"Expected input_lengths to have value at most {num_frames}, but got "
-                           f"value {int(input_lengths.max())}")
-    if unbatched and targets.dim() == 1 and targets.numel() != int(target_lengths[0]):
+                           f"value {max(input_list)}")
+    if unbatched and targets.dim() == 1 and targets.numel() != target_list[0]:
         # torch reads an unbatched 1-D target as exactly its labels, with no padding
-        raise RuntimeError(f"Expected tensor to have size {int(target_lengths[0])} at dimension 0, "
+        raise RuntimeError(f"Expected tensor to have size {target_list[0]} at dimension 0, "
                            f"but got size {targets.numel()} for argument #2 'targets'")
-    padded = unbatched or targets.dim() == 2
-    if padded:
+    longest = max(target_list, default=0)
+    if unbatched or targets.dim() == 2:
         rows = targets.reshape(1, -1) if unbatched and targets.dim() == 1 else targets
         if rows.shape[0] != batch:
             raise RuntimeError(f"Expected targets to have size {batch} at dimension 0, but got "
                                f"size {rows.shape[0]}")
-        if bool((target_lengths > rows.shape[1]).any()):
-            raise RuntimeError(f"Expected targets to have size at least {int(target_lengths.max())} "
+        if longest > rows.shape[1]:
+            raise RuntimeError(f"Expected targets to have size at least {longest} "
                                f"at dimension 1, but got size {rows.shape[1]}")
-        used = torch.arange(rows.shape[1], device=rows.device) < target_lengths.to(rows.device).unsqueeze(1)
-        labels = rows[used]
     else:
-        total = int(target_lengths.sum())
-        if targets.numel() != total:
-            raise RuntimeError(f"Expected concatenated targets to have size {total} (the sum of "
-                               f"target_lengths), but got size {targets.numel()}")
-        labels = targets
+        if targets.numel() != sum(target_list):
+            raise RuntimeError(f"Expected concatenated targets to have size {sum(target_list)} "
+                               f"(the sum of target_lengths), but got size {targets.numel()}")
+        # both backends take padded rows; their width is the longest target, known on the host
+        targets = rows = _ctc_rows(targets, target_lengths.to(targets.device), longest)
+    used = torch.arange(rows.shape[1], device=rows.device) < target_lengths.to(rows.device).unsqueeze(1)
     # torch reads out-of-range labels unchecked (garbage or a crash); refuse them instead.
-    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
-        raise IndexError(f"ctc_loss(): target label out of range [0, {num_classes})")
+    _args.check_in_range(torch.where(used, rows, blank), 0, num_classes, IndexError,
+                         f"ctc_loss(): target label out of range [0, {num_classes})")
     return targets, input_lengths, target_lengths
 
 
@@ -583,17 +594,15 @@ def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=
             raise ValueError("the first two dimensions of emissions and mask must match, "
                              f"got {tuple(emissions.shape[:2])} and {tuple(mask.shape)}")
         mask = mask.bool()
-    checks = []  # (all-good flag on the device, error type, message)
     if mask is not None:
-        checks.append((mask[:, 0].all(), ValueError, "mask of the first timestep must all be on"))
+        _args.check_in_range(mask[:, 0].to(torch.int8), 1, 2, ValueError,
+                             "mask of the first timestep must all be on")
     if tags is not None:
         read = _crf_tags_read(tags, mask)
-        in_range = (tags >= -num_tags) & (tags < num_tags)
-        checks.append(((in_range | ~read).all(), IndexError,
-                       f"tags must be tag indices in [-{num_tags}, {num_tags}) (negative ones "
-                       "counting from the end) wherever the score reads them"))
-        tags = torch.where(in_range, tags.remainder(num_tags), 0)
-    _raise_failed_checks(emissions.device, checks)
+        _args.check_in_range(torch.where(read, tags, 0), -num_tags, num_tags, IndexError,
+                             f"tags must be tag indices in [-{num_tags}, {num_tags}) (negative "
+                             "ones counting from the end) wherever the score reads them")
+        tags = tags.remainder(num_tags)  # in range where read; any in-range value elsewhere
     return tags, mask
 
 
@@ -606,28 +615,6 @@ def _crf_tags_read(tags, mask):
     read[:, :-1] |= mask[:, 1:]
     last = (mask.sum(1, keepdim=True) - 1).clamp(min=0)
     return read.scatter_(1, last, True)
-
-
-def _reads_values_on_host(device):
-    """Whether a value check may read its verdict on the host: on the CPU that is a memory read;
-    on an accelerator it would stall the host until the device has caught up (a sync)."""
-    return device.type == "cpu"
-
-
-def _raise_failed_checks(device, checks):
-    """Raise the first failed check's error. On the CPU the verdicts come in one read; elsewhere
-    each becomes a device-side assertion (torch._assert_async), as torch's own indexing reports
-    an out-of-range index on a GPU: no host synchronisation, the error surfaces asynchronously."""
-    if not checks:
-        return
-    if _reads_values_on_host(device):
-        verdicts = torch.stack([flag for flag, _, _ in checks]).tolist()
-        for good, (_, error, message) in zip(verdicts, checks):
-            if not good:
-                raise error(message)
-        return
-    for flag, _, message in checks:
-        torch._assert_async(flag, message)
 
 
 def crf_nll(emissions: torch.Tensor, tags: torch.Tensor, transitions: torch.Tensor,

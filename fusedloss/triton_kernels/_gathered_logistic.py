@@ -18,8 +18,10 @@ Passes:
            and dz_j = d cost_j / d z_j (NCE also d cost_j / d log b_j). Pass 2 (only when x
            requires grad) re-reads the same W rows, mostly from cache, for
            d loss / d x = sum_j dz_j W[r_j].
-  backward scales d loss / d x and dz by grad_output (scalar or per sample; 'mean' folds 1/N
-           into it), then the weight/bias gradients are a deterministic scatter without atomics:
+  backward scales d loss / d x by grad_output (scalar or per sample; 'mean' folds 1/N into
+           it) in one pass, the cast to the input's dtype included, then the weight/bias
+           gradients are a deterministic scatter without atomics, which applies grad_output to
+           dz as it reads it:
            the (sample, entry) pairs are stably sorted by row (torch.sort), searchsorted gives
            each row's segment, and one program per (W row, feature chunk) sums its segment in
            a fixed order, dW[r] = sum dz_e x[sample(e)], db[r] = sum dz_e, writing zeros for
@@ -39,7 +41,7 @@ from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, round_to, triton_accumulation
 from ._math import sigmoids_and_logs
 from ._autocast import loss_dtype
-from ._precomputed_gradient import scale_gradient, wanted_gradients
+from ._precomputed_gradient import wanted_gradients
 
 # Launch sizes of the gathered-row kernels (here, not in _common: only hsigmoid and NCE gather
 # rows). A 32 x 64 fp32 tile of gathered rows needs ~150 registers a thread at 4 warps and no
@@ -141,7 +143,8 @@ def _gathered_logistic_fwd_kernel(
 @triton.jit
 def _segment_scatter_kernel(
     x_ptr, stride_xn, stride_xd,     # input (N, D) (GRAD_W)
-    coef_ptr,                        # (N * M,) per-entry coefficient, already scaled
+    coef_ptr,                        # (N * M,) per-entry coefficient, before grad_output
+    scale_ptr, stride_scale,         # grad_output per sample (stride 0: one scalar)
     order_ptr,                       # entries stably sorted by row
     bounds_ptr,                      # (R + 1,): row r's entries are order[bounds[r]:bounds[r + 1]]
     gw_ptr,                          # (R, D) sum coef_e x[sample(e)], contiguous (GRAD_W)
@@ -160,7 +163,8 @@ def _segment_scatter_kernel(
     for q0 in range(start, end, BLOCK_E):
         q = q0 + tl.arange(0, BLOCK_E)
         entry = tl.load(order_ptr + q, mask=q < end, other=0)
-        c = tl.load(coef_ptr + entry, mask=q < end, other=0).to(ACC)
+        c = (tl.load(coef_ptr + entry, mask=q < end, other=0).to(ACC)
+             * tl.load(scale_ptr + (entry // M) * stride_scale, mask=q < end, other=0).to(ACC))
         if GRAD_W:
             xv = tl.load(x_ptr + (entry // M)[:, None] * stride_xn + d[None, :] * stride_xd,
                          mask=(q < end)[:, None] & (d < D)[None, :], other=0).to(ACC)
@@ -183,9 +187,9 @@ def _block_d(num_features, acc):
     return _block(num_features, MAX_BLOCK_D * 4 // acc.itemsize)
 
 
-def _scatter(x, coef, order, bounds, grad_w, grad_b, acc):
-    """grad_w[r] = sum coef_e x[sample(e)], grad_b[r] = sum coef_e over row r's segment (either
-    may be None)."""
+def _scatter(x, coef, scale, order, bounds, grad_w, grad_b, acc):
+    """grad_w[r] = sum s coef_e x[sample(e)], grad_b[r] = sum s coef_e over row r's segment
+    (either may be None), s the entry's sample's grad_output factor in `scale` ((N,) or (1,))."""
     num_rows, num_features = bounds.shape[0] - 1, x.shape[1]
     block_d = _block_d(num_features, acc)
     # at least one feature chunk even for D = 0: its first program writes the bias gradient
@@ -193,11 +197,19 @@ def _scatter(x, coef, order, bounds, grad_w, grad_b, acc):
     if num_rows == 0:
         return
     _segment_scatter_kernel[grid](
-        x, x.stride(0), x.stride(1), coef, order, bounds,
+        x, x.stride(0), x.stride(1), coef, scale, scale.stride(0) if scale.numel() > 1 else 0,
+        order, bounds,
         coef if grad_w is None else grad_w, coef if grad_b is None else grad_b,
         coef.shape[1], num_features,
         GRAD_W=grad_w is not None, GRAD_B=grad_b is not None, ACC=triton_accumulation(acc),
         BLOCK_E=SCATTER_BLOCK_E, BLOCK_D=block_d, num_warps=NUM_WARPS)
+
+
+def _scaled_input_gradient(grad_x, scale, dtype):
+    """grad_x * scale in `dtype`, one pass: the multiply runs in the accumulation dtype and
+    rounds once into the new tensor (not in place: a retained graph's second backward reads
+    grad_x again)."""
+    return torch.mul(grad_x, scale, out=torch.empty(grad_x.shape, dtype=dtype, device=grad_x.device))
 
 
 class _GatheredLogistic(torch.autograd.Function):
@@ -249,12 +261,11 @@ class _GatheredLogistic(torch.autograd.Function):
         grad_output = grad_output.to(ctx.acc)
         if ctx.reduction == "mean":
             grad_output = grad_output / batch
-        elif ctx.reduction == "none":
-            grad_output = grad_output.reshape(batch, 1)
+        scale = grad_output.reshape(-1)  # (N,) for 'none', else (1,)
         (_, x_dtype), (w_shape, w_dtype), bias_info, q_info = ctx.shapes
         grads = {}
         if need_x:
-            grads["x"] = scale_gradient(grad_x, grad_output).to(x_dtype)
+            grads["x"] = _scaled_input_gradient(grad_x, scale.view(-1, 1), x_dtype)
         if need_w or need_b or need_q:
             # deterministic scatter: segments of the entries stably sorted by row
             sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)
@@ -264,12 +275,10 @@ class _GatheredLogistic(torch.autograd.Function):
             if need_w or need_b:
                 grads["w"] = torch.empty(w_shape, device=device, dtype=w_dtype) if need_w else None
                 grads["b"] = torch.empty(num_rows, device=device, dtype=bias_info[1]) if need_b else None
-                _scatter(input, scale_gradient(dz, grad_output), order, bounds,
-                         grads["w"], grads["b"], ctx.acc)
+                _scatter(input, dz, scale, order, bounds, grads["w"], grads["b"], ctx.acc)
             if need_q:
                 grads["q"] = torch.empty(num_rows, device=device, dtype=q_info[1])
-                _scatter(input, scale_gradient(dlogb, grad_output), order, bounds,
-                         None, grads["q"], ctx.acc)
+                _scatter(input, dlogb, scale, order, bounds, None, grads["q"], ctx.acc)
         return (None, None, None, grads.get("x"), grads.get("w"), grads.get("b"), None, None,
                 grads.get("q"))
 

@@ -42,9 +42,8 @@ Reduction ('mean': each loss over max(L, 1), then the batch mean; zero_infinity)
 on the (N,) per-sequence losses the autograd Function returns, so autograd hands the backward a
 per-sequence grad_output: never assumed to be 1, never read on the host.
 
-Host syncs: none for padded targets (S is the targets' width). Concatenated 1-D targets become
-padded rows whose width max(target_lengths) is read from the device (the argument checks in
-functional.py synchronise already).
+Host syncs: none. Targets arrive as padded (N, S) rows (functional.py pads concatenated targets
+to the longest length, which its one read of the lengths already knows).
 """
 import torch
 import triton
@@ -254,18 +253,6 @@ def _frame_softmax_kernel(
 
 # --- launchers -----------------------------------------------------------------------------
 
-def _padded(targets, target_lengths):
-    """(N, S) rows of labels; concatenated 1-D targets are split by length (one host read of
-    max(target_lengths) to size the rows)."""
-    if targets.dim() == 2:
-        return targets
-    width = int(target_lengths.max()) if target_lengths.numel() else 0
-    starts = torch.cumsum(target_lengths, 0) - target_lengths
-    index = starts.unsqueeze(1) + torch.arange(width, device=targets.device)
-    inside = torch.arange(width, device=targets.device) < target_lengths.unsqueeze(1)
-    return torch.where(inside, targets[index.clamp(max=max(targets.numel() - 1, 0))], 0)
-
-
 def _extended_labels(targets, target_lengths, blank):
     """(N, 2S+1): blank at even states, labels at odd ones, blank past each 2L+1."""
     batch, width = targets.shape
@@ -285,7 +272,7 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compu
     acc = accumulation_dtype(x.dtype)
     num_frames, batch, num_classes = x.shape
     device = x.device
-    extended = _extended_labels(_padded(targets, target_lengths), target_lengths, blank)
+    extended = _extended_labels(targets, target_lengths, blank)
     width = extended.shape[1]
     block_s = triton.next_power_of_2(width)
 

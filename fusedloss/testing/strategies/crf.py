@@ -1,7 +1,8 @@
 """Calls of the linear-chain CRF family: crf_nll, crf_decode, crf_marginals.
 
-Batch-first emissions with prefix masks (bool or uint8); decoding draws exact scores so ties
-are real ties.
+Batch-first emissions with prefix masks or masks with holes (steps off between steps on, which
+pytorch-crf applies step by step), bool or uint8; decoding draws exact scores so ties are real
+ties.
 """
 import torch
 from hypothesis import strategies as st
@@ -30,6 +31,9 @@ def _crf_parts(draw, dtype, exact=False, min_tags=1):
     if draw(st.booleans()):
         lengths = [draw(st.sampled_from((steps, 1, max(1, steps - 1)))) for _ in range(batch)]
         mask = torch.arange(steps).unsqueeze(0) < torch.tensor(lengths, dtype=torch.int64).reshape(-1, 1)
+        if draw(st.integers(0, 3)) == 3:  # holes: any steps off after the first
+            mask = draw(indices((batch, steps), 2)).bool()
+            mask[:, 0] = True
         if draw(st.integers(0, 4)) == 4:
             mask = mask.to(torch.uint8)
     return parts, mask, tags
