@@ -410,7 +410,9 @@ def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean
 def margin_ranking_loss(input1: torch.Tensor, input2: torch.Tensor, target: torch.Tensor,
                         margin: float = 0.0, size_average: bool | None = None,
                         reduce: bool | None = None, reduction: str = "mean") -> torch.Tensor:
-    """torch.nn.functional.margin_ranking_loss: max(0, -y * (x1 - x2) + margin)."""
+    """torch.nn.functional.margin_ranking_loss: max(0, -y * (x1 - x2) + margin), computed in
+    the operands' common dtype with the float margin (integer operands give float32, as torch)."""
+    _args.check_same_device(input1, input2, target)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     if not input1.dim() == input2.dim() == target.dim():
         raise RuntimeError("margin_ranking_loss : All input tensors should have same dimension but "
@@ -431,7 +433,9 @@ def margin_ranking_loss(input1: torch.Tensor, input2: torch.Tensor, target: torc
 
 def rank_loss(label: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
               reduction: str = "mean") -> torch.Tensor:
-    """RankNet pairwise loss log(1 + exp(left - right)) - label * (left - right), broadcast."""
+    """RankNet pairwise loss log(1 + exp(left - right)) - label * (left - right), broadcast, in
+    the operands' common floating dtype (integer operands give the default float dtype)."""
+    _args.check_same_device(label, left, right)
     reduction = _reduction.check_reduction(reduction)
     _args.check_subtractable(left, right)
     dtype = _args.result_dtype(label, left, right, number=0.0)
