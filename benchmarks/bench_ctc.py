@@ -17,7 +17,7 @@ AXIS = "T"
 FRAMES = (500, 1000, 1500)
 CLASSES = (32, 1000, 5000)
 BATCH = 32
-QUICK = {"frames": (6, 10), "classes": (5,), "batch": 2}
+QUICK = {"frames": (4, 8), "classes": (5,), "batch": 2}
 
 
 def make_inputs(num_frames, batch, num_classes, max_target, device):

@@ -16,7 +16,7 @@ LOSSES = ("hsigmoid_loss", "nce_loss")
 SAMPLERS = ("uniform", "log_uniform")
 FULL = {"batch": 8192, "features": 512, "classes": (1000, 10000, 100000), "noise": 64,
         "samplers": SAMPLERS}
-QUICK = {"batch": 8, "features": 20, "classes": (12, 40), "noise": 3, "samplers": ("uniform",)}
+QUICK = {"batch": 4, "features": 16, "classes": (8, 20), "noise": 2, "samplers": ("uniform",)}
 
 
 def make_inputs(loss, batch, features, num_classes, num_noise, sampler, device):

@@ -15,6 +15,7 @@ import datetime
 import importlib
 import math
 import pathlib
+import re
 
 import common
 
@@ -34,7 +35,7 @@ def context(device):
 def default_out(device):
     """benchmarks/results/<device>-<date>, where the README says GPU results go."""
     label = common.device_label(device).split(",")[0]
-    slug = "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     return HERE / "results" / f"{slug}-{datetime.date.today():%Y%m%d}"
 
 
