@@ -10,10 +10,22 @@ Under torch.autocast both backends return a 16-bit loss in float32 (torch's poli
 losses; triton_kernels/_autocast.py has the rule and why): the kernels read the 16-bit inputs
 as they are and return float32 themselves; the reference, like torch, runs on float32 copies
 with autocast off inside.
+
+A kernel's backward is fused and first-order: it scales the gradient its forward wrote.
+`_ExactBeyondFirstOrder` wraps each kernel call that autograd records so that what the fused
+backward cannot give is computed through the reference instead, from the same inputs: a
+backward asked to build a graph (`create_graph=True`: double backward, Hessian-vector
+products), a second backward through a retained graph (the first one scaled the fused
+gradient in place), and forward-mode AD. The first plain backward stays the fused one. The
+inputs are kept for that until the graph is freed, as torch's own losses keep theirs (or their
+log-softmax); `inplace_backward=True`, whose logits hold the gradient, keeps nothing and
+refuses a second backward (triton_kernels/_precomputed_gradient.py).
 """
+import dataclasses
 import importlib
 
 import torch
+from torch.autograd import forward_ad
 
 from . import _args, _backend, reference
 
@@ -47,6 +59,105 @@ def _reference(name, device, args, kwargs):
                         **{key: _float32_if_16_bit(value) for key, value in kwargs.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """A normalised call with its tensors taken out: `with_tensors` puts (other) tensors back."""
+    name: str
+    device: torch.device
+    args: tuple
+    kwargs: dict
+
+    @property
+    def tensors(self):
+        return [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, torch.Tensor)]
+
+    def with_tensors(self, tensors):
+        """(args, kwargs) with the call's tensors replaced, in order, by `tensors`."""
+        replacements = iter(tensors)
+        values = [next(replacements) if isinstance(v, torch.Tensor) else v
+                  for v in (*self.args, *self.kwargs.values())]
+        return tuple(values[:len(self.args)]), dict(zip(self.kwargs, values[len(self.args):]))
+
+    def reference(self, tensors):
+        """The reference's outputs on `tensors` instead of the call's, as a tuple."""
+        args, kwargs = self.with_tensors(tensors)
+        outputs = _reference(self.name, self.device, args, kwargs)
+        return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _as_tuple(outputs):
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+class _ExactBeyondFirstOrder(torch.autograd.Function):
+    """apply(kernel, call, recorded(call.tensors), *call.tensors): the kernel's outputs, its fused backward once, the
+    reference's derivatives for everything else (module header)."""
+
+    @staticmethod
+    def forward(ctx, kernel, call, recorded, *tensors):
+        # the kernel records its own graph from stand-ins of the inputs autograd follows; the
+        # first backward runs it (the fused backward)
+        with torch.enable_grad():
+            stand_ins = [t.detach().requires_grad_() if r else t for t, r in zip(tensors, recorded)]
+            args, kwargs = call.with_tensors(stand_ins)
+            outputs = _as_tuple(kernel(*args, **kwargs))
+        ctx.call, ctx.single = call, len(outputs) == 1 and not isinstance(outputs, list)
+        ctx.fused = (outputs, stand_ins)
+        ctx.differentiable = [o.requires_grad for o in outputs]
+        ctx.save_for_backward(*tensors)
+        ctx.save_for_forward(*tensors)
+        returned = [o.detach() for o in outputs]
+        ctx.mark_non_differentiable(*[o for o, d in zip(returned, ctx.differentiable) if not d])
+        return returned[0] if len(returned) == 1 else tuple(returned)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        wanted = ctx.needs_input_grad[3:]
+        pairs = [(i, g) for i, (g, d) in enumerate(zip(grad_outputs, ctx.differentiable))
+                 if d and g is not None]
+        fused, ctx.fused = ctx.fused, None  # its buffers are scaled in place: used once
+        if fused is not None and not torch.is_grad_enabled():
+            outputs, inputs = fused
+        else:  # a graph of the backward wanted, or a second backward: the reference's
+            create_graph = torch.is_grad_enabled()
+            inputs = [t if create_graph else t.detach().requires_grad_(w)
+                      for t, w in zip(ctx.saved_tensors, wanted)]
+            with torch.enable_grad():
+                outputs = ctx.call.reference(inputs)
+        differentiate = [t for t, w in zip(inputs, wanted) if w]
+        grads = iter(torch.autograd.grad([outputs[i] for i, _ in pairs], differentiate,
+                                         [g for _, g in pairs], allow_unused=True,
+                                         create_graph=torch.is_grad_enabled()) if pairs else ())
+        return (None, None, None, *[next(grads, None) if w else None for w in wanted])
+
+    @staticmethod
+    def jvp(ctx, unused_kernel, unused_call, unused_recorded, *tangents):
+        # J t through the reference by reverse mode twice (forward mode cannot nest here): with
+        # u a free cotangent, v(u) = J^T u is linear in u, and J t = d(v . t) / du
+        moving = [i for i, t in enumerate(tangents) if t is not None]
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(i in moving) for i, t in enumerate(ctx.saved_tensors)]
+            outputs = [o for o, d in zip(ctx.call.reference(inputs), ctx.differentiable) if d]
+            cotangents = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+            vjps = torch.autograd.grad(outputs, [inputs[i] for i in moving], cotangents,
+                                       create_graph=True, allow_unused=True)
+            pairs = [(v, tangents[i]) for v, i in zip(vjps, moving) if v is not None]
+            jvps = torch.autograd.grad([v for v, _ in pairs], cotangents, [t for _, t in pairs],
+                                       allow_unused=True) if pairs else [None] * len(outputs)
+        jvps = iter(torch.zeros_like(o) if j is None else j for o, j in zip(outputs, jvps))
+        result = [next(jvps) if d else None for d in ctx.differentiable]
+        return result[0] if len(result) == 1 else tuple(result)
+
+
+def _recorded(tensors):
+    """Per tensor: whether autograd (reverse or forward mode) follows it through the call."""
+    reverse = torch.is_grad_enabled()
+    forward = forward_ad._current_level >= 0
+    return [t.is_floating_point() and ((reverse and t.requires_grad) or
+                                       (forward and forward_ad.unpack_dual(t).tangent is not None))
+            for t in tensors]
+
+
 def call(name, device, *args, **kwargs):
     """Run loss `name` on the backend chosen for tensors on `device`."""
     if _backend.resolve(device) == "triton" and _args.kernels_take([*args, *kwargs.values()]):
@@ -54,7 +165,12 @@ def call(name, device, *args, **kwargs):
         kernel = kernels.KERNELS.get(name)
         if kernel is not None:
             try:
-                return kernel(*args, **kwargs)
+                normalised = _Call(name, torch.device(device), args, kwargs)
+                tensors = normalised.tensors
+                recorded = _recorded(tensors)
+                if kwargs.get("inplace_backward") or not any(recorded):
+                    return kernel(*args, **kwargs)
+                return _ExactBeyondFirstOrder.apply(kernel, normalised, recorded, *tensors)
             except __getattr__("KernelDeclined"):  # the kernel cannot take it: the reference runs
                 pass
     return _reference(name, device, args, kwargs)

@@ -124,3 +124,135 @@ def test_fp16_grad_scaler_step_is_taken_where_torchs_is(loss):
     assert torch_taken and taken
     assert dtype == torch_dtype == torch.float32
     torch.testing.assert_close(weight, torch_weight, rtol=1e-3, atol=1e-3)
+
+
+# --- derivatives beyond the first backward -------------------------------------------------
+
+DERIVATIVE_EXAMPLES = 3  # per loss and property, float64
+
+
+def _call_and_leaves(info, data, device):
+    call = data.draw(info.valid_calls(torch.float64)).to(device)
+    leaves = [a for a in (*call.args, *call.kwargs.values()) if torch.is_tensor(a) and a.requires_grad]
+    return call, leaves
+
+
+def _overwrites_its_logits(call):
+    """inplace_backward=True keeps nothing to differentiate again: it must refuse, clearly."""
+    return call.kwargs.get("inplace_backward", False)
+
+
+def _or_reference(compute, info, call):
+    """compute(torch's loss), or compute(the reference) where torch lacks that derivative (its
+    CTC has neither a second derivative nor forward mode)."""
+    try:
+        return compute(_truth(info, call))
+    except (RuntimeError, NotImplementedError) as error:
+        if "not implemented" not in str(error) and "not support" not in str(error):
+            raise
+        return compute(_reference_of(info))
+
+
+def _truth(info, call):
+    """torch's own loss where it has one (double-differentiable), else the reference."""
+    twin = _twin_under_autocast(info, call.kwargs)
+    if twin is not None and not info.twin_gradient_differs:
+        return twin
+    return _reference_of(info)
+
+
+def _reference_of(info):
+    def reference(*args, **kwargs):
+        with fusedloss.use_backend("reference"):
+            return info.function(*args, **kwargs)
+    return reference
+
+
+def _first_output(result):
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _seeded_like(tensors, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for t in tensors]
+
+
+def _hessian_vector_product(fn, call, leaves, seed):
+    """Leaves' gradients of <d loss / d leaves, v> for a seeded v, through create_graph=True."""
+    loss = _first_output(fn(*call.args, **call.kwargs))
+    (grad_output,) = _seeded_like([loss], seed)
+    grads = torch.autograd.grad(loss, leaves, grad_output, create_graph=True, allow_unused=True)
+    pairs = [(g, v) for g, v in zip(grads, _seeded_like(leaves, seed + 1)) if g is not None and g.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(leaf) for leaf in leaves]
+    second = torch.autograd.grad([g for g, _ in pairs], leaves, [v for _, v in pairs], allow_unused=True)
+    return [torch.zeros_like(leaf) if s is None else s for leaf, s in zip(leaves, second)]
+
+
+@pytest.mark.parametrize("loss", catalog.NAMES)
+@settings(max_examples=DERIVATIVE_EXAMPLES)
+@given(data=st.data())
+def test_double_backward_equals_torchs(loss, data, device):
+    info = catalog.get(loss)
+    call, leaves = _call_and_leaves(info, data, device)
+    if not leaves:
+        return
+    if _overwrites_its_logits(call):
+        with pytest.raises(RuntimeError, match="inplace_backward=True is not supported"):
+            _hessian_vector_product(info.function, call, leaves, seed=1)
+        return
+    ours = _hessian_vector_product(info.function, call, leaves, seed=1)
+    theirs = _or_reference(lambda fn: _hessian_vector_product(fn, call, leaves, seed=1), info, call)
+    for mine, truth in zip(ours, theirs):
+        torch.testing.assert_close(mine, truth, rtol=1e-6, atol=1e-8, equal_nan=True, msg=repr(call))
+
+
+@pytest.mark.parametrize("loss", catalog.NAMES)
+@settings(max_examples=DERIVATIVE_EXAMPLES)
+@given(data=st.data())
+def test_second_backward_through_a_retained_graph_is_exact(loss, data, device):
+    info = catalog.get(loss)
+    call, leaves = _call_and_leaves(info, data, device)
+    loss_value = _first_output(info.function(*call.args, **call.kwargs))
+    if not leaves or not loss_value.requires_grad:
+        return
+    first, second = _seeded_like([loss_value, loss_value], seed=2)
+    loss_value.backward(first, retain_graph=True)
+    if _overwrites_its_logits(call):
+        with pytest.raises(RuntimeError, match="second backward"):
+            loss_value.backward(second)
+        return
+    loss_value.backward(second)
+    expected = _first_output(_truth(info, call)(*call.args, **call.kwargs))
+    expected_grads = torch.autograd.grad(expected, leaves, first + second, allow_unused=True)
+    for leaf, truth in zip(leaves, expected_grads):
+        # the twice-accumulated .grad; `truth` is torch's for the summed grad_output
+        torch.testing.assert_close(leaf.grad, torch.zeros_like(leaf) if truth is None else truth,
+                                   rtol=1e-6, atol=1e-8, equal_nan=True, msg=repr(call))
+
+
+@pytest.mark.parametrize("loss", catalog.NAMES)
+@settings(max_examples=DERIVATIVE_EXAMPLES)
+@given(data=st.data())
+def test_forward_mode_equals_torchs(loss, data, device):
+    info = catalog.get(loss)
+    call, leaves = _call_and_leaves(info, data, device)
+    if not leaves:
+        return
+    tangents = _seeded_like(leaves, seed=3)
+
+    def tangent_of(fn):
+        with torch.autograd.forward_ad.dual_level():
+            duals = {id(leaf): torch.autograd.forward_ad.make_dual(leaf.detach(), t)
+                     for leaf, t in zip(leaves, tangents)}
+            args, kwargs = ([duals.get(id(a), a) for a in call.args],
+                            {k: duals.get(id(v), v) for k, v in call.kwargs.items()})
+            loss = _first_output(fn(*args, **kwargs))
+            tangent = torch.autograd.forward_ad.unpack_dual(loss).tangent
+        return torch.zeros_like(loss) if tangent is None else tangent
+    if _overwrites_its_logits(call):
+        with pytest.raises(NotImplementedError, match="jvp"):
+            tangent_of(info.function)
+        return
+    torch.testing.assert_close(tangent_of(info.function), _or_reference(tangent_of, info, call),
+                               rtol=1e-6, atol=1e-8, equal_nan=True, msg=repr(call))

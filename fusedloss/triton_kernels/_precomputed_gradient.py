@@ -11,10 +11,13 @@ included) is multiplied in the accumulation dtype and rounded once to the gradie
 torch's `grad * grad_output` rounds. A per-element grad_output (reduction='none') has nothing to
 skip: it is an in-place multiply by torch.
 
-A second backward through a retained graph finds the buffers as the first left them: still the
-unscaled gradients when the first grad_output was 1, which it checks on the host, once, in that
-rare call, and then scales copies; after any other first grad_output the buffers hold that
-product, which cannot be undone exactly, so it raises and says so.
+The dispatcher (fusedloss/_dispatch.py) runs this backward once per forward and takes every
+other derivative (create_graph, a second backward, forward mode) from the reference, except
+for inplace_backward=True, whose logits hold the gradient: there a second backward through a
+retained graph finds the buffers as the first left them, still the unscaled gradients when the
+first grad_output was 1, which it checks on the host, once, in that rare call, and then scales
+copies; after any other first grad_output the buffers hold that product, which cannot be undone
+exactly, so it raises and says so, as it does for a backward asked to build a graph.
 """
 import dataclasses
 import typing
@@ -149,10 +152,17 @@ class PrecomputedGradient(torch.autograd.Function):
         return (loss, *extras) if extras else loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, *extra_grads):
         if ctx.overwritten_output and extra_grads[-1] is not None:
             raise RuntimeError(_OVERWRITTEN_USED)
+        # with grad mode off below, nothing here is recorded; the dispatcher routes every
+        # create_graph elsewhere but inplace_backward's (no once_differentiable: it would hand
+        # back a gradient with no graph, silently, when grad_output does not require grad)
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "fusedloss: a differentiable backward (create_graph=True, e.g. a double backward) "
+                "of a loss with inplace_backward=True is not supported: the logits hold the "
+                "gradient, so nothing is left to differentiate it from; drop inplace_backward")
         if grad_output is None:
             return (None,) * (len(ctx.wanted) + 1)
         factor = ctx.shape_grad_output(grad_output)
