@@ -51,6 +51,8 @@ def check_class_indices(target, num_classes, ignore_index):
         raise RuntimeError(f"expected target dtype to be Long or Byte (class indices), got {target.dtype}")
     if target.numel() == 0:
         return
+    if target.device.type != "cuda" and _class_indices_in_range(target, num_classes, ignore_index):
+        return
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
@@ -60,6 +62,18 @@ def check_class_indices(target, num_classes, ignore_index):
         value = int(target[bad].flatten()[0])
         raise IndexError(f"Target {value} is out of bounds (expected a class index in "
                          f"[0, {num_classes}) or ignore_index={ignore_index}).")
+
+
+def _class_indices_in_range(target, num_classes, ignore_index):
+    """The CPU check's one pass (three ops when ignore_index lies apart from the classes, as
+    -100 does): the extremes of the targets, ignored ones counted as class 0."""
+    low, high = 0, num_classes - 1
+    if ignore_index is not None and -1 <= ignore_index <= num_classes:
+        low, high = min(low, ignore_index), max(high, ignore_index)  # still one interval
+    elif ignore_index is not None:
+        target = target.masked_fill(target == ignore_index, 0)
+    smallest, largest = torch.aminmax(target)
+    return low <= smallest.tolist() and largest.tolist() <= high
 
 
 def check_in_range(values, low, high, error, message):

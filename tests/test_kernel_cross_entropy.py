@@ -362,12 +362,53 @@ def test_return_lse(dtype):
                               return_lse=True, z_loss=1e-3)
 
 
-def test_targets_or_weights_requiring_grad_are_refused():
+def test_weights_requiring_grad_are_refused():
     x = _logits((3, 5))
-    soft = _probabilities((3, 5)).requires_grad_()
-    with pytest.raises(NotImplementedError, match="requires grad"):
-        F.cross_entropy(x, soft)
     with pytest.raises(RuntimeError, match="not differentiable"):  # torch's error for a class weight
         F.nll_loss(x, torch.tensor([0, 1, 2]), weight=torch.ones(5, requires_grad=True))
-    with torch.no_grad():
-        F.cross_entropy(x, soft)  # nothing to differentiate: fine
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        F.cross_entropy(x, torch.tensor([0, 1, 2]), weight=torch.ones(5, requires_grad=True))
+    with pytest.raises(NotImplementedError, match="requires grad"):  # soft targets: no kernel gradient
+        F.cross_entropy(x, _probabilities((3, 5)), weight=torch.ones(5, requires_grad=True))
+
+
+@pytest.mark.parametrize("options", [dict(reduction="mean"), dict(reduction="sum", label_smoothing=0.2),
+                                     dict(reduction="none", weight=True)], ids=str)
+@pytest.mark.parametrize("shape,logits_grad", [((3, 2500), True), ((2, 5, 3), False)])
+def test_soft_targets_requiring_grad(shape, logits_grad, options):
+    """The probabilities' gradient (issue 13) against torch's autograd, fp64, with a
+    grad_output other than 1; the logits' gradient beside it when they require grad too."""
+    x = _logits(shape, torch.float64).requires_grad_(logits_grad)
+    q = torch.softmax(_logits(shape, torch.float64, seed=1), 1).requires_grad_()
+    if options.get("weight"):
+        options = dict(options, weight=torch.rand(shape[1], dtype=torch.float64,
+                                                  generator=torch.Generator().manual_seed(2)).to(x.device))
+    leaves = [x, q] if logits_grad else [q]
+    loss = F.cross_entropy(x, q, **options)
+    expected = torch_F.cross_entropy(x, q, **options)
+    grad_output = torch.rand(loss.shape, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(3)).to(x.device) + 0.5
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(torch.autograd.grad(loss, leaves, grad_output),
+                         torch.autograd.grad(expected, leaves, grad_output)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.cpu_tensors
+@pytest.mark.parametrize("ignore_index,labels,valid", [
+    (-100, [0, -100, 4], True), (-100, [0, -100, -5], False), (-100, [0, -100, 5], False),
+    (-1, [-1, 4, 0], True), (-1, [-2, 4, 0], False), (5, [5, 4, 0], True), (5, [6, 0, 0], False),
+    (2, [2, -1, 0], False),
+])
+def test_target_range_check(ignore_index, labels, valid):
+    """The CPU's one-pass check (ignored targets masked, or an ignore_index next to the classes
+    widening the range) accepts exactly what torch accepts, with torch's IndexError."""
+    x = torch.randn(3, 5)
+    target = torch.tensor(labels)
+    if valid:
+        torch.testing.assert_close(F.cross_entropy(x, target, ignore_index=ignore_index),
+                                   torch_F.cross_entropy(x, target, ignore_index=ignore_index))
+    else:
+        with pytest.raises(IndexError, match="out of bounds"):
+            F.cross_entropy(x, target, ignore_index=ignore_index)
+

@@ -324,3 +324,13 @@ def test_grad_output_is_read_not_assumed():
     y = torch.randn(50, device=DEVICE)
     (F.mse_loss(x, y) * 3.0).backward()
     torch.testing.assert_close(x.grad, 3.0 * 2 * (x - y).detach() / 50)
+
+
+@pytest.mark.cpu_tensors
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, -1e-3], ids=str)
+def test_bce_refuses_what_torch_refuses(bad):
+    """The CPU's one-pass (aminmax) probability check raises torch's error, NaN included."""
+    target = torch.tensor([0.0, 1.0, 0.5])
+    for fn in (TF.binary_cross_entropy, F.binary_cross_entropy):
+        with pytest.raises(RuntimeError, match="between 0 and 1"):
+            fn(torch.tensor([0.5, bad, 0.25]), target)

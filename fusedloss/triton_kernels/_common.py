@@ -27,6 +27,31 @@ GPU_LAUNCH_PARAMS = not interpreting() or os.environ.get("FUSEDLOSS_LAUNCH_PARAM
 MAX_ROW_BLOCK = 8192 if GPU_LAUNCH_PARAMS else 1024
 # Elements per program for flat elementwise kernels.
 ELEMENTWISE_BLOCK = 4096 if GPU_LAUNCH_PARAMS else 1024
+# A persistent row kernel's grid when no GPU says otherwise: sm_90's (H100/H200: 132 SMs, 50 MiB
+# of L2 on the H100, the smaller). The interpreter's tests use 3 programs, so that every program
+# sweeps several rows and the cross-program reduction has several partials to combine.
+_SM90_MULTIPROCESSORS = 132
+_SM90_L2_BYTES = 50 * 2**20
+_INTERPRETER_PROGRAMS = 3
+
+
+def persistent_programs(device, num_rows, row_bytes):
+    """Programs for a persistent row kernel (each program sweeps rows pid, pid + P, ...).
+
+    Two resident programs per SM hide each other's latency. Each program's row is read twice
+    (pass 1, then pass 2 for the gradient), and the second read comes from L2 only if the rows
+    in flight fit in it, so for long rows the grid shrinks to half the L2's worth of rows, but
+    never below one program per SM (a thinner grid cannot pull the HBM bandwidth).
+    """
+    if not GPU_LAUNCH_PARAMS:
+        return max(1, min(num_rows, _INTERPRETER_PROGRAMS))
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        multiprocessors, l2_bytes = properties.multi_processor_count, properties.L2_cache_size
+    else:
+        multiprocessors, l2_bytes = _SM90_MULTIPROCESSORS, _SM90_L2_BYTES
+    fitting = l2_bytes // (2 * max(row_bytes, 1))
+    return max(1, min(num_rows, max(multiprocessors, min(2 * multiprocessors, fitting))))
 
 
 def row_block(num_columns):

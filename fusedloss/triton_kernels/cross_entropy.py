@@ -1,18 +1,30 @@
 """Softmax-family kernels: cross entropy (hard or soft labels, class weights, label smoothing,
 z-loss, tanh soft-capping), softmax focal loss, and the NLL gather.
 
-Algorithm (one program per token, i.e. per row of the (N, C, S) logits view):
+Algorithm: a persistent grid (`_common.persistent_programs`) whose program p sweeps the tokens
+p, p + P, ... (the rows of the (N, C, S) logits view). Per token:
   pass 1  sweeps the row in blocks of BLOCK classes with an online log-sum-exp (running max m
           and rescaled sum s), plus the row sums the loss needs: sum(w*z) and sum(w) for label
           smoothing, sum(w*q*z) and sum(w*q) for soft labels q, the probability mass off the
           target for focal loss (so 1 - p_t has no cancellation). Then it gathers the target
-          logit and writes the per-token loss (and lse when asked).
-  pass 2  (only when the logits require grad) reads the row's blocks again, recomputes
+          logit and computes the token's loss (and lse when asked).
+  pass 2  (only when a gradient is wanted) reads the row's blocks again, recomputes
           p = exp((z - m) - log s) and writes d(loss)/d(logits), already divided by the 'mean'
-          denominator, into the gradient buffer (the logits' own storage with inplace_backward).
+          denominator, into the gradient buffer (the logits' own storage with inplace_backward);
+          for soft labels that require grad, d(loss)/d(q) = -w log_softmax(z) in the same sweep.
           A row that fits one block keeps it in registers and skips the second read.
-Nothing else is kept: per-token loss and lse are O(N); the reduction over tokens is a
-deterministic torch sum; the backward only scales the stored gradient by grad_output.
+  An ignored token writes its zero gradient and reads nothing else (unless its lse is asked for).
+The 'mean' divisor is computed by every program from the targets (N labels, and the class weight
+of each: a few bytes per token, L2-resident, against a row of C logits), and the reduction over
+tokens happens in the launch: each program keeps the sum of its own tokens in order, stores it,
+and the program that finishes last (an acq_rel counter of whole numbers, exact in any order)
+sums the P partials in program order, divides and writes the loss: the same bits run to run.
+The backward only scales the stored gradient by grad_output (free when it is 1).
+
+Second reads from L2: the rows in flight are the P programs' rows, so P is sized to keep them
+within half the L2 (never fewer than one program per SM, at most two), pass 1 loads with
+evict_last and pass 2 with evict_first, and both block loops are software-pipelined
+(`tl.range(num_stages=_NUM_STAGES)`) so a block's load overlaps the previous block's math.
 
 Tokens of an (N, C, d1..dk) input are (n, s) pairs addressed through strides (the class stride
 is S there), so no transposed copy is made; `reshape` merges d1..dk without copying unless
@@ -26,8 +38,8 @@ import triton
 import triton.language as tl
 
 from .._reduction import reduce
-from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_block,
-                      row_warps, triton_accumulation)
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, persistent_programs,
+                      round_to, row_block, row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
 from ._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
@@ -37,30 +49,33 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 def _load_block(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
                 num_classes, label_smoothing, softcap,
                 ACC: tl.constexpr, BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
-                HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
-    """One block of a row: (cols, mask, capped logits z with -inf padding, class factor v).
+                HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                EVICTION: tl.constexpr):
+    """One block of a row: (cols, mask, capped logits z with -inf padding, class factor v, w).
 
-    v is the class weight w (1 without weights, 0 on padding) for hard labels and w * q with q
-    the (smoothed) target probability for soft labels.
+    w is the class weight (1 without weights, 0 on padding); v is w for hard labels and w * q
+    with q the (smoothed) target probability for soft labels.
     """
     cols = start + tl.arange(0, BLOCK)
     mask = cols < num_classes
     # cast right after the load: the interpreter keeps bf16 as raw bits
     z = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
-                other=float("-inf")).to(ACC)
+                other=float("-inf"), eviction_policy=EVICTION).to(ACC)
     if HAS_SOFTCAP:
         # padding must stay -inf: capped, it would become -softcap and carry probability
         z = tl.where(mask, softcap * tanh(z / softcap), float("-inf"))
     if HAS_WEIGHT:
-        v = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(ACC)
+        w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(ACC)
     else:
-        v = mask.to(ACC)
+        w = mask.to(ACC)
+    v = w
     if SOFT_LABELS:
-        q = tl.load(target_row + cols.to(tl.int64) * target_stride_c, mask=mask, other=0.0).to(ACC)
+        q = tl.load(target_row + cols.to(tl.int64) * target_stride_c, mask=mask, other=0.0,
+                    eviction_policy=EVICTION).to(ACC)
         if HAS_SMOOTHING:
             q = tl.where(mask, q * (1.0 - label_smoothing) + label_smoothing / num_classes, 0.0)
         v = v * q
-    return cols, mask, z, v
+    return cols, mask, z, v, w
 
 
 @triton.jit
@@ -81,10 +96,31 @@ def _block_stats(cols, mask, z, v, target, SOFT_LABELS: tl.constexpr, HAS_SMOOTH
 
 
 @triton.jit
-def _write_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, target, coef, smooth_coef,
-                sum_v, z_coef, row_scale, softcap,
+def _write_grad(grad_row, grad_stride_c, target_grad_row, target_grad_stride_c, cols, mask, z, v,
+                w, m, log_s, target, coef, smooth_coef, sum_v, z_coef, row_scale, softcap,
+                label_smoothing,
                 SOFT_LABELS: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr,
-                HAS_SOFTCAP: tl.constexpr):
+                HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                TARGET_GRAD: tl.constexpr):
+    """Pass 2 on one block: d loss / d logits and, for soft labels when asked, d loss / d q =
+    -(1 - label_smoothing) w log_softmax(z) (torch smooths q before the loss)."""
+    if TARGET_GRAD:
+        t = row_scale * w * ((m - z) + log_s)
+        if HAS_SMOOTHING:
+            t = t * (1.0 - label_smoothing)
+        tl.store(target_grad_row + cols.to(tl.int64) * target_grad_stride_c,
+                 round_to(t, target_grad_row.dtype.element_ty), mask=mask)
+    if COMPUTE_GRAD:
+        _write_logits_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, target, coef,
+                           smooth_coef, sum_v, z_coef, row_scale, softcap,
+                           SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP)
+
+
+@triton.jit
+def _write_logits_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, target, coef,
+                       smooth_coef, sum_v, z_coef, row_scale, softcap,
+                       SOFT_LABELS: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+                       HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
     p = tl.exp((z - m) - log_s)
     if SOFT_LABELS:
         g = sum_v * p - v
@@ -104,52 +140,60 @@ def _write_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, target, coe
 
 
 @triton.jit
-def _softmax_loss_kernel(
-    logits_ptr, logits_stride_n, logits_stride_c, logits_stride_s,
-    target_ptr,  # hard labels: (N*S,) class indices; soft labels: (N, C, S) probabilities
-    target_stride_n, target_stride_c, target_stride_s,  # soft labels only
-    weight_ptr,  # (C,) class weights, alpha for focal loss; read when HAS_WEIGHT
-    grad_ptr, grad_stride_n, grad_stride_c, grad_stride_s,  # written when COMPUTE_GRAD
-    loss_ptr,  # (N*S,) per-token loss, accumulation dtype
-    lse_ptr,  # (N*S,) per-token lse, written when RETURN_LSE
-    denominator_ptr,  # 0-d 'mean' divisor, read when MEAN
-    num_classes, spatial,  # C and S = d1*...*dk; token = n * S + s
-    ignore_index,
-    label_smoothing, label_smoothing_lo, z_loss, z_loss_lo, softcap, softcap_lo, gamma, gamma_lo,
-    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+def _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index, ACC: tl.constexpr,
+                      TOKEN_BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
+                      WEIGHTED: tl.constexpr):
+    """The 'mean' divisor: the token count for soft labels, else the summed class weight (the
+    count without weights) of the non-ignored targets, in a fixed order, so every program of
+    the launch computes the same value."""
+    if SOFT_LABELS:
+        return tl.cast(1.0, ACC) * num_tokens
+    total = tl.zeros((TOKEN_BLOCK,), ACC)
+    for start in range(0, num_tokens, TOKEN_BLOCK):
+        tokens = start + tl.arange(0, TOKEN_BLOCK)
+        in_range = tokens < num_tokens
+        label = tl.load(target_ptr + tokens, mask=in_range, other=0).to(tl.int64)
+        kept = in_range & (label != ignore_index)
+        if WEIGHTED:
+            total += tl.load(weight_ptr + tl.where(kept, label, 0), mask=kept, other=0.0).to(ACC)
+        else:
+            total += kept.to(ACC)
+    return tl.sum(total, axis=0)
+
+
+@triton.jit
+def _zero_row(grad_row, grad_stride_c, num_classes, BLOCK: tl.constexpr):
+    """An ignored token's gradient: zeros, written without reading its logits."""
+    for start in range(0, num_classes, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        tl.store(grad_row + cols.to(tl.int64) * grad_stride_c,
+                 tl.zeros((BLOCK,), grad_row.dtype.element_ty), mask=cols < num_classes)
+
+
+@triton.jit
+def _row_loss(
+    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, grad_row,
+    grad_stride_c, target_grad_row, target_grad_stride_c, target, kept, row_scale, num_classes,
+    label_smoothing, z_loss, softcap, gamma,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
     SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
     HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr, MEAN: tl.constexpr, RETURN_LSE: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, TARGET_GRAD: tl.constexpr,
 ):
-    # scalar arguments arrive as fp32 pairs (_common.fp32_pair): fp64 inputs get ~48 bits
-    label_smoothing = tl.cast(label_smoothing, ACC) + label_smoothing_lo
-    z_loss = tl.cast(z_loss, ACC) + z_loss_lo
-    softcap = tl.cast(softcap, ACC) + softcap_lo
-    gamma = tl.cast(gamma, ACC) + gamma_lo
-    token = tl.program_id(0).to(tl.int64)
-    n = token // spatial
-    s_idx = token % spatial
-    logits_row = logits_ptr + n * logits_stride_n + s_idx * logits_stride_s
-    target_row = target_ptr + n * target_stride_n + s_idx * target_stride_s
-    if SOFT_LABELS:
-        target = -1  # no class lane matches
-    else:
-        label = tl.load(target_ptr + token).to(tl.int64)
-        kept = label != ignore_index
-        target = tl.where(kept, label, 0)  # ignored tokens read class 0, never out of bounds
-
+    """One token: passes 1 and 2 of the module header; returns (loss, lse)."""
     # pass 1: online log-sum-exp over the blocks (the first block peeled so the running
     # statistics start with the accumulation dtype)
-    cols, mask, z, v = _load_block(logits_row, logits_stride_c, target_row, target_stride_c,
+    cols, mask, z, v, w = _load_block(logits_row, logits_stride_c, target_row, target_stride_c,
                                    weight_ptr, 0, num_classes, label_smoothing, softcap,
-                                   ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
+                                   ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP,
+                                   "evict_last")
     m, s, a1, a2 = _block_stats(cols, mask, z, v, target, SOFT_LABELS, HAS_SMOOTHING, FOCAL)
     if not SINGLE_BLOCK:  # a single block keeps z live for pass 2: no second copy
-        for start in range(BLOCK, num_classes, BLOCK):
-            b_cols, b_mask, b_z, b_v = _load_block(
+        for start in tl.range(BLOCK, num_classes, BLOCK, num_stages=NUM_STAGES):
+            b_cols, b_mask, b_z, b_v, b_w = _load_block(
                 logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
                 num_classes, label_smoothing, softcap,
-                ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
+                ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_last")
             b_m, b_s, b_a1, b_a2 = _block_stats(b_cols, b_mask, b_z, b_v, target, SOFT_LABELS,
                                                 HAS_SMOOTHING, FOCAL)
             new_m = tl.maximum(m, b_m)
@@ -198,36 +242,120 @@ def _softmax_loss_kernel(
                 loss += label_smoothing * (a2 * lse - a1) / num_classes
     if HAS_Z_LOSS:
         loss += z_loss * lse * lse
-    if not SOFT_LABELS:
-        loss = tl.where(kept, loss, 0.0)
-    tl.store(loss_ptr + token, loss)
-    if RETURN_LSE:
-        tl.store(lse_ptr + token, lse)
+    loss = tl.where(kept, loss, 0.0)
 
-    if COMPUTE_GRAD:
-        # pass 2: gradient of this token's loss, divided by the mean's denominator
-        row_scale = 1.0
-        if MEAN:
-            row_scale = 1.0 / tl.load(denominator_ptr).to(ACC)
-        if not SOFT_LABELS:
-            # ignored tokens get exactly 0, also when all are ignored and 1 / denominator is inf
-            row_scale = tl.where(kept, row_scale, 0.0)
+    if COMPUTE_GRAD or TARGET_GRAD:
+        # pass 2: gradients of this token's loss, divided by the mean's denominator
         smooth_coef = label_smoothing / num_classes
         z_coef = 2.0 * z_loss * lse
-        grad_row = grad_ptr + n * grad_stride_n + s_idx * grad_stride_s
         if SINGLE_BLOCK:
-            _write_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, target, coef,
-                        smooth_coef, a2, z_coef, row_scale, softcap,
-                        SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP)
+            _write_grad(grad_row, grad_stride_c, target_grad_row, target_grad_stride_c, cols,
+                        mask, z, v, w, m, log_s, target, coef, smooth_coef, a2, z_coef,
+                        row_scale, softcap, label_smoothing, SOFT_LABELS, HAS_SMOOTHING,
+                        HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
         else:
-            for start in range(0, num_classes, BLOCK):
-                b_cols, b_mask, b_z, b_v = _load_block(
+            for start in tl.range(0, num_classes, BLOCK, num_stages=NUM_STAGES):
+                b_cols, b_mask, b_z, b_v, b_w = _load_block(
                     logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
                     num_classes, label_smoothing, softcap,
-                    ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP)
-                _write_grad(grad_row, grad_stride_c, b_cols, b_mask, b_z, b_v, m, log_s, target, coef,
-                            smooth_coef, a2, z_coef, row_scale, softcap,
-                            SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP)
+                    ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_first")
+                _write_grad(grad_row, grad_stride_c, target_grad_row, target_grad_stride_c,
+                            b_cols, b_mask, b_z, b_v, b_w, m, log_s, target, coef, smooth_coef,
+                            a2, z_coef, row_scale, softcap, label_smoothing, SOFT_LABELS,
+                            HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
+    return loss, lse
+
+
+@triton.jit
+def _softmax_loss_kernel(
+    logits_ptr, logits_stride_n, logits_stride_c, logits_stride_s,
+    target_ptr,  # hard labels: (N*S,) class indices; soft labels: (N, C, S) probabilities
+    target_stride_n, target_stride_c, target_stride_s,  # soft labels only
+    weight_ptr,  # (C,) class weights, alpha for focal loss; read when HAS_WEIGHT
+    grad_ptr, grad_stride_n, grad_stride_c, grad_stride_s,  # written when COMPUTE_GRAD
+    target_grad_ptr,  # (N, C, S) d loss / d probabilities, written when TARGET_GRAD
+    target_grad_stride_n, target_grad_stride_c, target_grad_stride_s,
+    loss_ptr,  # REDUCE: the 0-d reduced loss; else (N*S,) per-token loss
+    lse_ptr,  # (N*S,) per-token lse, written when RETURN_LSE
+    denominator_ptr,  # 0-d 'mean' divisor, read when DENOMINATOR_GIVEN
+    partials_ptr,  # REDUCE: (1 + programs,) zeros: a finished-program count, then partial sums
+    num_classes, spatial, num_tokens,  # C and S = d1*...*dk; token = n * S + s
+    ignore_index,
+    label_smoothing, label_smoothing_lo, z_loss, z_loss_lo, softcap, softcap_lo, gamma, gamma_lo,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
+    TOKEN_BLOCK: tl.constexpr,
+    SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+    HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, TARGET_GRAD: tl.constexpr, MEAN: tl.constexpr,
+    DENOMINATOR_GIVEN: tl.constexpr,
+    REDUCE: tl.constexpr, RETURN_LSE: tl.constexpr,
+):
+    # scalar arguments arrive as fp32 pairs (_common.fp32_pair): fp64 inputs get ~48 bits
+    label_smoothing = tl.cast(label_smoothing, ACC) + label_smoothing_lo
+    z_loss = tl.cast(z_loss, ACC) + z_loss_lo
+    softcap = tl.cast(softcap, ACC) + softcap_lo
+    gamma = tl.cast(gamma, ACC) + gamma_lo
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    denominator = tl.cast(1.0, ACC)
+    if MEAN:
+        if DENOMINATOR_GIVEN:
+            denominator = tl.load(denominator_ptr).to(ACC)
+        else:
+            denominator = _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index, ACC,
+                                            TOKEN_BLOCK, SOFT_LABELS, HAS_WEIGHT and not FOCAL)
+    # ignored tokens get exactly 0, also when all are ignored and 1 / denominator is inf
+    row_scale = 1.0 / denominator
+    partial = tl.cast(0.0, ACC)
+    for token in range(pid.to(tl.int64), num_tokens, programs):
+        n = token // spatial
+        s_idx = token % spatial
+        logits_row = logits_ptr + n * logits_stride_n + s_idx * logits_stride_s
+        target_row = target_ptr + n * target_stride_n + s_idx * target_stride_s
+        grad_row = grad_ptr + n * grad_stride_n + s_idx * grad_stride_s
+        target_grad_row = (target_grad_ptr + n * target_grad_stride_n
+                           + s_idx * target_grad_stride_s)
+        if SOFT_LABELS:
+            target = -1  # no class lane matches
+            kept = token >= 0  # every token
+        else:
+            label = tl.load(target_ptr + token).to(tl.int64)
+            kept = label != ignore_index
+            target = tl.where(kept, label, 0)  # ignored tokens read class 0, never out of bounds
+        loss = tl.cast(0.0, ACC)
+        if kept | RETURN_LSE:  # an ignored token's lse still reads its row
+            loss, lse = _row_loss(
+                logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, grad_row,
+                grad_stride_c, target_grad_row, target_grad_stride_c, target, kept,
+                tl.where(kept, row_scale, 0.0), num_classes,
+                label_smoothing, z_loss, softcap, gamma,
+                ACC, BLOCK, SINGLE_BLOCK, NUM_STAGES, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
+                HAS_Z_LOSS, HAS_SOFTCAP, FOCAL, COMPUTE_GRAD, TARGET_GRAD)
+            if RETURN_LSE:
+                tl.store(lse_ptr + token, lse)
+        elif COMPUTE_GRAD:
+            _zero_row(grad_row, grad_stride_c, num_classes, BLOCK)
+        if REDUCE:
+            partial += loss
+        else:
+            tl.store(loss_ptr + token, round_to(loss, loss_ptr.dtype.element_ty))
+    if REDUCE:
+        # deterministic cross-program sum: each program stores its partial (its rows in a fixed
+        # order), and the last to finish, told so by an integer-valued counter whose atomic adds
+        # give the same count in any order, sums the partials in program order
+        tl.store(partials_ptr + 1 + pid, partial)
+        tl.debug_barrier()  # every thread's stores precede the (releasing) count
+        finished = tl.atomic_add(partials_ptr, 1.0, sem="acq_rel")
+        if finished == programs - 1:
+            total = tl.zeros((TOKEN_BLOCK,), ACC)
+            for start in range(0, programs, TOKEN_BLOCK):
+                index = start + tl.arange(0, TOKEN_BLOCK)
+                total += tl.load(partials_ptr + 1 + index, mask=index < programs, other=0.0,
+                                 cache_modifier=".cg")
+            total = tl.sum(total, axis=0)
+            if MEAN:  # a mean over nothing (every token ignored or weighted 0) is NaN, as torch's
+                total = tl.where(denominator != 0, total / denominator, float("nan"))
+            tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -286,36 +414,74 @@ def _hard_denominator(target, weight, ignore_index, acc):
     return (weight.to(acc)[torch.where(kept, target, 0).long()] * kept).sum()
 
 
+# Tokens per block of the in-kernel 'mean' divisor and of the cross-program sum
+_TOKEN_BLOCK = 1024
+# Loads in flight per program in the block loops: 3 blocks of 8192 bf16 logits (48 KiB of
+# shared memory) hide HBM latency; more would cost the second program per SM its residency
+_NUM_STAGES = 3
+
+
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
-                      ignore_index, label_smoothing, z_loss, softcap, gamma=0.0):
-    """Launch the row kernel over an (N, C, S) logits view, one program per token (also used by
-    linear_cross_entropy on its chunks). target: (N*S,) class indices, or (N, C, S)
-    probabilities when `soft`; grad (logits' layout), lse and the 'mean' denominator are None
-    when not wanted; loss (N*S,) always receives the per-token loss."""
+                      ignore_index, label_smoothing, z_loss, softcap, gamma=0.0, mean=False,
+                      partials=None, target_grad=None):
+    """Launch the row kernel over an (N, C, S) logits view (also used by linear_cross_entropy on
+    its chunks). target: (N*S,) class indices, or (N, C, S) probabilities when `soft`; grad
+    (logits' layout), lse and target_grad (soft labels: d loss / d probabilities, in their
+    layout) are None when not wanted.
+
+    `partials` None: `loss` (N*S,) receives the per-token loss, and the gradient is divided by
+    the 0-d `denominator` when one is given. Else `loss` is 0-d and receives the sum (or with
+    `mean` the mean, whose divisor the kernel computes itself) over tokens, and `partials` is a
+    zeroed (1 + programs,) buffer of the accumulation dtype (reduction_workspace).
+    """
     num_rows, num_classes, spatial = logits.shape
+    num_tokens = num_rows * spatial
     block = row_block(num_classes)
-    _softmax_loss_kernel[(num_rows * spatial,)](
+    programs = (partials.numel() - 1 if partials is not None else
+                persistent_programs(logits.device, num_tokens, num_classes * logits.element_size()))
+    _softmax_loss_kernel[(programs,)](
         logits, *logits.stride(),
         target, *(target.stride() if soft else (0, 0, 0)),
         weight if weight is not None else loss,
         grad if grad is not None else loss, *(grad.stride() if grad is not None else (0, 0, 0)),
+        target_grad if target_grad is not None else loss,
+        *(target_grad.stride() if target_grad is not None else (0, 0, 0)),
         loss, lse if lse is not None else loss, denominator if denominator is not None else loss,
-        num_classes, spatial, ignore_index,
+        partials if partials is not None else loss,
+        num_classes, spatial, num_tokens, ignore_index,
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
         ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
+        NUM_STAGES=_NUM_STAGES, TOKEN_BLOCK=_TOKEN_BLOCK,
         SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
         HAS_Z_LOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, FOCAL=focal,
-        COMPUTE_GRAD=grad is not None, MEAN=denominator is not None, RETURN_LSE=lse is not None,
+        COMPUTE_GRAD=grad is not None, TARGET_GRAD=target_grad is not None, MEAN=mean or denominator is not None,
+        DENOMINATOR_GIVEN=denominator is not None, REDUCE=partials is not None,
+        RETURN_LSE=lse is not None,
         num_warps=row_warps(block),
     )
 
 
+def reduction_workspace(logits, dtype):
+    """One zeroed allocation for a reduced call: the (1 + programs,) partials the row kernel
+    needs, in the accumulation dtype, and after them the 0-d loss in `dtype` (a view: the
+    call allocates once)."""
+    num_rows, num_classes, spatial = logits.shape
+    programs = persistent_programs(logits.device, num_rows * spatial,
+                                   num_classes * logits.element_size())
+    acc = accumulation_dtype(logits.dtype)
+    slots = 1 + programs + 1  # the last acc-sized slot holds the loss (no wider than acc)
+    workspace = torch.zeros(slots, dtype=acc, device=logits.device)
+    partials, loss_slot = workspace[:-1], workspace[-1:]
+    return partials, loss_slot.view(dtype)[0]
+
+
 def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, reduction,
                           label_smoothing, z_loss, softcap, gamma, return_lse, compute_grad,
-                          inplace):
-    """Launch the row kernel; returns (reduced loss, lse or None, gradient or None)."""
+                          inplace, target_grad_wanted=False):
+    """Launch the row kernel; returns (loss, lse or None, [d loss / d input, d loss / d target]
+    with None where not wanted)."""
     acc = accumulation_dtype(input.dtype)
     logits = _as_tokens(input)
     num_rows, num_classes, spatial = logits.shape
@@ -324,30 +490,34 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
     flat_target = target.reshape(-1).contiguous() if not soft else None
     soft_target = _as_tokens(target) if soft else None
 
-    loss = torch.empty(num_tokens, dtype=acc, device=device)
+    token_shape = _token_shape(input)
     lse = torch.empty(num_tokens, dtype=acc, device=device) if return_lse else None
     grad = None
     if compute_grad:
         grad = logits if inplace else torch.empty(logits.shape, dtype=input.dtype, device=device)
-    denominator = None
-    if reduction == "mean" and soft:
-        denominator = torch.full((), num_tokens, dtype=acc, device=device)
-    elif reduction == "mean":  # focal loss averages over tokens, not over alpha
-        denominator = _hard_denominator(target, None if focal else weight, ignore_index, acc)
+    target_grad = None
+    if target_grad_wanted:
+        target_grad = torch.empty(soft_target.shape, dtype=target.dtype, device=device)
+    out_dtype = loss_dtype(input.dtype, device)
+    if reduction == "none":
+        partials = None
+        loss = torch.empty(token_shape, dtype=out_dtype, device=device)
+    elif num_tokens > 0:
+        partials, loss = reduction_workspace(logits, out_dtype)
+    else:  # nothing to launch over: torch's empty sum and mean
+        loss = torch.full((), 0.0 if reduction == "sum" else float("nan"), dtype=out_dtype,
+                          device=device)
 
     if num_tokens > 0:
         launch_row_kernel(logits, soft_target if soft else flat_target, weight, grad, loss, lse,
-                          denominator, soft=soft, focal=focal, ignore_index=ignore_index,
+                          None, soft=soft, focal=focal, ignore_index=ignore_index,
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                          gamma=gamma)
+                          gamma=gamma, mean=reduction == "mean", partials=partials,
+                          target_grad=target_grad)
 
-    token_shape = _token_shape(input)
-    reduced = reduce(loss.view(token_shape), reduction, denominator).to(
-        loss_dtype(input.dtype, device))
     lse = lse.view(token_shape) if return_lse else None
-    if grad is not None:
-        grad = grad.view(input.shape)
-    return reduced, lse, grad
+    return loss, lse, [None if grad is None else grad.view(input.shape),
+                       None if target_grad is None else target_grad.view(target.shape)]
 
 
 def _class_dimension(grad_output):
@@ -361,10 +531,10 @@ def _softmax_loss(input, target, weight, options):
     def sweep(input, target, weight):
         # detached: with inplace_backward the gradient aliases the input's storage, and a view
         # made here (grad mode off) could not be scaled in place by the backward
-        loss, lse, grad = _softmax_loss_forward(input.detach(), target, weight, **options)
+        loss, lse, grads = _softmax_loss_forward(input.detach(), target, weight, **options)
         per_token = options["reduction"] == "none" and input.dim() > 1
-        overwritten = grad is not None and grad.data_ptr() == input.data_ptr()
-        return Sweep((loss,) if lse is None else (loss, lse), [grad, None, None],
+        overwritten = grads[0] is not None and grads[0].data_ptr() == input.data_ptr()
+        return Sweep((loss,) if lse is None else (loss, lse), [*grads, None],
                      shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output,
                      overwritten=0 if overwritten else None)
     outputs = PrecomputedGradient.apply(sweep, input, target, weight)
@@ -377,13 +547,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                   label_smoothing=0.0, z_loss=0.0, softcap=None, return_lse=False,
                   inplace_backward=False):
     soft = target.is_floating_point()
-    _check_no_grad(target=target, weight=weight)
+    _check_no_grad(weight=weight)  # soft targets may require grad; class indices cannot
     weight = weight.contiguous() if weight is not None else None
-    (compute_grad,) = wanted_gradients(input)
+    compute_grad, target_grad_wanted = wanted_gradients(input, target)
     options = dict(soft=soft, focal=False, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, gamma=0.0,
                    return_lse=return_lse, compute_grad=compute_grad,
-                   inplace=inplace_backward and compute_grad)
+                   inplace=inplace_backward and compute_grad, target_grad_wanted=target_grad_wanted)
     return _softmax_loss(input, target, weight, options)
 
 

@@ -108,8 +108,8 @@ def cross_entropy_calls(draw, dtype):
     if soft:
         probs = draw(values(shape, torch.float64, scale=draw(st.sampled_from((1.0, 10.0, 1e3)))))
         probs = probs.softmax(1 if probs.dim() > 1 else 0)  # 1e3 scale gives exact 0s and 1s
-        target = probs.to(dtype)
-        note = "soft labels"
+        target = grad(probs.to(dtype), draw(st.booleans()))  # distillation differentiates q
+        note = "soft labels" + (" requiring grad" if target.requires_grad else "")
     else:
         ignore_index = draw(ignore_indices(num_classes))
         target = draw(hard_targets(target_shape, num_classes, ignore_index))
