@@ -34,11 +34,14 @@ def wanted_gradients(*tensors):
     return tuple(t is not None and t.requires_grad and enabled for t in tensors)
 
 
-def scale_gradient(grad, grad_output):
-    """grad * grad_output, a new tensor, where grad_output is a scalar (reduced loss) or, for
-    reduction='none', a tensor the caller has shaped to broadcast against `grad` (for the losses
-    whose backward goes on computing with the product; PrecomputedGradient scales in place)."""
-    return grad * grad_output.to(grad.dtype)
+def scale_gradient(grad, grad_output, dtype):
+    """grad * grad_output as a new tensor of `dtype`, in one pass (the multiply runs in grad's
+    accumulation dtype and rounds once), where grad_output is a scalar (reduced loss) or a
+    tensor the caller has shaped to broadcast against `grad` (reduction='none'): for the losses
+    whose backward goes on computing with the product; PrecomputedGradient scales in place."""
+    if dtype == grad.dtype:
+        return grad * grad_output
+    return torch.mul(grad, grad_output, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
 
 
 @triton.jit
