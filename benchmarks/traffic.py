@@ -242,6 +242,58 @@ CASES = [
 ]
 
 
+# --- sequence and sampled losses: the big tensor is the one whose gradient is the output -------
+
+def _ctc(frames, batch, classes, label_length, dtype):
+    def build():
+        log_probs = torch.randn(frames, batch, classes, generator=_generator()).log_softmax(-1)
+        log_probs = log_probs.to(dtype).requires_grad_()
+        targets = torch.randint(1, classes, (batch, label_length), generator=_generator())
+        lengths = torch.full((batch,), frames), torch.full((batch,), label_length)
+        return (lambda x, t: F.ctc_loss(x, t, *lengths)), (log_probs, targets), log_probs
+    return build
+
+
+def _crf(batch, steps, num_tags, dtype):
+    def build():
+        emissions = torch.randn(batch, steps, num_tags, generator=_generator()).to(dtype).requires_grad_()
+        transitions, start, end = (torch.randn(*shape, generator=_generator()).to(dtype)
+                                   for shape in ((num_tags, num_tags), (num_tags,), (num_tags,)))
+        tags = torch.randint(0, num_tags, (batch, steps), generator=_generator())
+        mask = torch.arange(steps) < torch.randint(1, steps + 1, (batch, 1), generator=_generator())
+        return ((lambda e, t: F.crf_nll(e, t, transitions, start, end, mask)), (emissions, tags),
+                emissions)
+    return build
+
+
+def _hsigmoid(samples, features, classes, dtype):
+    def build():
+        x = torch.randn(samples, features, generator=_generator()).to(dtype).requires_grad_()
+        weight = torch.randn(classes - 1, features, generator=_generator()).to(dtype).requires_grad_()
+        label = torch.randint(0, classes, (samples,), generator=_generator())
+        return ((lambda x, w: F.hsigmoid_loss(x, label, classes, w)), (x, weight), x)
+    return build
+
+
+def _gathered_bound(samples, features, classes, rows_per_sample):
+    """Read x and the gathered W rows, write d x and d W, in units of x."""
+    return 2 + rows_per_sample + (classes - 1) / samples
+
+
+SEQUENCE_CASES = [
+    # CTC and CRF: read the scores, write their gradient. Today's kernels keep their recursions'
+    # per-step state (alpha, and CTC's per-state scratch) in fp32 work buffers written and read
+    # back, which at these sizes outweighs the scores themselves
+    Case("ctc_loss T=64 N=4 C=32 S=12 fp32", _ctc(64, 4, 32, 12, torch.float32), 2.0, 11.5, 44),
+    Case("ctc_loss T=64 N=4 C=32 S=12 bf16", _ctc(64, 4, 32, 12, torch.bfloat16), 2.0, 18.0, 47),
+    Case("crf_nll B=4 T=32 K=9 fp32", _crf(4, 32, 9, torch.float32), 2.0, 8.2, 49),
+    Case("crf_nll B=4 T=32 K=9 bf16", _crf(4, 32, 9, torch.bfloat16), 2.0, 18.1, 52),
+    Case("hsigmoid_loss N=64 D=64 C=64 fp32", _hsigmoid(64, 64, 64, torch.float32),
+         _gathered_bound(64, 64, 64, 6), 28.2, 37),
+]
+CASES += SEQUENCE_CASES
+
+
 def run_cases():
     rows = []
     for case in CASES:

@@ -41,7 +41,7 @@ from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, round_to, triton_accumulation
 from ._math import sigmoids_and_logs
 from ._autocast import loss_dtype
-from ._precomputed_gradient import wanted_gradients
+from ._precomputed_gradient import scale_gradient, wanted_gradients
 
 # Launch sizes of the gathered-row kernels (here, not in _common: only hsigmoid and NCE gather
 # rows). A 32 x 64 fp32 tile of gathered rows needs ~150 registers a thread at 4 warps and no
@@ -205,13 +205,6 @@ def _scatter(x, coef, scale, order, bounds, grad_w, grad_b, acc):
         BLOCK_E=SCATTER_BLOCK_E, BLOCK_D=block_d, num_warps=NUM_WARPS)
 
 
-def _scaled_input_gradient(grad_x, scale, dtype):
-    """grad_x * scale in `dtype`, one pass: the multiply runs in the accumulation dtype and
-    rounds once into the new tensor (not in place: a retained graph's second backward reads
-    grad_x again)."""
-    return torch.mul(grad_x, scale, out=torch.empty(grad_x.shape, dtype=dtype, device=grad_x.device))
-
-
 class _GatheredLogistic(torch.autograd.Function):
     """Loss, d/dx and per-entry dz in one forward launch; the backward scales them by
     grad_output and scatters dz into the weight/bias (and NCE's noise log-prob) gradients."""
@@ -265,7 +258,7 @@ class _GatheredLogistic(torch.autograd.Function):
         (_, x_dtype), (w_shape, w_dtype), bias_info, q_info = ctx.shapes
         grads = {}
         if need_x:
-            grads["x"] = _scaled_input_gradient(grad_x, scale.view(-1, 1), x_dtype)
+            grads["x"] = scale_gradient(grad_x, scale.view(-1, 1), x_dtype)
         if need_w or need_b or need_q:
             # deterministic scatter: segments of the entries stably sorted by row
             sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)

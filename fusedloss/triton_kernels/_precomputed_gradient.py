@@ -37,15 +37,18 @@ def wanted_gradients(*tensors):
     return tuple(t is not None and t.requires_grad and enabled for t in tensors)
 
 
-def scale_gradient(grad, grad_output):
-    """grad * grad_output, a new tensor in grad's dtype, where grad_output is a scalar (reduced
-    loss) or, for reduction='none', a tensor the caller has shaped to broadcast against `grad`
-    (for the losses whose backward goes on computing with the product; PrecomputedGradient
-    scales in place). The product is taken in the wider dtype and rounded once: a float32
-    grad_output (an autocast loss) may not fit a 16-bit gradient's range (a GradScaler's 65536
-    is inf in float16) while the product does."""
+def scale_gradient(grad, grad_output, dtype):
+    """grad * grad_output as a new tensor of `dtype`, in one pass, where grad_output is a scalar
+    (reduced loss) or a tensor the caller has shaped to broadcast against `grad`
+    (reduction='none'): for the losses whose backward goes on computing with the product;
+    PrecomputedGradient scales in place. The multiply runs in the wider of the two dtypes and
+    rounds once into `dtype`: a float32 grad_output (an autocast loss) may not fit a 16-bit
+    gradient's range (a GradScaler's 65536 is inf in float16) while the product does."""
     wide = torch.promote_types(grad.dtype, grad_output.dtype)
-    return (grad.to(wide) * grad_output.to(wide)).to(grad.dtype)
+    if dtype == grad.dtype == wide:
+        return grad * grad_output
+    return torch.mul(grad.to(wide), grad_output,
+                     out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
 
 
 @triton.jit

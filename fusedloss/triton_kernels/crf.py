@@ -76,7 +76,7 @@ from ._common import accumulation_dtype, triton_accumulation
 from ._declined import KernelDeclined
 from ._math import logsumexp, subtract_max
 from ._autocast import loss_dtype
-from ._precomputed_gradient import wanted_gradients
+from ._precomputed_gradient import scale_gradient, wanted_gradients
 
 # Largest tag count whose (K, K) tiles fit the registers of one program.
 MAX_TAGS = 128
@@ -382,10 +382,12 @@ def _parameter_gradients(buffers, scale, needs, dtypes):
     buffers (work, transitions, end), each sequence's scaled by its factor in `scale` (B,), the
     parameters' summed over the batch, cast to each input's dtype (None where not wanted)."""
     work, trans_work, end_work = buffers
-    column = scale[:, None]
-    grads = (lambda: work * column[:, :, None], lambda: (trans_work * column[:, :, None]).sum(0),
-             lambda: (work[:, 0] * column).sum(0), lambda: (end_work * column).sum(0))
-    return [grad().to(dtype) if need else None for grad, need, dtype in zip(grads, needs, dtypes)]
+    row, tile = scale[:, None], scale[:, None, None]  # against (B, K) and (B, T, K) / (B, K, K)
+    grads = (lambda dtype: scale_gradient(work, tile, dtype),
+             lambda dtype: (trans_work * tile).sum(0).to(dtype),
+             lambda dtype: (work[:, 0] * row).sum(0).to(dtype),
+             lambda dtype: (end_work * row).sum(0).to(dtype))
+    return [grad(dtype) if need else None for grad, need, dtype in zip(grads, needs, dtypes)]
 
 
 class _CRFNLL(torch.autograd.Function):
