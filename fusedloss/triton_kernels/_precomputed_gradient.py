@@ -65,7 +65,7 @@ def scale_in_place(grad, grad_output):
     """`grad *= grad_output`, returning `grad`; free when grad_output is a single 1. The product
     is taken in the accumulation dtype and rounded once to grad's (scale_gradient says why)."""
     if torch.broadcast_shapes(grad.shape, grad_output.shape) != grad.shape:
-        return scale_gradient(grad, grad_output)  # larger than the gradient: no in-place form
+        return scale_gradient(grad, grad_output, grad.dtype)  # broadcasts beyond grad: not in place
     if grad_output.numel() != 1 or not grad.is_contiguous():
         return grad.mul_(grad_output)  # in the promoted dtype, rounded once to grad's
     if grad.numel():
@@ -177,7 +177,7 @@ class PrecomputedGradient(torch.autograd.Function):
             # unpack them (the second-backward rule above, not the version counter, guards them)
             scaled = [None if g is None else scale_in_place(g.data, factor) for g in grads]
         elif bool((ctx.first_grad_output == 1).all()):  # a second backward: the host check is once
-            scaled = [None if g is None else scale_gradient(g, factor) for g in grads]
+            scaled = [None if g is None else scale_gradient(g, factor, g.dtype) for g in grads]
         else:
             raise RuntimeError(
                 "fusedloss: a second backward through this loss after a first grad_output other "
