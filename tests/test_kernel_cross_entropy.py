@@ -412,3 +412,16 @@ def test_target_range_check(ignore_index, labels, valid):
         with pytest.raises(IndexError, match="out of bounds"):
             F.cross_entropy(x, target, ignore_index=ignore_index)
 
+
+
+def test_reduced_loss_can_be_added_to_in_place():
+    """The loss is its own tensor, not a view of the kernel's workspace: `loss += aux` works."""
+    x = _logits((4, 9))
+    target = torch.tensor([0, 8, -100, 3], device=x.device)
+    loss = F.cross_entropy(x, target)
+    loss += 2.0
+    loss.backward()
+    expected_x = x.detach().clone().requires_grad_()
+    torch_F.cross_entropy(expected_x, target).backward()
+    torch.testing.assert_close(loss, torch_F.cross_entropy(expected_x, target) + 2.0)
+    torch.testing.assert_close(x.grad, expected_x.grad)

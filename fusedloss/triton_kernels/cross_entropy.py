@@ -432,7 +432,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     `partials` None: `loss` (N*S,) receives the per-token loss, and the gradient is divided by
     the 0-d `denominator` when one is given. Else `loss` is 0-d and receives the sum (or with
     `mean` the mean, whose divisor the kernel computes itself) over tokens, and `partials` is a
-    zeroed (1 + programs,) buffer of the accumulation dtype (reduction_workspace).
+    zeroed (1 + programs,) buffer of the accumulation dtype (reduction_partials).
     """
     num_rows, num_classes, spatial = logits.shape
     num_tokens = num_rows * spatial
@@ -463,18 +463,14 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     )
 
 
-def reduction_workspace(logits, dtype):
-    """One zeroed allocation for a reduced call: the (1 + programs,) partials the row kernel
-    needs, in the accumulation dtype, and after them the 0-d loss in `dtype` (a view: the
-    call allocates once)."""
+def reduction_partials(logits):
+    """The zeroed (1 + programs,) buffer a reduced launch of the row kernel needs, in the
+    accumulation dtype. (The loss gets its own allocation: were it a view of this buffer, autograd
+    would forbid the caller's in-place `loss += ...` on a custom Function's output.)"""
     num_rows, num_classes, spatial = logits.shape
     programs = persistent_programs(logits.device, num_rows * spatial,
                                    num_classes * logits.element_size())
-    acc = accumulation_dtype(logits.dtype)
-    slots = 1 + programs + 1  # the last acc-sized slot holds the loss (no wider than acc)
-    workspace = torch.zeros(slots, dtype=acc, device=logits.device)
-    partials, loss_slot = workspace[:-1], workspace[-1:]
-    return partials, loss_slot.view(dtype)[0]
+    return torch.zeros(1 + programs, dtype=accumulation_dtype(logits.dtype), device=logits.device)
 
 
 def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, reduction,
@@ -503,7 +499,8 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
         partials = None
         loss = torch.empty(token_shape, dtype=out_dtype, device=device)
     elif num_tokens > 0:
-        partials, loss = reduction_workspace(logits, out_dtype)
+        partials = reduction_partials(logits)
+        loss = torch.empty((), dtype=out_dtype, device=device)
     else:  # nothing to launch over: torch's empty sum and mean
         loss = torch.full((), 0.0 if reduction == "sum" else float("nan"), dtype=out_dtype,
                           device=device)
