@@ -7,7 +7,7 @@ dtypes the kernels do not compute in (`_args.kernels_take`: complex, or an integ
 the reference too, whose torch operations promote as torch does.
 
 Under torch.autocast both backends return a 16-bit loss in float32 (torch's policy for its
-losses; triton_kernels/_autocast.py has the rule and why): the kernels read the 16-bit inputs
+losses; _autocast.py has the rule and why): the kernels read the 16-bit inputs
 as they are and return float32 themselves; the reference, like torch, runs on float32 copies
 with autocast off inside.
 

@@ -9,6 +9,7 @@ are the loss families of fusedloss.catalog.
 import torch
 
 from . import _args, _reduction
+from ._autocast import loss_dtype
 from ._dispatch import call
 
 __all__ = [
@@ -229,7 +230,7 @@ def _positionwise_linear_cross_entropy(input, linear_weight, target, reduction, 
         if reduction == "mean":
             denominator = (targets[:, 0].numel() if soft
                            else _kept_weight(targets, options["weight"], options["ignore_index"]))
-        loss = _reduction.reduce(sums, reduction, denominator).to(input.dtype)
+        loss = _reduction.reduce(sums, reduction, denominator).to(loss_dtype(input.dtype, input.device))
     return loss if lse is None else (loss, lse)
 
 
@@ -268,7 +269,7 @@ def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
         torch.broadcast_shapes(weight.shape, input.shape)
     if pos_weight is not None:
         torch.broadcast_shapes(pos_weight.shape, input.shape)
-    out_dtype = target.dtype
+    out_dtype = loss_dtype(target.dtype, input.device)  # float32 under autocast, as torch
     input, target, weight, pos_weight = _logistic_dtypes(input, target, weight, pos_weight)
     return call("binary_cross_entropy_with_logits", input.device, input, target, weight=weight,
                 reduction=reduction, pos_weight=pos_weight).to(out_dtype)
@@ -398,7 +399,7 @@ def huber_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
     _args.check_castable(_args.result_dtype(input, target), input.dtype)
     _args.check_computable("huber_loss", input.dtype)
-    out_dtype = _args.result_dtype(input, weight)
+    out_dtype = loss_dtype(_args.result_dtype(input, weight), input.device)
     input, target, weight = _args.promote(_args.result_dtype(input, target, weight), input,
                                           target, weight)
     input, target = _broadcast_pair(input, target)

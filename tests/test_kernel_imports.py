@@ -11,7 +11,7 @@ import fusedloss
 
 PACKAGE = pathlib.Path(fusedloss.__file__).parent
 KERNELS = "fusedloss.triton_kernels"
-SHARED_LEAVES = {"fusedloss._backend", "fusedloss._reduction"}
+SHARED_LEAVES = {"fusedloss._autocast", "fusedloss._backend", "fusedloss._reduction"}
 
 
 def _module_name(path):

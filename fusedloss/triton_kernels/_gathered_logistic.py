@@ -40,7 +40,7 @@ import triton.language as tl
 from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, round_to, triton_accumulation
 from ._math import sigmoids_and_logs
-from ._autocast import loss_dtype
+from .._autocast import loss_dtype
 from ._precomputed_gradient import scale_gradient, wanted_gradients
 
 # Launch sizes of the gathered-row kernels (here, not in _common: only hsigmoid and NCE gather

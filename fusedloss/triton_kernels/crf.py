@@ -75,7 +75,7 @@ from .._reduction import reduce
 from ._common import accumulation_dtype, triton_accumulation
 from ._declined import KernelDeclined
 from ._math import logsumexp, subtract_max
-from ._autocast import loss_dtype
+from .._autocast import loss_dtype
 from ._precomputed_gradient import scale_gradient, wanted_gradients
 
 # Largest tag count whose (K, K) tiles fit the registers of one program.

@@ -41,7 +41,7 @@ from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, persistent_programs,
                       round_to, row_block, row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
-from ._autocast import loss_dtype
+from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 

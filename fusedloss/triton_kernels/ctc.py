@@ -52,7 +52,7 @@ import triton.language as tl
 from .._reduction import reduce
 from ._common import accumulation_dtype, round_to, row_block, row_warps, triton_accumulation
 from ._math import logsumexp3, subtract_max
-from ._autocast import loss_dtype
+from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 

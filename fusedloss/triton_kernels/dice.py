@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .._reduction import reduce
 from ._common import ELEMENTWISE_BLOCK, accumulation_dtype, round_to, row_warps, triton_accumulation
-from ._autocast import loss_dtype
+from .._autocast import loss_dtype
 
 
 @triton.jit

@@ -38,7 +38,7 @@ import triton
 
 from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype
-from ._autocast import loss_dtype
+from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 from .cross_entropy import _check_no_grad, _hard_denominator, launch_row_kernel
 
