@@ -172,13 +172,13 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         _check_class_target(logits_shape, target, ignore_index)
         _args.check_class_weight(weight, num_classes, input.dtype)
         _args.check_weight_not_differentiated(weight)
-    options = dict(linear_bias=linear_bias, weight=weight, ignore_index=ignore_index,
-                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                   return_lse=return_lse)
+    loss_options = dict(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                        z_loss=z_loss, softcap=softcap, return_lse=return_lse)
     if linear_weight.dim() > 2:
-        return _positionwise_linear_cross_entropy(input, linear_weight, target, reduction, options)
+        return _positionwise_linear_cross_entropy(input, linear_weight, linear_bias, target,
+                                                  reduction, loss_options)
     return call("linear_cross_entropy", input.device, input, linear_weight, target,
-                reduction=reduction, **options)
+                linear_bias=linear_bias, reduction=reduction, **loss_options)
 
 
 def _linear_logits_shape(input, linear_weight, linear_bias):
@@ -201,7 +201,8 @@ def _linear_logits_shape(input, linear_weight, linear_bias):
     return torch.Size((*input.shape[:-1], num_classes, *out_features))
 
 
-def _positionwise_linear_cross_entropy(input, linear_weight, target, reduction, options):
+def _positionwise_linear_cross_entropy(input, linear_weight, linear_bias, target, reduction,
+                                       options):
     """A K-dimensional classifier (C, d1, ..., dk, H) is one (C, H) classifier per position p of
     d1 x ... x dk, all reading the same input rows: each position runs the kernel's linear cross
     entropy on its own (C, H) slice (no (N, C, P) logits either), and the positions' sums are
@@ -210,8 +211,7 @@ def _positionwise_linear_cross_entropy(input, linear_weight, target, reduction, 
     out_features = linear_weight.shape[1:-1]
     positions = out_features.numel()
     weights = linear_weight.reshape(num_classes, positions, features)
-    bias = options.pop("linear_bias")
-    biases = None if bias is None else bias.reshape(num_classes, positions)
+    biases = None if linear_bias is None else linear_bias.reshape(num_classes, positions)
     soft = target.is_floating_point()
     targets = target.reshape(*target.shape[:2 if soft else 1], positions)
     parts = [call("linear_cross_entropy", input.device, input, weights[:, p], targets[..., p],

@@ -4,9 +4,11 @@ loss family (the catalog names each loss's strategies; `_common` holds the build
 `calls(name)` draws valid calls of `fusedloss.functional.<name>` (a `Call`: the function name,
 positional and keyword arguments, all CPU tensors), covering shapes (1-element and empty batches,
 odd vocabularies, N-d inputs, a few rows just past a 1024-column kernel block), every option and
-reduction, the four float dtypes, and extreme but legal values (logits of +-1e4 and -inf,
-probabilities of exactly 0 and 1, all-ignored batches, soft labels, CTC lengths at their limits,
-CRF masks). `invalid_calls(name)` draws calls that must raise (`InvalidCall`).
+reduction, the four float dtypes (and the integer and complex operands torch accepts: integer
+targets and margin-ranking scores, complex L1 pairs), K-dimensional linear cross entropy, and
+extreme but legal values (logits of +-1e4 and -inf, probabilities of exactly 0 and 1,
+all-ignored batches, soft labels, CTC lengths at their limits, CRF masks). `invalid_calls(name)`
+draws calls that must raise (`InvalidCall`), mixed devices and dtypes torch refuses among them.
 
 Where a gradient is undefined or discontinuous at the drawn values (BCE at p = 0 or 1, a margin
 ranking hinge exactly at its kink, a mean over zero weight, an infeasible CTC alignment without
