@@ -15,6 +15,14 @@ from fusedloss.testing.twins import torch_function
 AUTOCAST_EXAMPLES = 2  # per loss: the property is about dtypes, not about values
 
 
+def _for_each_loss(examples):
+    """The test once per catalog loss, each with `examples` calls drawn by its strategies."""
+    def decorate(test):
+        drawn = given(data=st.data())(test)
+        return pytest.mark.parametrize("loss", catalog.NAMES)(settings(max_examples=examples)(drawn))
+    return decorate
+
+
 def _projected_logits():
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(6, 8, generator=generator)
@@ -61,9 +69,7 @@ def _twin_under_autocast(info, kwargs):
     return info.composition or (torch_function(info.twin) if info.twin else None)
 
 
-@pytest.mark.parametrize("loss", catalog.NAMES)
-@settings(max_examples=AUTOCAST_EXAMPLES)
-@given(data=st.data())
+@_for_each_loss(examples=AUTOCAST_EXAMPLES)
 def test_autocast_returns_torchs_dtype_on_both_backends(loss, data, device):
     info = catalog.get(loss)
     call = data.draw(info.valid_calls(torch.bfloat16)).to(device)
@@ -131,10 +137,12 @@ def test_fp16_grad_scaler_step_is_taken_where_torchs_is(loss):
 DERIVATIVE_EXAMPLES = 3  # per loss and property, float64
 
 
-def _call_and_leaves(info, data, device):
+def _drawn(loss, data, device):
+    """A float64 call of `loss`: (its catalog entry, the call, the tensors requiring grad)."""
+    info = catalog.get(loss)
     call = data.draw(info.valid_calls(torch.float64)).to(device)
     leaves = [a for a in (*call.args, *call.kwargs.values()) if torch.is_tensor(a) and a.requires_grad]
-    return call, leaves
+    return info, call, leaves
 
 
 def _overwrites_its_logits(call):
@@ -189,12 +197,9 @@ def _hessian_vector_product(fn, call, leaves, seed):
     return [torch.zeros_like(leaf) if s is None else s for leaf, s in zip(leaves, second)]
 
 
-@pytest.mark.parametrize("loss", catalog.NAMES)
-@settings(max_examples=DERIVATIVE_EXAMPLES)
-@given(data=st.data())
+@_for_each_loss(examples=DERIVATIVE_EXAMPLES)
 def test_double_backward_equals_torchs(loss, data, device):
-    info = catalog.get(loss)
-    call, leaves = _call_and_leaves(info, data, device)
+    info, call, leaves = _drawn(loss, data, device)
     if not leaves:
         return
     if _overwrites_its_logits(call):
@@ -207,12 +212,9 @@ def test_double_backward_equals_torchs(loss, data, device):
         torch.testing.assert_close(mine, truth, rtol=1e-6, atol=1e-8, equal_nan=True, msg=repr(call))
 
 
-@pytest.mark.parametrize("loss", catalog.NAMES)
-@settings(max_examples=DERIVATIVE_EXAMPLES)
-@given(data=st.data())
+@_for_each_loss(examples=DERIVATIVE_EXAMPLES)
 def test_second_backward_through_a_retained_graph_is_exact(loss, data, device):
-    info = catalog.get(loss)
-    call, leaves = _call_and_leaves(info, data, device)
+    info, call, leaves = _drawn(loss, data, device)
     loss_value = _first_output(info.function(*call.args, **call.kwargs))
     if not leaves or not loss_value.requires_grad:
         return
@@ -231,12 +233,9 @@ def test_second_backward_through_a_retained_graph_is_exact(loss, data, device):
                                    rtol=1e-6, atol=1e-8, equal_nan=True, msg=repr(call))
 
 
-@pytest.mark.parametrize("loss", catalog.NAMES)
-@settings(max_examples=DERIVATIVE_EXAMPLES)
-@given(data=st.data())
+@_for_each_loss(examples=DERIVATIVE_EXAMPLES)
 def test_forward_mode_equals_torchs(loss, data, device):
-    info = catalog.get(loss)
-    call, leaves = _call_and_leaves(info, data, device)
+    info, call, leaves = _drawn(loss, data, device)
     if not leaves:
         return
     tangents = _seeded_like(leaves, seed=3)
