@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, accumulation_dtype, round_to, triton_accumulation
+from ._common import ELEMENTWISE_BLOCK, round_to, triton_accumulation
 
 
 def wanted_gradients(*tensors):
@@ -67,8 +67,7 @@ def scale_in_place(grad, grad_output):
         return grad.mul_(grad_output)  # in the promoted dtype, rounded once to grad's
     if grad.numel():
         grid = (triton.cdiv(grad.numel(), ELEMENTWISE_BLOCK),)
-        _scale_kernel[grid](grad, grad_output.to(accumulation_dtype(grad.dtype)).reshape(1),
-                            grad.numel(),
+        _scale_kernel[grid](grad, grad_output.reshape(1), grad.numel(),  # read in its own dtype
                             ACC=triton_accumulation(grad.dtype), BLOCK=ELEMENTWISE_BLOCK)
     return grad
 
