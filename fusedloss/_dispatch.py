@@ -149,6 +149,15 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
         return result[0] if len(result) == 1 else tuple(result)
 
 
+def kernel_node(output):
+    """The autograd node of the kernel that computed `output` (the node itself for a call
+    autograd does not wrap): which implementation ran, for tests."""
+    node = output.grad_fn
+    if getattr(node, "_forward_cls", None) is _ExactBeyondFirstOrder and node.fused is not None:
+        return node.fused[0][0].grad_fn
+    return node
+
+
 def _recorded(tensors):
     """Per tensor: whether autograd (reverse or forward mode) follows it through the call."""
     reverse = torch.is_grad_enabled()

@@ -70,8 +70,7 @@ def scale_in_place(grad, grad_output):
         return grad.mul_(grad_output)  # in the promoted dtype, rounded once to grad's
     if grad.numel():
         grid = (triton.cdiv(grad.numel(), ELEMENTWISE_BLOCK),)
-        _scale_kernel[grid](grad, grad_output.reshape(1),  # converted to ACC on load
-                            grad.numel(),
+        _scale_kernel[grid](grad, grad_output.reshape(1), grad.numel(),  # read in its own dtype
                             ACC=triton_accumulation(grad.dtype), BLOCK=ELEMENTWISE_BLOCK)
     return grad
 
