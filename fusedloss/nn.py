@@ -153,30 +153,33 @@ class MarginRankingLoss(_Loss):
 
 class LinearCrossEntropyLoss(_WeightedLoss):
     """torch.nn.LinearCrossEntropyLoss: owns the projection as `self.linear` (same state_dict
-    keys as torch) and never materialises the (N, C) logits. Only out_features=() is supported."""
+    keys as torch) and never materialises the (N, C) logits. With `out_features` (d1, ..., dk)
+    the weight is stored flat as (C * d1 * ... * dk, in_features), as torch stores it, and
+    reshaped to the K-dimensional classifier (C, d1, ..., dk, in_features) in forward."""
 
     def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
                  bias: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, reduction: str = "mean",
                  weight: Tensor | None = None, ignore_index: int | None = None,
                  label_smoothing: float = 0.0, options: object = None) -> None:
-        if tuple(out_features) != ():
-            raise ValueError("fusedloss.nn.LinearCrossEntropyLoss supports only out_features=()")
         if weight is not None and weight.shape != (num_classes,):
             raise RuntimeError(f"expected weight shape to be {(num_classes,)}, got {tuple(weight.shape)}")
         if not 0.0 <= label_smoothing <= 1.0:
             raise RuntimeError(f"expected label_smoothing to be in range [0, 1], got {label_smoothing}")
         super().__init__(weight, reduction=reduction)
         self.num_classes = num_classes
-        self.out_features = ()
+        self.out_features = tuple(out_features)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.options = options
-        self.linear = torch.nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        self.linear = torch.nn.Linear(in_features, math.prod(self.out_features, start=num_classes),
+                                      bias=bias, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.linear_cross_entropy(input, self.linear.weight, target,
-                                      linear_bias=self.linear.bias, weight=self.weight,
+        classes = (self.num_classes, *self.out_features)
+        bias = None if self.linear.bias is None else self.linear.bias.reshape(classes)
+        return F.linear_cross_entropy(input, self.linear.weight.reshape(*classes, -1), target,
+                                      linear_bias=bias, weight=self.weight,
                                       reduction=self.reduction, ignore_index=self.ignore_index,
                                       label_smoothing=self.label_smoothing, options=self.options)
 

@@ -46,3 +46,32 @@ def test_nce_module_samplers_and_forward_backward(sampler):
     assert all(torch.isfinite(t.grad).all() for t in (x, module.weight, module.bias))
     with pytest.raises(ValueError):
         fusedloss.nn.NCELoss(8, 3, sampler="zipf")
+
+
+@pytest.mark.parametrize("out_features,bias", [((), False), ((3,), True), ((2, 2), False)])
+def test_linear_cross_entropy_module_k_dimensional(out_features, bias):
+    """Same parameters (state_dict keys and flat storage) and the same loss and gradients as
+    torch's module, or on torch without one as its definition: cross entropy of the reshaped
+    linear layer's logits, classes on dim 1."""
+    torch.manual_seed(0)
+    module = fusedloss.nn.LinearCrossEntropyLoss(4, 5, out_features=out_features, bias=bias,
+                                                 dtype=torch.float64)
+    assert module.linear.weight.shape == (5 * math.prod(out_features), 4)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 5, (6, *out_features))
+    loss = module(x, target)
+    if hasattr(torch.nn, "LinearCrossEntropyLoss"):
+        twin = torch.nn.LinearCrossEntropyLoss(4, 5, out_features=out_features, bias=bias,
+                                               dtype=torch.float64)
+        twin.load_state_dict(module.state_dict())
+        expected = twin(x, target)
+        parameters = list(twin.parameters())
+    else:
+        logits = module.linear(x).reshape(6, 5, *out_features)
+        expected = torch.nn.functional.cross_entropy(logits, target)
+        parameters = list(module.parameters())
+    torch.testing.assert_close(loss, expected)
+    ours = torch.autograd.grad(loss, [x, *module.parameters()])
+    theirs = torch.autograd.grad(expected, [x, *parameters])
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got, want)
