@@ -601,7 +601,6 @@ def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=
             raise ValueError("the first two dimensions of emissions and mask must match, "
                              f"got {tuple(emissions.shape[:2])} and {tuple(mask.shape)}")
         mask = mask.bool()
-    if mask is not None:
         _args.check_in_range(mask[:, 0].to(torch.int8), 1, 2, ValueError,
                              "mask of the first timestep must all be on")
     if tags is not None:
@@ -630,8 +629,9 @@ def crf_nll(emissions: torch.Tensor, tags: torch.Tensor, transitions: torch.Tens
     """Linear-chain CRF negative log-likelihood log Z - score(tags) per sequence.
 
     emissions (B, T, K) batch-first, tags (B, T), transitions[i, j] scores tag i -> tag j, mask
-    (B, T) with the first step on (None: all on), applied step by step as pytorch-crf applies it. Reductions 'none' (B,), 'sum' and
-    'mean' (over the batch); pytorch-crf's 'token_mean' lives in fusedloss.nn.CRF only.
+    (B, T) with the first step on (None: all on), applied step by step as pytorch-crf applies
+    it. Reductions 'none' (B,), 'sum' and 'mean' (over the batch); pytorch-crf's 'token_mean'
+    lives in fusedloss.nn.CRF only.
     """
     reduction = _reduction.check_reduction(reduction)
     tags, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, tags, mask)

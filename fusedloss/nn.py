@@ -325,7 +325,7 @@ class CRF(torch.nn.Module):
         emissions, mask = self._batch_first(emissions, mask)
         _, best_tags = F.crf_decode(emissions, self.transitions, self.start_transitions,
                                     self.end_transitions, mask=mask)
-        return [row[row >= 0].tolist() for row in best_tags]
+        return [[tag for tag in row if tag >= 0] for row in best_tags.tolist()]  # one host read
 
 
 class HSigmoidLoss(torch.nn.Module):

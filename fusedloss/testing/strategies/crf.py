@@ -57,7 +57,10 @@ def crf_decode_calls(draw, dtype):
 @st.composite
 def crf_marginals_calls(draw, dtype):
     (emissions, transitions, start, end), mask, _ = draw(_crf_parts(dtype))
-    return Call("crf_marginals", (grad(emissions), grad(transitions), grad(start), grad(end)),
+    # the gradient on one call in four: its kernel runs four sweeps to the values' two, the
+    # slowest path through the interpreter; tests/test_kernel_crf.py checks it on every mask
+    on = draw(st.integers(0, 3)) == 3
+    return Call("crf_marginals", tuple(grad(x, on) for x in (emissions, transitions, start, end)),
                 dict(mask=mask))
 
 
