@@ -46,8 +46,8 @@ def test_a_wider_grad_output_multiplies_in_float32_then_rounds_once(grad_output)
         grad = _gradient(100, dtype) * 1e-3
         wide = torch.tensor(grad_output, dtype=torch.float32)
         expected = (grad.float() * wide).to(dtype)
-        for scale in (_precomputed_gradient.scale_in_place, _precomputed_gradient.scale_gradient):
-            result = scale(grad.clone(), wide)
+        for result in (_precomputed_gradient.scale_in_place(grad.clone(), wide),
+                       _precomputed_gradient.scale_gradient(grad.clone(), wide, dtype)):
             assert result.dtype == dtype and torch.isfinite(result).all()
             torch.testing.assert_close(result, expected, rtol=0, atol=0)
 
