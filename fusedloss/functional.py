@@ -453,6 +453,7 @@ def dice_loss(input: torch.Tensor, label: torch.Tensor, epsilon: float = 1e-5,
               reduction: str = "mean") -> torch.Tensor:
     """Dice loss per sample, 1 - 2|X∩Y| / (|X| + |Y| + epsilon), over probabilities (N, ..., C)
     and class indices (N, ..., 1); 'none' gives the (N,) per-sample losses."""
+    _args.check_same_device(input, label)
     reduction = _reduction.check_reduction(reduction)
     if input.dim() < 2 or label.shape != input.shape[:-1] + (1,):
         raise ValueError(f"dice_loss expects input (N, ..., C) and label (N, ..., 1); got input "
@@ -578,6 +579,7 @@ def ctc_loss_with_logits(logits: torch.Tensor, targets: torch.Tensor,
 def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=None, mask=None):
     """pytorch-crf's checks (ValueError) on batch-first inputs; returns tags as int64 tag indices
     (negative ones wrapped, as pytorch-crf's indexing wraps them), mask as bool."""
+    _args.check_same_device(emissions, transitions, start_transitions, end_transitions, tags, mask)
     if emissions.dim() != 3:
         raise ValueError(f"emissions must have dimension of 3, got {emissions.dim()}")
     if emissions.shape[1] == 0:
@@ -685,6 +687,7 @@ def hsigmoid_loss(input: torch.Tensor, label: torch.Tensor, num_classes: int, we
     labels in [0, num_classes). Custom tree: path_table/path_code (N, L) padded with -1 give each
     sample's inner nodes (rows of weight) and bits; the label is then not used.
     """
+    _args.check_same_device(input, label, weight, bias, path_table, path_code)
     reduction = _reduction.check_reduction(reduction)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
@@ -724,6 +727,7 @@ def nce_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     input (N, D), target (N,) or (N, 1), weight (C, D), bias (C,) or None, noise_samples (N, k)
     drawn by the caller, noise_log_probs (C,) the log noise probability of every class.
     """
+    _args.check_same_device(input, target, weight, bias, noise_samples, noise_log_probs)
     reduction = _reduction.check_reduction(reduction)
     _check_matrix_input(input, weight)
     batch, num_classes = input.shape[0], weight.shape[0]

@@ -7,7 +7,7 @@ ties.
 import torch
 from hypothesis import strategies as st
 
-from ._common import REDUCTIONS, Call, grad, indices, invalid, values
+from ._common import REDUCTIONS, Call, grad, indices, invalid, on_other_device, values
 
 
 @st.composite
@@ -71,7 +71,8 @@ def invalid_crf_calls(draw, name):
     transitions = draw(values((tags, tags), torch.float32))
     start, end = draw(values((tags,), torch.float32)), draw(values((tags,), torch.float32))
     mask = torch.ones(batch, steps, dtype=torch.bool)
-    kinds = ["first step masked", "2-d emissions", "transitions shape", "mask shape"]
+    kinds = ["first step masked", "2-d emissions", "transitions shape", "mask shape",
+             "mask on another device"]
     if name == "crf_nll":
         kinds += ["tags shape", "tag out of range", "bad reduction"]
     kind = draw(st.sampled_from(kinds))
@@ -84,6 +85,8 @@ def invalid_crf_calls(draw, name):
         transitions = draw(values((tags + 1, tags), torch.float32))
     elif kind == "mask shape":
         mask = torch.ones(batch, steps + 1, dtype=torch.bool)
+    elif kind == "mask on another device":
+        mask, expected = on_other_device(mask), RuntimeError
     tag_index = draw(indices((batch, steps), tags))
     kwargs = {"mask": mask}
     if kind == "tags shape":

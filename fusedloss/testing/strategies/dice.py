@@ -2,7 +2,7 @@
 import torch
 from hypothesis import strategies as st
 
-from ._common import REDUCTIONS, Call, batch_sizes, class_counts, grad, indices, invalid, values
+from ._common import REDUCTIONS, Call, batch_sizes, class_counts, grad, indices, invalid, on_other_device, values
 
 
 @st.composite
@@ -24,7 +24,10 @@ def invalid_dice_loss_calls(draw, name):
     n, c = draw(st.integers(1, 4)), draw(st.integers(2, 6))
     probs = draw(values((n, c), torch.float64)).softmax(-1).float()
     label = draw(indices((n, 1), c))
-    kind = draw(st.sampled_from(("label shape", "label out of range", "bad reduction")))
+    kind = draw(st.sampled_from(("label shape", "label out of range", "bad reduction",
+                                 "label on another device")))
+    if kind == "label on another device":
+        return invalid(name, (probs, on_other_device(label)), {}, RuntimeError, kind)
     if kind == "label shape":
         return invalid(name, (probs, label.reshape(-1)), {}, ValueError, kind)
     if kind == "label out of range":

@@ -3,7 +3,7 @@
 import torch
 from hypothesis import strategies as st
 
-from ._common import REDUCTIONS, Call, batch_sizes, grad, indices, invalid, values
+from ._common import REDUCTIONS, Call, batch_sizes, grad, indices, invalid, on_other_device, values
 
 
 @st.composite
@@ -40,8 +40,10 @@ def invalid_hsigmoid_loss_calls(draw, name):
     label = draw(indices((n,), classes))
     weight = draw(values((classes - 1, d), torch.float32))
     kind = draw(st.sampled_from(("label out of range", "one class", "weight rows", "features",
-                                 "half a custom tree", "bad reduction")))
+                                 "half a custom tree", "bad reduction", "weight on another device")))
     kwargs = {}
+    if kind == "weight on another device":
+        return invalid(name, (x, label, classes, on_other_device(weight)), kwargs, RuntimeError, kind)
     if kind == "label out of range":
         label[0] = classes
     elif kind == "one class":

@@ -5,7 +5,7 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from ._common import REDUCTIONS, Call, batch_sizes, grad, indices, invalid, uniform, values
+from ._common import REDUCTIONS, Call, batch_sizes, grad, indices, invalid, on_other_device, uniform, values
 
 
 @st.composite
@@ -37,9 +37,11 @@ def invalid_nce_loss_calls(draw, name):
     noise = draw(indices((n, k), classes))
     log_q = torch.full((classes,), -math.log(classes))
     kind = draw(st.sampled_from(("target out of range", "noise out of range", "noise shape",
-                                 "noise_log_probs shape", "bad reduction")))
+                                 "noise_log_probs shape", "bad reduction", "noise on another device")))
     kwargs, expected = {}, ValueError
-    if kind == "target out of range":
+    if kind == "noise on another device":
+        noise, expected = on_other_device(noise), RuntimeError
+    elif kind == "target out of range":
         target[0], expected = classes, IndexError
     elif kind == "noise out of range":
         noise[0, 0], expected = -1, IndexError
