@@ -279,6 +279,7 @@ def _check_probabilities(input):
     """torch's check that BCE's input holds probabilities, NaN refused as torch refuses it
     (queued on the device for CUDA; on the CPU one aminmax pass)."""
     message = "all elements of input should be between 0 and 1"
+    input = input.detach()  # a check of values: no autograd, forward mode included, sees it
     if input.device.type == "cuda":
         torch._assert_async(((input >= 0) & (input <= 1)).all(), message)
     elif input.numel():
