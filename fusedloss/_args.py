@@ -51,7 +51,7 @@ def check_class_indices(target, num_classes, ignore_index):
         raise RuntimeError(f"expected target dtype to be Long or Byte (class indices), got {target.dtype}")
     if target.numel() == 0:
         return
-    if target.device.type != "cuda" and _class_indices_in_range(target, num_classes, ignore_index):
+    if checks_on_host(target.device) and _class_indices_in_range(target, num_classes, ignore_index):
         return
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:

@@ -82,7 +82,7 @@ class _Call:
         """The reference's outputs on `tensors` instead of the call's, as a tuple."""
         args, kwargs = self.with_tensors(tensors)
         outputs = _reference(self.name, self.device, args, kwargs)
-        return outputs if isinstance(outputs, tuple) else (outputs,)
+        return _as_tuple(outputs)
 
 
 def _as_tuple(outputs):
@@ -101,7 +101,7 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
             stand_ins = [t.detach().requires_grad_() if r else t for t, r in zip(tensors, recorded)]
             args, kwargs = call.with_tensors(stand_ins)
             outputs = _as_tuple(kernel(*args, **kwargs))
-        ctx.call, ctx.single = call, len(outputs) == 1 and not isinstance(outputs, list)
+        ctx.call = call
         ctx.fused = (outputs, stand_ins)
         ctx.differentiable = [o.requires_grad for o in outputs]
         ctx.save_for_backward(*tensors)
