@@ -36,8 +36,11 @@ def check_floating(op, tensor):
 def checks_on_host(device):
     """Whether a value check reads its verdict on the host: on the CPU that is a memory read; on
     CUDA it would wait for the device (a host sync), so there the check is queued on the device
-    instead (torch._assert_async, as torch's own CUDA kernels assert)."""
-    return device.type != "cuda"
+    instead (torch._assert_async, as torch's own CUDA kernels assert). While torch.compile
+    traces, no value can be read on the host (a data-dependent branch is a graph break): the
+    check is queued in the graph on every device and fails when the graph runs, with a
+    RuntimeError carrying the same message (on the CPU eagerly: the error type torch raises)."""
+    return device.type != "cuda" and not torch.compiler.is_compiling()
 
 
 def check_class_indices(target, num_classes, ignore_index):
@@ -133,7 +136,7 @@ def kernels_take(tensors):
     operations promote as torch does. Integer operands beside a floating input (class indices,
     or an integer target that promotion has already cast) are the kernels' to read."""
     tensors = [t for t in tensors if torch.is_tensor(t)]
-    return (bool(tensors) and tensors[0].is_floating_point()
+    return (len(tensors) > 0 and tensors[0].is_floating_point()
             and not any(t.is_complex() for t in tensors))
 
 
@@ -150,10 +153,11 @@ def check_same_device(*tensors):
 
 def result_dtype(*tensors, number=None):
     """The dtype torch computes an expression of these tensors (None ones skipped) in, with a
-    Python `number` beside them (a float lifts integer tensors to the default float dtype)."""
+    Python float `number` beside them, which lifts integer and bool tensors to the default float
+    dtype (torch.result_type's rule, written out: dynamo cannot trace that call)."""
     dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors if t is not None])
-    if number is not None:
-        dtype = torch.result_type(torch.empty(0, dtype=dtype), number)
+    if number is not None and not (dtype.is_floating_point or dtype.is_complex):
+        dtype = torch.get_default_dtype()
     return dtype
 
 
@@ -168,9 +172,16 @@ def check_computable(op, dtype):
         raise NotImplementedError(f'"{op}" not implemented for \'{type_name(dtype)}\'')
 
 
+def _kind(dtype):
+    """torch's order of dtype kinds for casting: bool < integer < floating < complex."""
+    return (3 if dtype.is_complex else 2 if dtype.is_floating_point else
+            0 if dtype == torch.bool else 1)
+
+
 def check_castable(result, out):
-    """torch's error where an operation's result dtype cannot be stored in its output dtype."""
-    if not torch.can_cast(result, out):
+    """torch's error where an operation's result dtype cannot be stored in its output dtype
+    (torch.can_cast's rule, a cast to no lower kind, written out: dynamo cannot trace that call)."""
+    if _kind(result) > _kind(out):
         raise RuntimeError(f"result type {type_name(result)} can't be cast to the desired output "
                            f"type {type_name(out)}")
 

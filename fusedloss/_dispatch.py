@@ -20,9 +20,12 @@ gradient in place), and forward-mode AD. The first plain backward stays the fuse
 inputs are kept for that until the graph is freed, as torch's own losses keep theirs (or their
 log-softmax); `inplace_backward=True`, whose logits hold the gradient, keeps nothing and
 refuses a second backward (triton_kernels/_precomputed_gradient.py).
+
+While torch.compile traces a call, the kernel is reached through its custom op (_ops.py has
+the design), which keeps the loss inside the graph; the reference backend is plain torch that
+dynamo traces as it is.
 """
 import dataclasses
-import importlib
 
 import torch
 from torch.autograd import forward_ad
@@ -34,13 +37,24 @@ def __getattr__(name):
     # KernelDeclined lives beside the kernels (triton_kernels/_declined.py, which they raise
     # without importing this module); re-exported lazily, as importing that package imports triton
     if name == "KernelDeclined":
-        return importlib.import_module("fusedloss.triton_kernels._declined").KernelDeclined
+        from .triton_kernels._declined import KernelDeclined
+        return KernelDeclined
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_kernels = None  # triton_kernels.KERNELS once a call has needed it (importing it imports triton)
+
+
+def _kernel_table():
+    global _kernels
+    if _kernels is None:
+        from .triton_kernels import KERNELS
+        _kernels = KERNELS
+    return _kernels
+
+
 def has_kernel(name):
-    kernels = importlib.import_module("fusedloss.triton_kernels")
-    return name in kernels.KERNELS
+    return name in _kernel_table()
 
 
 def _float32_if_16_bit(value):
@@ -170,8 +184,10 @@ def _recorded(tensors):
 def call(name, device, *args, **kwargs):
     """Run loss `name` on the backend chosen for tensors on `device`."""
     if _backend.resolve(device) == "triton" and _args.kernels_take([*args, *kwargs.values()]):
-        kernels = importlib.import_module("fusedloss.triton_kernels")
-        kernel = kernels.KERNELS.get(name)
+        kernel = _kernel_table().get(name)
+        if kernel is not None and torch.compiler.is_compiling():
+            from . import _ops  # registers the ops on first use (torch.compile imports triton)
+            return _ops.call(name, args, kwargs)
         if kernel is not None:
             try:
                 normalised = _Call(name, torch.device(device), args, kwargs)

@@ -277,10 +277,10 @@ def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
 
 def _check_probabilities(input):
     """torch's check that BCE's input holds probabilities, NaN refused as torch refuses it
-    (queued on the device for CUDA; on the CPU one aminmax pass)."""
+    (queued on the device for CUDA and under torch.compile; on the CPU one aminmax pass)."""
     message = "all elements of input should be between 0 and 1"
     input = input.detach()  # a check of values: no autograd, forward mode included, sees it
-    if input.device.type == "cuda":
+    if not _args.checks_on_host(input.device):
         torch._assert_async(((input >= 0) & (input <= 1)).all(), message)
     elif input.numel():
         low, high = torch.aminmax(input)
@@ -513,6 +513,9 @@ def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reducti
         raise RuntimeError("Expected targets to be a real tensor of 1 to 2 dimensions, but got a "
                            f"{targets.dim()}-dimensional {targets.dtype} tensor")
     targets = targets.long()
+    if torch.compiler.is_compiling():
+        return _ctc_checked_in_graph(targets, input_lengths, target_lengths, num_frames,
+                                     num_classes, blank, unbatched, batch)
 
     # the lengths are read on the host once, as torch's CTC reads them; every other check is
     # Python on that copy or queued on the device
@@ -543,10 +546,42 @@ def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reducti
                                f"(the sum of target_lengths), but got size {targets.numel()}")
         # both backends take padded rows; their width is the longest target, known on the host
         targets = rows = _ctc_rows(targets, target_lengths.to(targets.device), longest)
+    _check_ctc_labels(rows, target_lengths, blank, num_classes)
+    return targets, input_lengths, target_lengths
+
+
+def _check_ctc_labels(rows, target_lengths, blank, num_classes):
     used = torch.arange(rows.shape[1], device=rows.device) < target_lengths.to(rows.device).unsqueeze(1)
     # torch reads out-of-range labels unchecked (garbage or a crash); refuse them instead.
     _args.check_in_range(torch.where(used, rows, blank), 0, num_classes, IndexError,
                          f"ctc_loss(): target label out of range [0, {num_classes})")
+
+
+def _ctc_checked_in_graph(targets, input_lengths, target_lengths, num_frames, num_classes, blank,
+                          unbatched, batch):
+    """_check_ctc's length checks while torch.compile traces, where no length can be read on the
+    host: each is queued in the graph (_args.check_in_range), and concatenated targets become
+    rows as wide as all of them together (the longest target is a value, not a shape)."""
+    _args.check_in_range(input_lengths, 0, num_frames + 1, RuntimeError,
+                         f"Expected input_lengths to have values in [0, {num_frames}]")
+    if unbatched and targets.dim() == 1:  # exactly the labels, as torch reads it
+        low, high, rows = targets.numel(), targets.numel() + 1, targets.reshape(1, -1)
+    elif targets.dim() == 2:
+        rows = targets
+        if rows.shape[0] != batch:
+            raise RuntimeError(f"Expected targets to have size {batch} at dimension 0, but got "
+                               f"size {rows.shape[0]}")
+        low, high = 0, rows.shape[1] + 1
+    else:
+        _args.check_in_range(target_lengths.sum().reshape(1), targets.numel(),
+                             targets.numel() + 1, RuntimeError,
+                             "Expected concatenated targets to have the size of the sum of "
+                             f"target_lengths, {targets.numel()}")
+        low, high = 0, targets.numel() + 1
+        targets = rows = _ctc_rows(targets, target_lengths.to(targets.device), targets.numel())
+    _args.check_in_range(target_lengths, low, high, RuntimeError,
+                         f"Expected target_lengths to have values in [{low}, {high - 1}]")
+    _check_ctc_labels(rows, target_lengths, blank, num_classes)
     return targets, input_lengths, target_lengths
 
 
