@@ -20,12 +20,20 @@ def check_same_size(input, target, message):
         raise ValueError(message.format(target=tuple(target.shape), input=tuple(input.shape)))
 
 
+def warn(message, stacklevel):
+    """warnings.warn(message) for the caller's caller at `stacklevel`, except while torch.compile
+    traces: dynamo cannot trace warnings.warn (it would be a graph break), so a compiled call
+    does not repeat torch's deprecation and broadcasting warnings."""
+    if not torch.compiler.is_compiling():
+        warnings.warn(message, stacklevel=stacklevel + 1)
+
+
 def warn_if_broadcasting(input, target):
     """torch's warning when a pointwise loss is asked to broadcast target against input."""
     if target.size() != input.size():
-        warnings.warn(f"Using a target size ({target.size()}) that is different to the input size "
-                      f"({input.size()}). This will likely lead to incorrect results due to "
-                      "broadcasting. Please ensure they have the same size.", stacklevel=3)
+        warn(f"Using a target size ({target.size()}) that is different to the input size "
+             f"({input.size()}). This will likely lead to incorrect results due to "
+             "broadcasting. Please ensure they have the same size.", stacklevel=3)
 
 
 def check_floating(op, tensor):
