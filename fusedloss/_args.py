@@ -5,9 +5,10 @@ kernels take (`kernels_take`, the dispatcher's one rule) and the promotion torch
 Nothing here validates with `assert`: a user's mistake must survive `python -O`.
 """
 import functools
-import warnings
 
 import torch
+
+from . import _reduction
 
 
 def check_label_smoothing(label_smoothing):
@@ -20,20 +21,12 @@ def check_same_size(input, target, message):
         raise ValueError(message.format(target=tuple(target.shape), input=tuple(input.shape)))
 
 
-def warn(message, stacklevel):
-    """warnings.warn(message) for the caller's caller at `stacklevel`, except while torch.compile
-    traces: dynamo cannot trace warnings.warn (it would be a graph break), so a compiled call
-    does not repeat torch's deprecation and broadcasting warnings."""
-    if not torch.compiler.is_compiling():
-        warnings.warn(message, stacklevel=stacklevel + 1)
-
-
 def warn_if_broadcasting(input, target):
     """torch's warning when a pointwise loss is asked to broadcast target against input."""
     if target.size() != input.size():
-        warn(f"Using a target size ({target.size()}) that is different to the input size "
-             f"({input.size()}). This will likely lead to incorrect results due to "
-             "broadcasting. Please ensure they have the same size.", stacklevel=3)
+        _reduction.warn(f"Using a target size ({target.size()}) that is different to the input "
+                        f"size ({input.size()}). This will likely lead to incorrect results due "
+                        "to broadcasting. Please ensure they have the same size.", stacklevel=3)
 
 
 def check_floating(op, tensor):

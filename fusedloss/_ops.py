@@ -127,7 +127,8 @@ def _backward(name, tensors, floats, layout, grad_outputs):
     with _autograd_recorded(), torch.autocast(tensors[0].device.type, enabled=layout.autocast):
         stand_ins = _stand_ins(layout, tensors)
         with torch.enable_grad():
-            return _gradients(_run(name, layout, stand_ins, floats), grad_outputs, stand_ins, layout)
+            outputs = _run(name, layout, stand_ins, floats)
+            return _gradients(outputs, grad_outputs, stand_ins, layout)
 
 
 def _empty_gradients(layout, tensors):
@@ -157,7 +158,8 @@ def _scaled(gradient, grad_output):
 
 def _register(name):
     """fusedloss::<name> and fusedloss::<name>_backward, with their fakes and autograd."""
-    def forward(tensors: list[torch.Tensor], floats: list[float], layout: str) -> list[torch.Tensor]:
+    def forward(tensors: list[torch.Tensor], floats: list[float],
+                layout: str) -> list[torch.Tensor]:
         return _forward(name, tensors, floats, layout)
 
     def backward(tensors: list[torch.Tensor], floats: list[float], layout: str,
@@ -188,7 +190,7 @@ def _register(name):
         # torch's tensor-list support takes an empty list for a list of tensors (its gradient a
         # list) and a list of floats for one non-differentiable value
         floats_grad = [] if not ctx.floats else None
-        return [next(grads) if w else None for w in layout.wanted], floats_grad, None
+        return ([next(grads) if w else None for w in layout.wanted], floats_grad, None)
 
     forward_op.register_autograd(differentiated, setup_context=setup_context)
     return forward_op

@@ -3,19 +3,27 @@ and `reduce`, the one implementation every layer (reference, kernels, distribute
 
 Nothing here validates with `assert`: a user's mistake must survive `python -O`.
 """
+import warnings
+
 import torch
 
-from . import _args
-
 REDUCTIONS = ("none", "mean", "sum")
+
+
+def warn(message, stacklevel):
+    """warnings.warn(message) at `stacklevel` from the caller, except while torch.compile traces:
+    dynamo cannot trace warnings.warn (a graph break), so a compiled call does not repeat
+    torch's deprecation warnings (nor _args's broadcasting one)."""
+    if not torch.compiler.is_compiling():
+        warnings.warn(message, stacklevel=stacklevel + 1)
 
 
 def reduction_from_legacy(size_average, reduce, reduction):
     """torch's mapping of the deprecated size_average/reduce pair onto a reduction name."""
     if size_average is None and reduce is None:
         return check_reduction(reduction)
-    _args.warn("size_average and reduce args will be deprecated, please use reduction='"
-               f"{_legacy_name(size_average, reduce)}' instead.", stacklevel=3)
+    warn("size_average and reduce args will be deprecated, please use reduction='"
+         f"{_legacy_name(size_average, reduce)}' instead.", stacklevel=3)
     return _legacy_name(size_average, reduce)
 
 
@@ -30,8 +38,8 @@ def _legacy_name(size_average, reduce):
 def check_reduction(reduction):
     """The reduction name, with torch's deprecated alias 'elementwise_mean' mapped to 'mean'."""
     if reduction == "elementwise_mean":
-        _args.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
-                   "instead.", stacklevel=3)
+        warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
+             "instead.", stacklevel=3)
         return "mean"
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction; expected one of "
