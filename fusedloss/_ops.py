@@ -18,12 +18,14 @@ Autograd (register_autograd), two paths:
 - fused, when the loss is reduced ('mean'/'sum', the training case) and a gradient is wanted:
   the op returns the loss, its extras (lse) and d loss / d tensors for grad_output = 1, which
   the kernel's forward sweep computes anyway (its backward at grad_output 1 moves nothing); the
-  backward is grad_output * gradient, a torch mul Inductor fuses into what follows. Bytes moved
-  are eager's: one sweep, plus one read and write of each gradient for the mul.
+  backward is grad_output * gradient, a torch mul. Bytes moved: eager's one sweep, plus one
+  read and write of each gradient for the mul even at grad_output 1 (where eager's backward
+  moves nothing), unless Inductor fuses it into the ops that consume the gradient.
 - recomputed, otherwise (reduction 'none', crf_marginals): the forward op runs the kernel
   without gradients, and `fusedloss::<loss>_backward(tensors, floats, layout, grad_outputs)`
   runs it again with them and applies the given grad_outputs: a second forward sweep's reads
   on top of eager's traffic, in exchange for keeping nothing but the inputs.
+Both costs follow from the construction; benchmarks/traffic.py counts eager calls only.
 
 The fake implementation (shapes and dtypes for tracing) is the reference run on the fake
 tensors: it is plain torch, its outputs have the kernels' shapes and dtypes, and every
