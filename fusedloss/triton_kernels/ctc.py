@@ -62,6 +62,9 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 # Most extended-label states one program holds at a time; longer state vectors are swept in
 # tiles. Tests lower it to run the tiled sweeps at small label lengths.
 MAX_STATE_TILE = 1024
+# Frames of one sequence per gradient program (which reads the sequence's sorted states once):
+# T = 1000, N = 32 still makes 2000 programs.
+GRADIENT_FRAMES = 16
 
 
 @triton.jit
@@ -221,31 +224,35 @@ def _recursion_kernel(
 
 
 @triton.jit
-def _sorted_scores(order_row, sorted_row, alpha_row, beta_row, x_frame, x_stride_c,
-                   emission_max, q, width, num_classes, ACC: tl.constexpr):
-    """At sorted positions q: each state's log posterior up to a frame constant
-    (alpha + beta - emit), its raw emission, its class, and where runs of a class start and end."""
+def _sorted_states(order_row, sorted_row, q, width, num_classes):
+    """At sorted positions q: the state, its class (num_classes past the 2L+1 states), whether
+    it is one, and where the runs of a class start and end."""
     in_width = q < width
     order = tl.load(order_row + q, mask=in_width, other=0)
     classes = tl.load(sorted_row + q, mask=in_width, other=num_classes)
-    is_label = classes < num_classes
     previous_class = tl.load(sorted_row + q - 1, mask=in_width & (q >= 1), other=-1)
     next_class = tl.load(sorted_row + q + 1, mask=q + 1 < width, other=num_classes)
+    is_label = classes < num_classes
+    run_start = (classes != previous_class).to(tl.int32)
+    return order, classes, is_label, run_start, is_label & (classes != next_class)
+
+
+@triton.jit
+def _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max, order, classes, is_label,
+            ACC: tl.constexpr):
+    """Each state's log posterior up to a frame constant (alpha + beta - emit), and its raw
+    emission (the logit, for logits)."""
     alpha = tl.load(alpha_row + order, mask=is_label, other=float("-inf"))
     beta = tl.load(beta_row + order, mask=is_label, other=float("-inf"))
     emit = tl.load(x_frame + classes * x_stride_c, mask=is_label, other=0.0).to(ACC)
     # alpha and beta both hold the frame's emission: take it out once (-inf states stay -inf)
     reachable = (alpha != float("-inf")) & (beta != float("-inf"))
-    score = tl.where(reachable, alpha + beta - (emit - emission_max), float("-inf"))
-    run_start = (classes != previous_class).to(tl.int32)
-    run_end = is_label & (classes != next_class)
-    return score, emit, classes, run_start, run_end
+    return tl.where(reachable, alpha + beta - (emit - emission_max), float("-inf")), emit
 
 
 @triton.jit
 def _store_class_sums(score, score_max, score_sum, emit, classes, run_start, run_end, carry,
-                      grad_row, weight, log_softmax_shift, ACC: tl.constexpr,
-                      LOGITS: tl.constexpr):
+                      grad_row, weight, log_softmax_shift, LOGITS: tl.constexpr):
     """Sum the posteriors of each run of a class (the run open at the tile's start continues
     `carry`), store its gradient at the run's end; returns the carry into the next tile."""
     posterior = tl.exp(score - score_max) / score_sum
@@ -271,69 +278,75 @@ def _gradient_kernel(
     input_lengths_ptr, loss_ptr, weight_ptr,  # (N,): lengths, losses, gradient factors
     grad_ptr, grad_stride_t, grad_stride_n,  # (T, N, C), class stride 1
     batch, num_frames_max, num_classes, width,
-    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, FRAMES: tl.constexpr,
     SINGLE_TILE: tl.constexpr, LOGITS: tl.constexpr,
 ):
-    frame = tl.program_id(0).to(tl.int64)
-    t = frame // batch
-    n = frame % batch
-    inside = (t < tl.load(input_lengths_ptr + n)) & (tl.load(loss_ptr + n) != float("inf"))
+    # FRAMES consecutive frames of one sequence: its sorted states are read once for all
+    first_frame = tl.program_id(0).to(tl.int64) * FRAMES
+    n = tl.program_id(1).to(tl.int64)
+    num_frames = tl.load(input_lengths_ptr + n)
+    feasible = tl.load(loss_ptr + n) != float("inf")
     weight = tl.load(weight_ptr + n)
-    x_frame = x_ptr + t * x_stride_t + n * x_stride_n
-    grad_row = grad_ptr + t * grad_stride_t + n * grad_stride_n
-    log_softmax_shift = 0.0
-    if LOGITS:
-        log_softmax_shift = tl.load(stats_ptr + 2 * frame).to(ACC) \
-            + tl.load(stats_ptr + 2 * frame + 1).to(ACC)
-    # every class once: 0, or weight * softmax for logits; the label classes are rewritten below
-    for start in range(0, num_classes, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C)
-        value = tl.zeros([BLOCK_C], ACC)
+    order_row = order_ptr + n * width
+    sorted_row = sorted_ptr + n * width
+    q = tl.arange(0, BLOCK_S)
+    if SINGLE_TILE:
+        order, classes, is_label, run_start, run_end = _sorted_states(order_row, sorted_row, q,
+                                                                      width, num_classes)
+    for t in range(first_frame, tl.minimum(first_frame + FRAMES, num_frames_max)):
+        inside = (t < num_frames) & feasible
+        x_frame = x_ptr + t * x_stride_t + n * x_stride_n
+        grad_row = grad_ptr + t * grad_stride_t + n * grad_stride_n
+        log_softmax_shift = 0.0
         if LOGITS:
-            z = tl.load(x_frame + cols * x_stride_c, mask=cols < tl.where(inside, num_classes, 0),
-                        other=float("-inf")).to(ACC)
-            value = tl.where(inside, tl.exp(z - log_softmax_shift) * weight, 0.0)
-        tl.store(grad_row + cols, round_to(value, grad_ptr.dtype.element_ty),
-                 mask=cols < num_classes)
-    if inside:
-        tl.debug_barrier()  # the dense row stored before its label classes are rewritten
-        order_row = order_ptr + n * width
-        sorted_row = sorted_ptr + n * width
-        alpha_row = history_ptr + (n * num_frames_max + t) * width
-        beta_row = history_ptr + ((batch + n) * num_frames_max + t) * width
-        emission_max = tl.load(emission_max_ptr + n * num_frames_max + t)
-        q = tl.arange(0, BLOCK_S)
-        if SINGLE_TILE:
-            score, emit, classes, run_start, run_end = _sorted_scores(
-                order_row, sorted_row, alpha_row, beta_row, x_frame, x_stride_c, emission_max,
-                q, width, num_classes, ACC)
-            score_max = _finite_max(score)
-            score_sum = tl.sum(tl.exp(score - score_max), axis=0)
-            _store_class_sums(score, score_max, score_sum, emit, classes, run_start, run_end,
-                              0.0, grad_row, weight, log_softmax_shift, ACC, LOGITS)
-        else:
-            # the normaliser over every tile (online max and sum), then the posteriors
-            score_max = tl.full([], float("-inf"), ACC)
-            score_sum = tl.zeros([], ACC)
-            for start in range(0, width, BLOCK_S):
-                score, _, _, _, _ = _sorted_scores(
-                    order_row, sorted_row, alpha_row, beta_row, x_frame, x_stride_c,
-                    emission_max, start + q, width, num_classes, ACC)
-                new_max = tl.maximum(score_max, tl.max(score, axis=0))
-                shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-                score_sum = score_sum * tl.exp(score_max - shift) \
-                    + tl.sum(tl.exp(score - shift), axis=0)
-                score_max = new_max
-            score_max = tl.where(score_max == float("-inf"), 0.0, score_max)
-            carry = tl.zeros([], ACC)
-            for start in range(0, width, BLOCK_S):
-                score, emit, classes, run_start, run_end = _sorted_scores(
-                    order_row, sorted_row, alpha_row, beta_row, x_frame, x_stride_c,
-                    emission_max, start + q, width, num_classes, ACC)
-                carry = _store_class_sums(score, score_max, score_sum, emit, classes, run_start,
-                                          run_end, carry, grad_row, weight, log_softmax_shift,
-                                          ACC, LOGITS)
-
+            stats = stats_ptr + 2 * (t * batch + n)
+            log_softmax_shift = tl.load(stats).to(ACC) + tl.load(stats + 1).to(ACC)
+        # every class once: 0, or weight * softmax for logits; label classes rewritten below
+        for start in range(0, num_classes, BLOCK_C):
+            cols = start + tl.arange(0, BLOCK_C)
+            value = tl.zeros([BLOCK_C], ACC)
+            if LOGITS:
+                read = cols < tl.where(inside, num_classes, 0)
+                z = tl.load(x_frame + cols * x_stride_c, mask=read, other=float("-inf")).to(ACC)
+                value = tl.where(inside, tl.exp(z - log_softmax_shift) * weight, 0.0)
+            tl.store(grad_row + cols, round_to(value, grad_ptr.dtype.element_ty),
+                     mask=cols < num_classes)
+        if inside:
+            tl.debug_barrier()  # the dense row stored before its label classes are rewritten
+            alpha_row = history_ptr + (n * num_frames_max + t) * width
+            beta_row = history_ptr + ((batch + n) * num_frames_max + t) * width
+            emission_max = tl.load(emission_max_ptr + n * num_frames_max + t)
+            if SINGLE_TILE:
+                score, emit = _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max,
+                                      order, classes, is_label, ACC)
+                score_max = _finite_max(score)
+                score_sum = tl.sum(tl.exp(score - score_max), axis=0)
+                _store_class_sums(score, score_max, score_sum, emit, classes, run_start, run_end,
+                                  0.0, grad_row, weight, log_softmax_shift, LOGITS)
+            else:
+                # the normaliser over every tile (online max and sum), then the posteriors
+                score_max = tl.full([], float("-inf"), ACC)
+                score_sum = tl.zeros([], ACC)
+                for start in range(0, width, BLOCK_S):
+                    order, classes, is_label, _, _ = _sorted_states(order_row, sorted_row,
+                                                                    start + q, width, num_classes)
+                    score, _ = _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max,
+                                       order, classes, is_label, ACC)
+                    new_max = tl.maximum(score_max, tl.max(score, axis=0))
+                    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+                    score_sum = score_sum * tl.exp(score_max - shift) \
+                        + tl.sum(tl.exp(score - shift), axis=0)
+                    score_max = new_max
+                score_max = tl.where(score_max == float("-inf"), 0.0, score_max)
+                carry = tl.zeros([], ACC)
+                for start in range(0, width, BLOCK_S):
+                    order, classes, is_label, run_start, run_end = _sorted_states(
+                        order_row, sorted_row, start + q, width, num_classes)
+                    score, emit = _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max,
+                                          order, classes, is_label, ACC)
+                    carry = _store_class_sums(score, score_max, score_sum, emit, classes,
+                                              run_start, run_end, carry, grad_row, weight,
+                                              log_softmax_shift, LOGITS)
 
 @triton.jit
 def _frame_stats_kernel(
@@ -421,12 +434,12 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, gradi
     sorted_classes, order = torch.sort(key, dim=1, stable=True)
     grad = torch.empty(x.shape, dtype=x.dtype, device=device)
     block_c = row_block(num_classes)
-    _gradient_kernel[(num_frames * batch,)](
+    _gradient_kernel[(triton.cdiv(num_frames, GRADIENT_FRAMES), batch)](
         x, *x.stride(), stats, history, emission_max, order, sorted_classes, input_lengths, loss,
         gradient_weight, grad, num_classes * batch, num_classes,
         batch, num_frames, num_classes, width,
-        ACC=ACC, BLOCK_S=block_s, BLOCK_C=block_c, SINGLE_TILE=single_tile, LOGITS=logits,
-        num_warps=row_warps(block_c))
+        ACC=ACC, BLOCK_S=block_s, BLOCK_C=block_c, FRAMES=GRADIENT_FRAMES,
+        SINGLE_TILE=single_tile, LOGITS=logits, num_warps=row_warps(block_c))
     return loss, grad
 
 
