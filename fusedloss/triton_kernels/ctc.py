@@ -14,13 +14,16 @@ Three launches, each as parallel as its work allows:
             r_t(s) = emit_t(s) + lse(r_{t-1}(s), r_{t-1}(s -+ 1), r_{t-1}(s -+ 2) where the skip is
             allowed), in log space; the lse maps all -inf to -inf, never NaN. Both include frame
             t's emission, so the posterior of state s at frame t is alpha + beta - emit,
-            normalised over the states. Each program writes its history (N, T, 2S+1) in fp32
-            (fp64 for fp64); without a gradient, alpha alternates between two rows. The shifted
-            reads at s -+ 1, s -+ 2 go through that history: a barrier per frame makes row t-1
-            visible to every thread before row t reads it. The states are swept in tiles of
-            BLOCK_S (at most MAX_STATE_TILE): the tiles of one frame only read the previous
-            frame, so any label length runs. With one tile the vector stays in registers between
-            frames and the next frame's emissions are loaded before this frame's barrier.
+            normalised over the states. The states are held as pairs (blank 2k, label 2k+1):
+            every blank emits one value per frame (one load), and the only shifted value a frame
+            needs is the label before the pair, which the blank steps from and the label skips
+            from. Each program writes its history (N, T, 2S+1) in fp32 (fp64 for fp64); the
+            shifted value is read back from the previous frame's row, after a barrier that makes
+            the row visible to every thread; without a gradient alpha alternates between two
+            rows. The pairs are swept in tiles (MAX_STATE_TILE states at most): a frame's tiles
+            only read the previous frame, so any label length runs. With one tile the values stay
+            in registers between frames and the next frame's emissions are loaded before this
+            frame's barrier.
   gradient  `_gradient_kernel`, one program per (t, n) frame, fully parallel: every class of the
             gradient row written once in a dense sweep (0, or the softmax for logits), then the
             label classes overwritten with -(sum of the posteriors of the states of that class)
@@ -74,18 +77,22 @@ def _segmented_add(value_a, start_a, value_b, start_b):
 
 
 @triton.jit
-def _states(ext_row, p, num_states, backward, direction, x_stride_c):
-    """The states at sweep positions p (reversed for beta): state index, validity, label offset
-    into a frame, whether the step from s - direction and the skip from s - 2 direction exist."""
-    valid = p < num_states
-    s = tl.where(backward != 0, num_states - 1 - p, p)
-    labels = tl.load(ext_row + s, mask=valid, other=0)
-    step_ok = valid & (p >= 1)
-    # a skip lands on a label state whose label differs from the one two states back
-    before = s - 2 * direction
-    skip_ok = valid & (p >= 2) & (s % 2 == 1)
-    skip_ok = skip_ok & (labels != tl.load(ext_row + before, mask=skip_ok, other=0))
-    return s, valid, labels * x_stride_c, step_ok, skip_ok
+def _pairs(ext_row, k, target_length, backward, x_stride_c):
+    """The states of pairs k (reversed for beta): blank 2k and label 2k+1 in sweep order, and
+    the label 2k-1 before them, whose value is the one shifted read a frame makes: the blank
+    steps from it, the label skips from it (where the two labels differ)."""
+    num_states = 2 * target_length + 1
+    blank_valid = k <= target_length
+    label_valid = k < target_length
+    blank_state = tl.where(backward != 0, num_states - 1 - 2 * k, 2 * k)
+    label_state = tl.where(backward != 0, num_states - 2 - 2 * k, 2 * k + 1)
+    before_state = tl.where(backward != 0, num_states - 2 * k, 2 * k - 1)
+    before_ok = blank_valid & (k >= 1)
+    labels = tl.load(ext_row + label_state, mask=label_valid, other=0)
+    before = tl.load(ext_row + before_state, mask=label_valid & before_ok, other=0)
+    skip_ok = label_valid & before_ok & (labels != before)
+    return (blank_state, label_state, before_state, blank_valid, label_valid, before_ok, skip_ok,
+            labels * x_stride_c)
 
 
 @triton.jit
@@ -112,12 +119,17 @@ def _finite_max(r):
 
 
 @triton.jit
-def _advance(own, previous_row, s, valid, step_ok, skip_ok, emit, previous_max, direction):
-    """r_t at the tile's states from r_{t-1} (own: at the same states), less r_{t-1}'s max."""
-    step = tl.load(previous_row + s - direction, mask=step_ok, other=float("-inf"))
-    skip = tl.load(previous_row + s - 2 * direction, mask=skip_ok, other=float("-inf"))
-    merged = logsumexp3(own - previous_max, step - previous_max, skip - previous_max)
-    return tl.where(valid, merged + emit, float("-inf"))
+def _advance(blank, label, previous_row, before_state, blank_valid, label_valid, before_ok,
+             skip_ok, blank_emit, label_emit, previous_max):
+    """A frame of the recursion at a tile of pairs, from the previous frame's values at the same
+    states (blank, label), less the previous frame's max."""
+    before = tl.load(previous_row + before_state, mask=before_ok, other=float("-inf"))
+    blank, label, before = blank - previous_max, label - previous_max, before - previous_max
+    neg_inf = float("-inf")
+    new_blank = tl.where(blank_valid, logsumexp3(blank, before, neg_inf) + blank_emit, neg_inf)
+    new_label = tl.where(label_valid, logsumexp3(label, blank, tl.where(skip_ok, before, neg_inf))
+                         + label_emit, neg_inf)
+    return new_blank, new_label
 
 
 @triton.jit
@@ -130,81 +142,106 @@ def _recursion_kernel(
     rows,  # T with a gradient (the whole history), else 2 alternating rows
     emission_max_ptr,  # (N, T) each frame's emission max over the states; with COMPUTE_GRAD
     loss_ptr,  # (N,) per-sequence loss, accumulation dtype
-    batch, width,
-    ACC: tl.constexpr, BLOCK_S: tl.constexpr, SINGLE_TILE: tl.constexpr,
+    batch, width, blank_offset,  # blank_offset: the blank's class times the class stride
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, SINGLE_TILE: tl.constexpr,
     LOGITS: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     backward = tl.program_id(1)  # 0: alpha, forward in time; 1: beta, backward
     direction = 1 - 2 * backward
     num_frames = tl.load(input_lengths_ptr + n)
-    num_states = 2 * tl.load(target_lengths_ptr + n) + 1
+    target_length = tl.load(target_lengths_ptr + n)
+    num_pairs = target_length + 1  # the last one a blank alone
     ext_row = ext_ptr + n * width
     x_row = x_ptr + n * x_stride_n
     history = history_ptr + (backward * batch + n) * rows * width
     store_max = COMPUTE_GRAD and backward == 0
-    lanes = tl.arange(0, BLOCK_S)
-    neg_inf = tl.full([BLOCK_S], float("-inf"), ACC)
+    k = tl.arange(0, BLOCK_P)
+    neg_inf = tl.full([BLOCK_P], float("-inf"), ACC)
 
-    # the sweep's first frame starts on its first two states; no frames leaves all mass on
+    # the sweep's first frame starts on its first blank and label; no frames leaves all mass on
     # state 0 (beta stores nothing then). Scalar conditions enter masks as lane limits.
     first = tl.where(backward != 0, num_frames - 1, 0)
     has_frames = num_frames > 0
     first_row = history + (tl.maximum(first, 0) % rows) * width
-    s, valid, label_offsets, step_ok, skip_ok = _states(ext_row, lanes, num_states, backward,
-                                                        direction, x_stride_c)
-    opening = lanes < tl.where(has_frames, tl.minimum(num_states, 2), 0)
-    emit, emission_max = subtract_max(_emissions(x_row + first * x_stride_t, label_offsets,
-                                                 opening, ACC))
-    r = tl.where(has_frames, emit, tl.where(lanes == 0, 0.0, neg_inf))
+    blank_state, label_state, before_state, blank_valid, label_valid, before_ok, skip_ok, \
+        label_offsets = _pairs(ext_row, k, target_length, backward, x_stride_c)
+    x_first = x_row + first * x_stride_t
+    blank_emit = tl.load(x_first + blank_offset, mask=has_frames, other=0.0).to(ACC)
+    label_emit = _emissions(x_first, label_offsets,
+                            k < tl.where(has_frames, tl.minimum(target_length, 1), 0), ACC)
+    emission_max = _finite_max(tl.where(k == 0, tl.maximum(label_emit, blank_emit), neg_inf))
+    blank = tl.where(k == 0, tl.where(has_frames, blank_emit - emission_max, 0.0), neg_inf)
+    label = label_emit - emission_max
     log_scale = tl.where(has_frames, _emission_offset(emission_max, stats_ptr,
                                                       first * batch + n, ACC, LOGITS), 0.0)
-    stored = tl.where(first >= 0, num_states, 0)  # beta with no frames stores nothing
-    tl.store(first_row + s, r, mask=lanes < stored)  # the tile of positions 0, 1
+    stored = tl.where(first >= 0, num_pairs, 0)  # pairs stored: beta with no frames stores none
+    tl.store(first_row + blank_state, blank, mask=k < stored)  # the tile of pair 0
+    tl.store(first_row + label_state, label, mask=k < tl.minimum(stored, target_length))
     if not SINGLE_TILE:
-        for start in range(BLOCK_S, num_states, BLOCK_S):
-            s_tile, _, _, _, _ = _states(ext_row, start + lanes, num_states, backward, direction,
-                                         x_stride_c)
-            tl.store(first_row + s_tile, neg_inf, mask=start + lanes < stored)
+        for start in range(BLOCK_P, num_pairs, BLOCK_P):
+            tile_blank, tile_label, _, _, _, _, _, _ = _pairs(ext_row, start + k, target_length,
+                                                              backward, x_stride_c)
+            tl.store(first_row + tile_blank, neg_inf, mask=start + k < stored)
+            tl.store(first_row + tile_label, neg_inf,
+                     mask=start + k < tl.minimum(stored, target_length))
     if store_max & has_frames:
         tl.store(emission_max_ptr + n * rows, emission_max)
-    previous_max = _finite_max(r)
+    previous_max = _finite_max(tl.maximum(blank, label))
 
     if SINGLE_TILE:  # the next frame's emissions in flight during this frame's barrier
-        next_emit = _emissions(x_row + (first + direction) * x_stride_t, label_offsets,
-                               lanes < tl.where(num_frames > 1, num_states, 0), ACC)
+        x_next = x_row + (first + direction) * x_stride_t
+        next_blank_emit = tl.load(x_next + blank_offset, mask=num_frames > 1, other=0.0).to(ACC)
+        next_label_emit = _emissions(x_next, label_offsets,
+                                     k < tl.where(num_frames > 1, target_length, 0), ACC)
     for i in range(1, num_frames):
         t = first + i * direction
         frame_row = history + (t % rows) * width
         previous_row = history + ((t - direction) % rows) * width
+        x_frame = x_row + t * x_stride_t
         if SINGLE_TILE:
-            emit, emission_max = subtract_max(next_emit)
-            next_emit = _emissions(x_row + (t + direction) * x_stride_t, label_offsets,
-                                   lanes < tl.where(i + 1 < num_frames, num_states, 0), ACC)
-            tl.debug_barrier()  # r_{t-1} stored by every thread before anyone reads it shifted
-            r = _advance(r, previous_row, s, valid, step_ok, skip_ok, emit, previous_max,
-                         direction)
-            tl.store(frame_row + s, r, mask=valid)
-            frame_max = _finite_max(r)
+            blank_emit, label_emit = next_blank_emit, next_label_emit
+            x_next = x_frame + direction * x_stride_t
+            next_blank_emit = tl.load(x_next + blank_offset, mask=i + 1 < num_frames,
+                                      other=0.0).to(ACC)
+            next_label_emit = _emissions(x_next, label_offsets,
+                                         k < tl.where(i + 1 < num_frames, target_length, 0), ACC)
+            emission_max = _finite_max(tl.where(k == 0, tl.maximum(blank_emit, label_emit),
+                                                label_emit))
+            tl.debug_barrier()  # the previous frame stored by every thread before it is read
+            blank, label = _advance(blank, label, previous_row, before_state, blank_valid,
+                                    label_valid, before_ok, skip_ok, blank_emit - emission_max,
+                                    label_emit - emission_max, previous_max)
+            tl.store(frame_row + blank_state, blank, mask=blank_valid)
+            tl.store(frame_row + label_state, label, mask=label_valid)
+            frame_max = _finite_max(tl.maximum(blank, label))
         else:
-            emission_max = tl.full([], float("-inf"), ACC)
-            for start in range(0, num_states, BLOCK_S):
-                _, valid_tile, offsets_tile, _, _ = _states(ext_row, start + lanes, num_states,
-                                                            backward, direction, x_stride_c)
-                emit = _emissions(x_row + t * x_stride_t, offsets_tile, valid_tile, ACC)
-                emission_max = tl.maximum(emission_max, tl.max(emit, axis=0))
+            blank_emit = tl.load(x_frame + blank_offset).to(ACC)
+            emission_max = blank_emit
+            for start in range(0, target_length, BLOCK_P):
+                _, _, _, _, tile_label_valid, _, _, tile_offsets = _pairs(
+                    ext_row, start + k, target_length, backward, x_stride_c)
+                label_emit = _emissions(x_frame, tile_offsets, tile_label_valid, ACC)
+                emission_max = tl.maximum(emission_max, tl.max(label_emit, axis=0))
             emission_max = tl.where(emission_max == float("-inf"), 0.0, emission_max)
-            tl.debug_barrier()  # r_{t-1} stored by every thread before anyone reads it shifted
+            tl.debug_barrier()  # the previous frame stored by every thread before it is read
             frame_max = tl.full([], float("-inf"), ACC)
-            for start in range(0, num_states, BLOCK_S):
-                s_tile, valid_tile, offsets_tile, step_tile, skip_tile = _states(
-                    ext_row, start + lanes, num_states, backward, direction, x_stride_c)
-                emit = _emissions(x_row + t * x_stride_t, offsets_tile, valid_tile, ACC)
-                own = tl.load(previous_row + s_tile, mask=valid_tile, other=float("-inf"))
-                r = _advance(own, previous_row, s_tile, valid_tile, step_tile, skip_tile,
-                             emit - emission_max, previous_max, direction)
-                tl.store(frame_row + s_tile, r, mask=valid_tile)
-                frame_max = tl.maximum(frame_max, tl.max(r, axis=0))
+            for start in range(0, num_pairs, BLOCK_P):
+                tile_blank, tile_label, tile_before, tile_blank_valid, tile_label_valid, \
+                    tile_before_ok, tile_skip_ok, tile_offsets = _pairs(
+                        ext_row, start + k, target_length, backward, x_stride_c)
+                label_emit = _emissions(x_frame, tile_offsets, tile_label_valid, ACC)
+                blank = tl.load(previous_row + tile_blank, mask=tile_blank_valid,
+                                other=float("-inf"))
+                label = tl.load(previous_row + tile_label, mask=tile_label_valid,
+                                other=float("-inf"))
+                blank, label = _advance(blank, label, previous_row, tile_before,
+                                        tile_blank_valid, tile_label_valid, tile_before_ok,
+                                        tile_skip_ok, blank_emit - emission_max,
+                                        label_emit - emission_max, previous_max)
+                tl.store(frame_row + tile_blank, blank, mask=tile_blank_valid)
+                tl.store(frame_row + tile_label, label, mask=tile_label_valid)
+                frame_max = tl.maximum(frame_max, tl.max(tl.maximum(blank, label), axis=0))
             frame_max = tl.where(frame_max == float("-inf"), 0.0, frame_max)
         log_scale += previous_max + _emission_offset(emission_max, stats_ptr, t * batch + n,
                                                      ACC, LOGITS)
@@ -212,11 +249,11 @@ def _recursion_kernel(
             tl.store(emission_max_ptr + n * rows + t, emission_max)
         previous_max = frame_max
 
-    # both sweeps end on their last two positions (alpha: the last label and the final blank);
+    # both sweeps end on their last two states (alpha: the last label and the final blank);
     # alpha's gives the loss
     tl.debug_barrier()
     last_row = history + (tl.maximum(num_frames - 1, 0) % rows) * width
-    final = num_states - 1 - tl.arange(0, 2)
+    final = 2 * target_length - tl.arange(0, 2)
     final_r = tl.load(last_row + final, mask=final >= 0, other=float("-inf"))
     final_r, shift = subtract_max(final_r)
     loss = -(log_scale + shift + tl.log(tl.sum(tl.exp(final_r), axis=0)))
@@ -404,8 +441,9 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, gradi
     compute_grad = gradient_weight is not None
     extended = _extended_labels(targets, target_lengths, blank)
     width = extended.shape[1]
+    num_pairs = targets.shape[1] + 1
+    block_p = min(triton.next_power_of_2(num_pairs), MAX_STATE_TILE // 2)
     block_s = _state_tile(width)
-    single_tile = width <= block_s
     ACC = triton_accumulation(x.dtype)
 
     loss = torch.empty(batch, dtype=acc, device=device)
@@ -423,9 +461,9 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, gradi
         emission_max = torch.empty(batch, num_frames, dtype=acc, device=device)
     _recursion_kernel[(batch, directions)](
         x, *x.stride(), stats, extended, input_lengths, target_lengths, history, rows,
-        emission_max, loss, batch, width,
-        ACC=ACC, BLOCK_S=block_s, SINGLE_TILE=single_tile, LOGITS=logits,
-        COMPUTE_GRAD=compute_grad, num_warps=_recursion_warps(block_s))
+        emission_max, loss, batch, width, blank * x.stride(2),
+        ACC=ACC, BLOCK_P=block_p, SINGLE_TILE=num_pairs <= block_p, LOGITS=logits,
+        COMPUTE_GRAD=compute_grad, num_warps=_recursion_warps(2 * block_p))
     if not compute_grad:
         return loss, None
 
@@ -439,7 +477,7 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, gradi
         gradient_weight, grad, num_classes * batch, num_classes,
         batch, num_frames, num_classes, width,
         ACC=ACC, BLOCK_S=block_s, BLOCK_C=block_c, FRAMES=GRADIENT_FRAMES,
-        SINGLE_TILE=single_tile, LOGITS=logits, num_warps=row_warps(block_c))
+        SINGLE_TILE=width <= block_s, LOGITS=logits, num_warps=row_warps(block_c))
     return loss, grad
 
 
