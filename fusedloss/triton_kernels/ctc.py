@@ -136,7 +136,7 @@ def _advance(blank, label, previous_row, before_state, blank_valid, label_valid,
 def _recursion_kernel(
     x_ptr, x_stride_t, x_stride_n, x_stride_c,  # (T, N, C) log-probabilities, or logits
     stats_ptr,  # (T, N, 2) per frame: max and log sum exp(z - max) of the logits; with LOGITS
-    ext_ptr,  # (N, W) extended labels (blank past each sequence's 2L+1 states)
+    ext_ptr,  # (N, W) extended labels (read only inside each sequence's 2L+1 states)
     input_lengths_ptr, target_lengths_ptr,  # (N,) int64
     history_ptr,  # (directions, N, rows, W): alpha rows, then beta's; W = 2S+1 states
     rows,  # T with a gradient (the whole history), else 2 alternating rows
@@ -312,18 +312,20 @@ def _gradient_kernel(
     history_ptr,  # (2, N, T, W) alpha, then beta
     emission_max_ptr,  # (N, T)
     order_ptr, sorted_ptr,  # (N, W) states sorted by class, stable; their classes (C past 2L+1)
-    input_lengths_ptr, loss_ptr, weight_ptr,  # (N,): lengths, losses, gradient factors
+    input_lengths_ptr, target_lengths_ptr, loss_ptr,  # (N,)
     grad_ptr, grad_stride_t, grad_stride_n,  # (T, N, C), class stride 1
     batch, num_frames_max, num_classes, width,
     ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, FRAMES: tl.constexpr,
-    SINGLE_TILE: tl.constexpr, LOGITS: tl.constexpr,
+    SINGLE_TILE: tl.constexpr, LOGITS: tl.constexpr, MEAN: tl.constexpr,
 ):
     # FRAMES consecutive frames of one sequence: its sorted states are read once for all
     first_frame = tl.program_id(0).to(tl.int64) * FRAMES
     n = tl.program_id(1).to(tl.int64)
     num_frames = tl.load(input_lengths_ptr + n)
     feasible = tl.load(loss_ptr + n) != float("inf")
-    weight = tl.load(weight_ptr + n)
+    weight = 1.0  # the reduction's factor of the sequence: 'mean' divides by N max(L, 1)
+    if MEAN:
+        weight = 1.0 / (tl.maximum(tl.load(target_lengths_ptr + n), 1).to(ACC) * batch)
     order_row = order_ptr + n * width
     sorted_row = sorted_ptr + n * width
     q = tl.arange(0, BLOCK_S)
@@ -414,13 +416,14 @@ def _frame_stats_kernel(
 
 # --- launchers -----------------------------------------------------------------------------
 
-def _extended_labels(targets, target_lengths, blank):
-    """(N, 2S+1): blank at even states, labels at odd ones, blank past each 2L+1."""
+def _extended_labels(targets, target_lengths, blank, num_classes):
+    """(N, 2S+1): blank at even states, labels at odd ones, num_classes past each 2L+1 (so
+    that sorting by class puts those last)."""
     batch, width = targets.shape
-    inside = torch.arange(width, device=targets.device) < target_lengths.unsqueeze(1)
     extended = torch.full((batch, 2 * width + 1), blank, dtype=torch.int64, device=targets.device)
-    extended[:, 1::2] = torch.where(inside, targets, blank)
-    return extended
+    extended[:, 1::2] = targets
+    states = torch.arange(2 * width + 1, device=targets.device)
+    return torch.where(states < 2 * target_lengths.unsqueeze(1) + 1, extended, num_classes)
 
 
 def _state_tile(width):
@@ -432,14 +435,13 @@ def _recursion_warps(block_s):
     return max(1, min(4, block_s // 256))
 
 
-def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, gradient_weight):
-    """Per-sequence losses (N,) in the accumulation dtype, and gradient_weight[n] *
-    d(loss_n)/dx (T, N, C), or None where gradient_weight is None."""
+def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compute_grad, mean):
+    """Per-sequence losses (N,) in the accumulation dtype, and d(loss_n)/dx (T, N, C), over
+    N max(L_n, 1) with `mean`, or None without compute_grad."""
     acc = accumulation_dtype(x.dtype)
     num_frames, batch, num_classes = x.shape
     device = x.device
-    compute_grad = gradient_weight is not None
-    extended = _extended_labels(targets, target_lengths, blank)
+    extended = _extended_labels(targets, target_lengths, blank, num_classes)
     width = extended.shape[1]
     num_pairs = targets.shape[1] + 1
     block_p = min(triton.next_power_of_2(num_pairs), MAX_STATE_TILE // 2)
@@ -467,22 +469,21 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, gradi
     if not compute_grad:
         return loss, None
 
-    key = torch.where(torch.arange(width, device=device) < 2 * target_lengths.unsqueeze(1) + 1,
-                      extended, num_classes)
-    sorted_classes, order = torch.sort(key, dim=1, stable=True)
+    sorted_classes, order = torch.sort(extended, dim=1, stable=True)
     grad = torch.empty(x.shape, dtype=x.dtype, device=device)
     block_c = row_block(num_classes)
     _gradient_kernel[(triton.cdiv(num_frames, GRADIENT_FRAMES), batch)](
-        x, *x.stride(), stats, history, emission_max, order, sorted_classes, input_lengths, loss,
-        gradient_weight, grad, num_classes * batch, num_classes,
+        x, *x.stride(), stats, history, emission_max, order, sorted_classes, input_lengths,
+        target_lengths, loss, grad, num_classes * batch, num_classes,
         batch, num_frames, num_classes, width,
         ACC=ACC, BLOCK_S=block_s, BLOCK_C=block_c, FRAMES=GRADIENT_FRAMES,
-        SINGLE_TILE=width <= block_s, LOGITS=logits, num_warps=row_warps(block_c))
+        SINGLE_TILE=width <= block_s, LOGITS=logits, MEAN=mean, num_warps=row_warps(block_c))
     return loss, grad
 
 
 def _per_sequence(grad_output):
-    """Each sequence's grad_output against its (T, N, C) gradient."""
+    """Each sequence's grad_output (reduction='none'), or the one of a reduced loss, against the
+    (T, N, C) gradient."""
     return grad_output.view(1, -1, 1)
 
 
@@ -490,8 +491,6 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
     input_lengths = input_lengths.reshape(-1).contiguous()
     target_lengths = target_lengths.reshape(-1).contiguous()
     (compute_grad,) = wanted_gradients(x)
-    acc = accumulation_dtype(x.dtype)
-    batch = target_lengths.numel()
 
     def sweep(x):
         """The reduced CTC loss and its gradient; with reduction='none' the per-sequence losses,
@@ -499,13 +498,8 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
         batched = x if x.dim() == 3 else x.unsqueeze(1)
         # unbatched: the target is one row
         rows = targets if x.dim() == 3 else targets.reshape(1, -1)
-        weight = None
-        if compute_grad:  # the reduction's factor of each sequence, in the gradient's store
-            weight = torch.ones(batch, dtype=acc, device=x.device)
-            if reduction == "mean":
-                weight = 1.0 / (target_lengths.clamp(min=1).to(acc) * batch)
         loss, grad = _ctc_forward(batched.detach(), rows, input_lengths, target_lengths, blank,
-                                  logits, weight)
+                                  logits, compute_grad, mean=reduction == "mean")
         if zero_infinity:
             loss = torch.where(torch.isinf(loss), torch.zeros_like(loss), loss)
         if reduction == "mean":  # torch: each loss over its target length, then the batch mean
@@ -514,13 +508,9 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
             loss = loss.squeeze(0)
         loss = reduce(loss, reduction).to(loss_dtype(x.dtype, x.device))
         return Sweep((loss,), [None if grad is None else grad.view(batched.shape)],
-                     shape_grad_output=_per_sequence if reduction == "none" else _same_factor,
+                     shape_grad_output=_per_sequence,
                      finish=lambda _, g: g.view(x.shape))
     return PrecomputedGradient.apply(sweep, x)
-
-
-def _same_factor(grad_output):
-    return grad_output
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
