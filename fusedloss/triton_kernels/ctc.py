@@ -24,10 +24,12 @@ Three launches, each as parallel as its work allows:
             only read the previous frame, so any label length runs. With one tile the values stay
             in registers between frames and the next frame's emissions are loaded before this
             frame's barrier.
-  gradient  `_gradient_kernel`, one program per (t, n) frame, fully parallel: every class of the
-            gradient row written once in a dense sweep (0, or the softmax for logits), then the
-            label classes overwritten with -(sum of the posteriors of the states of that class)
-            (softmax - that sum for logits: the chain rule through log_softmax). Several states
+  gradient  `_gradient_kernel`, fully parallel over (time, batch): a program takes
+            GRADIENT_FRAMES frames of one sequence (reading its sorted states once for all).
+            Every class of a frame's gradient row is written in one dense sweep (0, or the
+            softmax for logits, times the reduction's factor), then the label classes
+            overwritten with -(sum of the posteriors of the states of that class) (softmax -
+            that sum for logits: the chain rule through log_softmax). Several states
             share a class (every blank, repeated labels) and the sum must be deterministic,
             without atomics: the states are sorted by class once per sequence (a stable
             torch.sort in the launcher, no sync), each frame gathers alpha, beta and the emission
@@ -35,7 +37,8 @@ Three launches, each as parallel as its work allows:
             across state tiles), and the last state of a run writes its class: O(S log S) per
             frame for any vocabulary. With several state tiles the normaliser takes a first
             sweep (online max and sum), the second recomputes the posteriors. Frames past the
-            input and sequences with no alignment (infinite loss) get gradient 0.
+            input and sequences with no alignment (infinite loss) get gradient 0. Beside the
+            gradient it reads only the two histories and one emission per state.
   scaling   Every vector is kept near 0, so differences between states never round at the scale
             of the loss or of a 1e4 logit (log-space CTC in fp32 otherwise loses ~ulp(loss) in
             every posterior): each frame's emissions enter relative to their max over the
