@@ -141,6 +141,15 @@ def _realistic_calls():
         yield call("ctc_loss T=1000 S=120 C=32", "ctc_loss", log_probs, targets, *lengths)
         yield call("ctc_loss_with_logits T=1000 S=120 C=32", "ctc_loss_with_logits",
                    randn(1000, 4, 32, grad=True), targets, *lengths)
+        yield call("ctc_loss T=1000 S=120 C=32 eval", "ctc_loss", log_probs.detach(), targets,
+                   *lengths)
+        yield call("ctc_loss_with_logits T=1000 S=100 C=5000", "ctc_loss_with_logits",
+                   randn(1000, 2, 5000, grad=True), randint(5000, 2, 100, low=1),
+                   torch.full((2,), 1000), torch.full((2,), 100))
+        # 2000 labels: 4001 states, swept in tiles by the recursions and the gradient kernel
+        yield call("ctc_loss T=4100 S=2000 C=32", "ctc_loss",
+                   randn(4100, 1, 32).float().log_softmax(-1).to(dtype).requires_grad_(),
+                   randint(32, 1, 2000, low=1), torch.full((1,), 4100), torch.full((1,), 2000))
         mask = torch.arange(512) < torch.tensor([512, 480, 400, 512, 300, 512, 256, 500])[:, None]
 
         def crf_params(grad):

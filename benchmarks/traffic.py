@@ -290,10 +290,11 @@ def _gathered_bound(samples, features, classes, rows_per_sample):
 
 SEQUENCE_CASES = [
     # CTC and CRF: read the scores, write their gradient. Today's kernels keep their recursions'
-    # per-step state (alpha, and CTC's per-state scratch) in fp32 work buffers written and read
-    # back, which at these sizes outweighs the scores themselves
-    Case("ctc_loss T=64 N=4 C=32 S=12 fp32", _ctc(64, 4, 32, 12, torch.float32), 2.0, 11.5, 44),
-    Case("ctc_loss T=64 N=4 C=32 S=12 bf16", _ctc(64, 4, 32, 12, torch.bfloat16), 2.0, 18.0, 47),
+    # per-step state in fp32 work buffers written and read back (CTC: the alpha and beta
+    # histories, read by its parallel gradient kernel), which at these sizes outweighs the
+    # scores themselves
+    Case("ctc_loss T=64 N=4 C=32 S=12 fp32", _ctc(64, 4, 32, 12, torch.float32), 2.0, 7.6, 37),
+    Case("ctc_loss T=64 N=4 C=32 S=12 bf16", _ctc(64, 4, 32, 12, torch.bfloat16), 2.0, 12.3, 38),
     Case("crf_nll B=4 T=32 K=9 fp32", _crf(4, 32, 9, torch.float32), 2.0, 8.2, 49),
     Case("crf_nll B=4 T=32 K=9 bf16", _crf(4, 32, 9, torch.bfloat16), 2.0, 18.1, 52),
     Case("hsigmoid_loss N=64 D=64 C=64 fp32", _hsigmoid(64, 64, 64, torch.float32),

@@ -13,6 +13,7 @@ import torch
 from fusedloss import _backend, _dispatch
 from fusedloss import functional as F
 from fusedloss.testing import assert_close_to_reference
+from fusedloss.triton_kernels import ctc as ctc_kernels
 
 # numpy's warnings from the interpreter evaluating log(0), -inf - -inf and the like in lanes the
 # kernels then mask or select away
@@ -76,6 +77,17 @@ def test_every_case_in_one_batch(name, reduction, zero_infinity, layout):
     rows, input_lengths = _batch()
     x = _input(name, (10, len(rows), NUM_CLASSES))
     _check(name, x, rows, input_lengths, layout, reduction=reduction, zero_infinity=zero_infinity)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_states_in_tiles(name, monkeypatch):
+    # 8-state tiles over 11 extended states, what any label length past MAX_STATE_TILE takes:
+    # the recursions sweep 2 tiles a frame, the gradient kernel normalises over both and carries
+    # a run of one class's states (the repeated label's 3) across the tile boundary
+    monkeypatch.setattr(ctc_kernels, "MAX_STATE_TILE", 8)
+    rows, input_lengths = _batch()
+    x = _input(name, (10, len(rows), NUM_CLASSES), seed=10)
+    _check(name, x, rows, input_lengths, reduction="mean", zero_infinity=True)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,46 +1,56 @@
 """CTC loss kernels: `ctc_loss` on log-probabilities and `ctc_loss_with_logits` with the
-log-softmax fused in. Forward and gradient run in the forward launch; the backward only scales.
+log-softmax fused in. The forward computes the loss and its gradient; the backward only scales.
 
 Extended labels. A target l_1..l_L becomes b l_1 b l_2 ... l_L b: 2L+1 states, blanks at even
 states, labels at odd ones. An alignment stays, moves one state per frame, or skips the blank
 between two different labels.
 
-One program per sequence (a wavefront over its states), the time loop inside the kernel:
-  alpha   alpha_t(s) = emit_t(s) + lse(alpha_{t-1}(s), alpha_{t-1}(s-1), alpha_{t-1}(s-2) where
-          the skip into s is allowed), in log space; the lse maps all -inf to -inf, never NaN.
-          The state vector lives in registers (BLOCK_S = next_pow2(2 S + 1) lanes). The shifted
-          reads at s-1 and s-2 go through global memory: each frame stores alpha_t in a
-          per-sequence row, a barrier makes it visible to the program's other threads, and the
-          next frame loads it shifted. With a gradient to compute, the rows are the whole alpha
-          history (N, T, 2S+1), read back by the beta phase; without, two rows alternate.
-  scaling Every vector is kept near 0: each frame's emissions are split into values relative
-          to their max over the states plus one frame constant, and alpha_t is stored minus its
-          max; the constants add up in `log_scale`, and loss = -(log_scale + lse(alpha at the
-          last blank and last label)). Differences between states then never round at the scale
-          of the loss or of a 1e4 logit (log-space CTC in fp32 otherwise loses ~ulp(loss) in
-          every posterior).
-  beta    Only with a gradient and a finite loss, back from the last input frame in the same
-          program: beta'_t(s) = log P(frames after t | state s at t), excluding frame t's
-          emission, rescaled like alpha. The posterior of state s at frame t is
-          alpha_t(s) + beta'_t(s) normalised over the states (exactly what dividing by the
-          sequence probability gives, since every alignment visits one state per frame).
-  gradient  d loss / d log_probs[t, c] = -(sum of the posteriors of the states whose label is c).
-          Several states share a class (every blank state, repeated labels) and the sum must be
-          deterministic, without atomics: the states are sorted by class once per sequence (a
-          stable torch.sort in the launcher, no sync); each frame gathers the posteriors in that
-          order, a segmented associative scan sums each run of equal classes, and the last state
-          of a run writes its class. A program owns its sequence's gradient rows, so nothing
-          else writes there. Cost O(W log W) per frame for any vocabulary, where a one-hot
-          (states x classes) reduction would cost O(W C).
-Logits. ctc_loss_with_logits first runs `_frame_softmax_kernel`, one program per (t, n) frame:
-the frame's max and log-sum-exp (a (T, N, 2) buffer, the only extra memory besides the
-gradient) and, with a gradient, softmax(z) into every gradient row inside the input (0 past it).
-The CTC program then overwrites the label classes with softmax - posterior sum, the gradient
-w.r.t. the logits (the chain rule through log_softmax, the posteriors summing to 1 per frame).
-A sequence with no alignment (infinite loss) gets gradient 0: its softmax rows are zeroed.
-Reduction ('mean': each loss over max(L, 1), then the batch mean; zero_infinity) runs in torch
-on the (N,) per-sequence losses the autograd Function returns, so autograd hands the backward a
-per-sequence grad_output: never assumed to be 1, never read on the host.
+Three launches, each as parallel as its work allows:
+  stats     (logits only) `_frame_stats_kernel`, one program per (t, n) frame: the frame's max
+            and log-sum-exp, (T, N, 2), from which every emission log p_t(c) follows.
+  recursions  `_recursion_kernel`, 2N programs: program (n, 0) runs alpha forward in time,
+            program (n, 1) runs beta backward, concurrently; without a gradient only alpha runs.
+            Both are one recursion mirrored (beta reads the states and frames in reverse):
+            r_t(s) = emit_t(s) + lse(r_{t-1}(s), r_{t-1}(s -+ 1), r_{t-1}(s -+ 2) where the skip is
+            allowed), in log space; the lse maps all -inf to -inf, never NaN. Both include frame
+            t's emission, so the posterior of state s at frame t is alpha + beta - emit,
+            normalised over the states. The states are held as pairs (blank 2k, label 2k+1):
+            every blank emits one value per frame (one load), and the only shifted value a frame
+            needs is the label before the pair, which the blank steps from and the label skips
+            from. Each program writes its history (N, T, 2S+1) in fp32 (fp64 for fp64); the
+            shifted value is read back from the previous frame's row, after a barrier that makes
+            the row visible to every thread; without a gradient alpha alternates between two
+            rows. The pairs are swept in tiles (MAX_STATE_TILE states at most): a frame's tiles
+            only read the previous frame, so any label length runs. With one tile the values stay
+            in registers between frames and the next frame's emissions are loaded before this
+            frame's barrier.
+  gradient  `_gradient_kernel`, fully parallel over (time, batch): a program takes
+            GRADIENT_FRAMES frames of one sequence (reading its sorted states once for all).
+            Every class of a frame's gradient row is written in one dense sweep (0, or the
+            softmax for logits, times the reduction's factor), then the label classes
+            overwritten with -(sum of the posteriors of the states of that class) (softmax -
+            that sum for logits: the chain rule through log_softmax). Several states
+            share a class (every blank, repeated labels) and the sum must be deterministic,
+            without atomics: the states are sorted by class once per sequence (a stable
+            torch.sort in the launcher, no sync), each frame gathers alpha, beta and the emission
+            in that order, a segmented associative scan sums each run of equal classes (carried
+            across state tiles), and the last state of a run writes its class: O(S log S) per
+            frame for any vocabulary. With several state tiles the normaliser takes a first
+            sweep (online max and sum), the second recomputes the posteriors. Frames past the
+            input and sequences with no alignment (infinite loss) get gradient 0. Beside the
+            gradient it reads only the two histories and one emission per state.
+  scaling   Every vector is kept near 0, so differences between states never round at the scale
+            of the loss or of a 1e4 logit (log-space CTC in fp32 otherwise loses ~ulp(loss) in
+            every posterior): each frame's emissions enter relative to their max over the
+            states (a first sweep over the tiles finds it when there are several; stored per
+            frame for the gradient kernel), and r_t is computed minus the max of r_{t-1}; the
+            constants add up in `log_scale`, and loss = -(log_scale + lse(r at the last blank and
+            last label)). A frame constant cancels in the posteriors, so beta drops its own.
+Reduction. 'sum' and 'mean' (each loss over max(L, 1), then the batch mean) are taken inside the
+autograd Function, their per-sequence factor folded into the gradient kernel's store, so a
+`loss.backward()` hands the shared precomputed-gradient backward a grad_output of exactly 1 and
+the gradient is never touched again; 'none' scales each sequence's rows by its grad_output.
+zero_infinity zeroes infinite losses (their gradient is 0 either way).
 
 Host syncs: none. Targets arrive as padded (N, S) rows (functional.py pads concatenated targets
 to the longest length, which its one read of the lengths already knows).
@@ -55,6 +65,13 @@ from ._math import logsumexp3, subtract_max
 from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
+# Most extended-label states one program holds at a time; longer state vectors are swept in
+# tiles. Tests lower it to run the tiled sweeps at small label lengths.
+MAX_STATE_TILE = 1024
+# Frames of one sequence per gradient program (which reads the sequence's sorted states once):
+# T = 1000, N = 32 still makes 2000 programs.
+GRADIENT_FRAMES = 16
+
 
 @triton.jit
 def _segmented_add(value_a, start_a, value_b, start_b):
@@ -63,253 +80,413 @@ def _segmented_add(value_a, start_a, value_b, start_b):
 
 
 @triton.jit
-def _emissions(x_ptr, frame_offset, label_offsets, valid, stats_ptr, frame,
-               ACC: tl.constexpr, LOGITS: tl.constexpr):
-    """Each state's log p_t(l'(s)), split into values near 0 and one constant of the frame.
-
-    The split keeps the differences between states exact: with a 1e4 logit elsewhere in the
-    frame, z - lse would round every state's emission at the scale of 1e4, the state-relative
-    values do not, and the constant only reaches the loss value. For logits,
-    log p = z - max(z) - log sum exp(z - max(z)), the frame's statistics.
-    """
-    # cast right after the load: the interpreter keeps bf16 as raw bits
-    emit = tl.load(x_ptr + frame_offset + label_offsets, mask=valid, other=float("-inf")).to(ACC)
-    emit, offset = subtract_max(emit)
-    if LOGITS:
-        offset = (offset - tl.load(stats_ptr + 2 * frame).to(ACC)) \
-            - tl.load(stats_ptr + 2 * frame + 1).to(ACC)
-    return emit, offset
+def _pairs(ext_row, k, target_length, backward, x_stride_c):
+    """The states of pairs k (reversed for beta): blank 2k and label 2k+1 in sweep order, and
+    the label 2k-1 before them, whose value is the one shifted read a frame makes: the blank
+    steps from it, the label skips from it (where the two labels differ)."""
+    num_states = 2 * target_length + 1
+    blank_valid = k <= target_length
+    label_valid = k < target_length
+    blank_state = tl.where(backward != 0, num_states - 1 - 2 * k, 2 * k)
+    label_state = tl.where(backward != 0, num_states - 2 - 2 * k, 2 * k + 1)
+    before_state = tl.where(backward != 0, num_states - 2 * k, 2 * k - 1)
+    before_ok = blank_valid & (k >= 1)
+    labels = tl.load(ext_row + label_state, mask=label_valid, other=0)
+    before = tl.load(ext_row + before_state, mask=label_valid & before_ok, other=0)
+    skip_ok = label_valid & before_ok & (labels != before)
+    return (blank_state, label_state, before_state, blank_valid, label_valid, before_ok, skip_ok,
+            labels * x_stride_c)
 
 
 @triton.jit
-def _ctc_kernel(
+def _emissions(x_frame, label_offsets, mask, ACC: tl.constexpr):
+    # cast right after the load: the interpreter keeps bf16 as raw bits
+    return tl.load(x_frame + label_offsets, mask=mask, other=float("-inf")).to(ACC)
+
+
+@triton.jit
+def _emission_offset(emission_max, stats_ptr, frame, ACC: tl.constexpr, LOGITS: tl.constexpr):
+    """What the state-relative emissions of a frame leave out: their max, less the frame's
+    statistics for logits (log p = z - max(z) - log sum exp(z - max(z)))."""
+    if LOGITS:
+        return (emission_max - tl.load(stats_ptr + 2 * frame).to(ACC)) \
+            - tl.load(stats_ptr + 2 * frame + 1).to(ACC)
+    return emission_max
+
+
+@triton.jit
+def _finite_max(r):
+    """max over the states, 0 when all are -inf (nothing to take out)."""
+    m = tl.max(r, axis=0)
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _advance(blank, label, previous_row, before_state, blank_valid, label_valid, before_ok,
+             skip_ok, blank_emit, label_emit, previous_max):
+    """A frame of the recursion at a tile of pairs, from the previous frame's values at the same
+    states (blank, label), less the previous frame's max."""
+    before = tl.load(previous_row + before_state, mask=before_ok, other=float("-inf"))
+    blank, label, before = blank - previous_max, label - previous_max, before - previous_max
+    neg_inf = float("-inf")
+    new_blank = tl.where(blank_valid, logsumexp3(blank, before, neg_inf) + blank_emit, neg_inf)
+    new_label = tl.where(label_valid, logsumexp3(label, blank, tl.where(skip_ok, before, neg_inf))
+                         + label_emit, neg_inf)
+    return new_blank, new_label
+
+
+@triton.jit
+def _recursion_kernel(
     x_ptr, x_stride_t, x_stride_n, x_stride_c,  # (T, N, C) log-probabilities, or logits
     stats_ptr,  # (T, N, 2) per frame: max and log sum exp(z - max) of the logits; with LOGITS
-    ext_ptr,  # (N, W) extended labels (blank past each sequence's 2L+1 states)
-    order_ptr,  # (N, W) states sorted by class, stable; read when COMPUTE_GRAD
-    sorted_ptr,  # (N, W) their classes, num_classes past 2L+1 (sorts last); with COMPUTE_GRAD
+    ext_ptr,  # (N, W) extended labels (read only inside each sequence's 2L+1 states)
     input_lengths_ptr, target_lengths_ptr,  # (N,) int64
-    alpha_ptr,  # (N, alpha_rows, W) alpha rows: all T with COMPUTE_GRAD, else 2 alternating
-    alpha_rows,
-    scratch_ptr,  # (N, 2, 2, W) beta_t and posterior rows, alternating by frame parity
+    history_ptr,  # (directions, N, rows, W): alpha rows, then beta's; W = 2S+1 states
+    rows,  # T with a gradient (the whole history), else 2 alternating rows
+    emission_max_ptr,  # (N, T) each frame's emission max over the states; with COMPUTE_GRAD
     loss_ptr,  # (N,) per-sequence loss, accumulation dtype
-    grad_ptr, grad_stride_t, grad_stride_n,  # (T, N, C), class stride 1; with COMPUTE_GRAD
-    batch, num_classes, width,
-    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    batch, width, blank_offset,  # blank_offset: the blank's class times the class stride
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, SINGLE_TILE: tl.constexpr,
     LOGITS: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
+    backward = tl.program_id(1)  # 0: alpha, forward in time; 1: beta, backward
+    direction = 1 - 2 * backward
     num_frames = tl.load(input_lengths_ptr + n)
     target_length = tl.load(target_lengths_ptr + n)
-    num_states = 2 * target_length + 1
-    s = tl.arange(0, BLOCK_S)
-    valid = s < num_states
-    neg_inf = tl.full([BLOCK_S], float("-inf"), ACC)
-
+    num_pairs = target_length + 1  # the last one a blank alone
     ext_row = ext_ptr + n * width
-    labels = tl.load(ext_row + s, mask=valid, other=0)
-    # skip s-2 -> s: into a label state whose label differs from the one two states back
-    before = tl.load(ext_row + s - 2, mask=valid & (s >= 2), other=0)
-    can_skip = (s % 2 == 1) & (s >= 3) & (labels != before)
-    label_offsets = labels * x_stride_c
     x_row = x_ptr + n * x_stride_n
-    alpha_row = alpha_ptr + n * alpha_rows * width
+    history = history_ptr + (backward * batch + n) * rows * width
+    store_max = COMPUTE_GRAD and backward == 0
+    k = tl.arange(0, BLOCK_P)
+    neg_inf = tl.full([BLOCK_P], float("-inf"), ACC)
 
-    # frame 0 starts on the blank or on the first label; no frames leaves all mass on state 0.
-    # Each alpha_t is stored minus its max; log_scale sums what was taken out (less each frame's
-    # log_sum for logits), so loss = -(log_scale + lse(final states)).
-    emit, offset = _emissions(x_row, 0, label_offsets, valid & (s < 2), stats_ptr, n,
-                              ACC, LOGITS)
-    alpha = tl.where(num_frames > 0, emit, tl.where(s == 0, 0.0, neg_inf))
-    log_scale = tl.where(num_frames > 0, offset, 0.0)
-    tl.store(alpha_row + s, alpha, mask=valid)
-    for t in range(1, num_frames):
-        emit, offset = _emissions(x_row, t * x_stride_t, label_offsets, valid, stats_ptr,
-                                  t * batch + n, ACC, LOGITS)
-        tl.debug_barrier()  # alpha_{t-1} stored by every thread before anyone reads it shifted
-        previous = alpha_row + ((t - 1) % alpha_rows) * width + s
-        step = tl.load(previous - 1, mask=valid & (s >= 1), other=float("-inf"))
-        skip = tl.load(previous - 2, mask=can_skip, other=float("-inf"))
-        alpha, shift = subtract_max(tl.where(valid, logsumexp3(alpha, step, skip) + emit, neg_inf))
-        log_scale += shift + offset
-        tl.store(alpha_row + (t % alpha_rows) * width + s, alpha, mask=valid)
+    # the sweep's first frame starts on its first blank and label; no frames leaves all mass on
+    # state 0 (beta stores nothing then). Scalar conditions enter masks as lane limits.
+    first = tl.where(backward != 0, num_frames - 1, 0)
+    has_frames = num_frames > 0
+    first_row = history + (tl.maximum(first, 0) % rows) * width
+    blank_state, label_state, before_state, blank_valid, label_valid, before_ok, skip_ok, \
+        label_offsets = _pairs(ext_row, k, target_length, backward, x_stride_c)
+    x_first = x_row + first * x_stride_t
+    blank_emit = tl.load(x_first + blank_offset, mask=has_frames, other=0.0).to(ACC)
+    label_emit = _emissions(x_first, label_offsets,
+                            k < tl.where(has_frames, tl.minimum(target_length, 1), 0), ACC)
+    emission_max = _finite_max(tl.where(k == 0, tl.maximum(label_emit, blank_emit), neg_inf))
+    blank = tl.where(k == 0, tl.where(has_frames, blank_emit - emission_max, 0.0), neg_inf)
+    label = label_emit - emission_max
+    log_scale = tl.where(has_frames, _emission_offset(emission_max, stats_ptr,
+                                                      first * batch + n, ACC, LOGITS), 0.0)
+    stored = tl.where(first >= 0, num_pairs, 0)  # pairs stored: beta with no frames stores none
+    tl.store(first_row + blank_state, blank, mask=k < stored)  # the tile of pair 0
+    tl.store(first_row + label_state, label, mask=k < tl.minimum(stored, target_length))
+    if not SINGLE_TILE:
+        for start in range(BLOCK_P, num_pairs, BLOCK_P):
+            tile_blank, tile_label, _, _, _, _, _, _ = _pairs(ext_row, start + k, target_length,
+                                                              backward, x_stride_c)
+            tl.store(first_row + tile_blank, neg_inf, mask=start + k < stored)
+            tl.store(first_row + tile_label, neg_inf,
+                     mask=start + k < tl.minimum(stored, target_length))
+    if store_max & has_frames:
+        tl.store(emission_max_ptr + n * rows, emission_max)
+    previous_max = _finite_max(tl.maximum(blank, label))
 
-    final = (s == num_states - 1) | (s == num_states - 2)  # last blank, last label
-    final_alpha, shift = subtract_max(tl.where(final, alpha, neg_inf))
-    loss = -(log_scale + shift + tl.log(tl.sum(tl.exp(final_alpha), axis=0)))
-    tl.store(loss_ptr + n, loss)
-
-    if COMPUTE_GRAD:
-        grad_seq = grad_ptr + n * grad_stride_n
-        if loss == float("inf"):
-            if LOGITS:  # no alignment: gradient 0 (the softmax kernel wrote softmax rows)
-                for t in range(0, num_frames):
-                    for c in range(0, num_classes, BLOCK_C):
-                        cols = c + tl.arange(0, BLOCK_C)
-                        tl.store(grad_seq + t * grad_stride_t + cols,
-                                 tl.zeros([BLOCK_C], ACC).to(grad_ptr.dtype.element_ty),
-                                 mask=cols < num_classes)
+    if SINGLE_TILE:  # the next frame's emissions in flight during this frame's barrier
+        x_next = x_row + (first + direction) * x_stride_t
+        next_blank_emit = tl.load(x_next + blank_offset, mask=num_frames > 1, other=0.0).to(ACC)
+        next_label_emit = _emissions(x_next, label_offsets,
+                                     k < tl.where(num_frames > 1, target_length, 0), ACC)
+    for i in range(1, num_frames):
+        t = first + i * direction
+        frame_row = history + (t % rows) * width
+        previous_row = history + ((t - direction) % rows) * width
+        x_frame = x_row + t * x_stride_t
+        if SINGLE_TILE:
+            blank_emit, label_emit = next_blank_emit, next_label_emit
+            x_next = x_frame + direction * x_stride_t
+            next_blank_emit = tl.load(x_next + blank_offset, mask=i + 1 < num_frames,
+                                      other=0.0).to(ACC)
+            next_label_emit = _emissions(x_next, label_offsets,
+                                         k < tl.where(i + 1 < num_frames, target_length, 0), ACC)
+            emission_max = _finite_max(tl.where(k == 0, tl.maximum(blank_emit, label_emit),
+                                                label_emit))
+            tl.debug_barrier()  # the previous frame stored by every thread before it is read
+            blank, label = _advance(blank, label, previous_row, before_state, blank_valid,
+                                    label_valid, before_ok, skip_ok, blank_emit - emission_max,
+                                    label_emit - emission_max, previous_max)
+            tl.store(frame_row + blank_state, blank, mask=blank_valid)
+            tl.store(frame_row + label_state, label, mask=label_valid)
+            frame_max = _finite_max(tl.maximum(blank, label))
         else:
-            # classes in sorted order, per run of equal classes: where it starts and ends
-            order_row = order_ptr + n * width
-            sorted_row = sorted_ptr + n * width
-            in_width = s < width
-            order = tl.load(order_row + s, mask=in_width, other=0)
-            classes = tl.load(sorted_row + s, mask=in_width, other=num_classes)
-            previous_class = tl.load(sorted_row + s - 1, mask=in_width & (s >= 1), other=-1)
-            next_class = tl.load(sorted_row + s + 1, mask=s + 1 < width, other=num_classes)
-            is_label = classes < num_classes
-            run_start = (classes != previous_class).to(tl.int32)
-            run_end = is_label & (classes != next_class)
-            # skip s -> s+2 in beta: the skip into s+2 is allowed
-            after = tl.load(ext_row + s + 2, mask=s + 2 < num_states, other=0)
-            can_skip_next = (s % 2 == 1) & (s + 2 < num_states) & (after != labels)
+            blank_emit = tl.load(x_frame + blank_offset).to(ACC)
+            emission_max = blank_emit
+            for start in range(0, target_length, BLOCK_P):
+                _, _, _, _, tile_label_valid, _, _, tile_offsets = _pairs(
+                    ext_row, start + k, target_length, backward, x_stride_c)
+                label_emit = _emissions(x_frame, tile_offsets, tile_label_valid, ACC)
+                emission_max = tl.maximum(emission_max, tl.max(label_emit, axis=0))
+            emission_max = tl.where(emission_max == float("-inf"), 0.0, emission_max)
+            tl.debug_barrier()  # the previous frame stored by every thread before it is read
+            frame_max = tl.full([], float("-inf"), ACC)
+            for start in range(0, num_pairs, BLOCK_P):
+                tile_blank, tile_label, tile_before, tile_blank_valid, tile_label_valid, \
+                    tile_before_ok, tile_skip_ok, tile_offsets = _pairs(
+                        ext_row, start + k, target_length, backward, x_stride_c)
+                label_emit = _emissions(x_frame, tile_offsets, tile_label_valid, ACC)
+                blank = tl.load(previous_row + tile_blank, mask=tile_blank_valid,
+                                other=float("-inf"))
+                label = tl.load(previous_row + tile_label, mask=tile_label_valid,
+                                other=float("-inf"))
+                blank, label = _advance(blank, label, previous_row, tile_before,
+                                        tile_blank_valid, tile_label_valid, tile_before_ok,
+                                        tile_skip_ok, blank_emit - emission_max,
+                                        label_emit - emission_max, previous_max)
+                tl.store(frame_row + tile_blank, blank, mask=tile_blank_valid)
+                tl.store(frame_row + tile_label, label, mask=tile_label_valid)
+                frame_max = tl.maximum(frame_max, tl.max(tl.maximum(blank, label), axis=0))
+            frame_max = tl.where(frame_max == float("-inf"), 0.0, frame_max)
+        log_scale += previous_max + _emission_offset(emission_max, stats_ptr, t * batch + n,
+                                                     ACC, LOGITS)
+        if store_max:
+            tl.store(emission_max_ptr + n * rows + t, emission_max)
+        previous_max = frame_max
 
-            tl.debug_barrier()  # the alpha history complete before it is read back
-            beta = tl.where(final, 0.0, neg_inf)  # beta'_{T_n-1}: nothing left to emit
-            for i in range(0, num_frames):
-                t = num_frames - 1 - i
-                row = scratch_ptr + (n * 2 + t % 2) * 2 * width  # [beta_t | posterior_t]
-                alpha = tl.load(alpha_row + t * width + s, mask=valid, other=float("-inf"))
-                # posterior of each state, normalised over the frame (it sums to 1 in exact
-                # arithmetic): only O(1) log values meet, whatever the size of the loss
-                posterior, _ = subtract_max(alpha + beta)
-                posterior = tl.exp(posterior)
-                posterior = posterior / tl.sum(posterior, axis=0)
-                tl.store(row + width + s, posterior, mask=valid)
-                # beta's scale is free (posteriors are normalised per frame): drop the offset
-                emit, _ = _emissions(x_row, t * x_stride_t, label_offsets, valid, stats_ptr,
-                                     t * batch + n, ACC, LOGITS)
-                beta = beta + emit
-                tl.store(row + s, beta, mask=valid)
-                tl.debug_barrier()  # both rows visible to every thread
-                # occupancy per class: runs of equal classes summed by a segmented scan
-                occupancy = tl.load(row + width + order, mask=is_label, other=0.0)
-                total, _ = tl.associative_scan((occupancy, run_start), 0, _segmented_add)
-                grad_row = grad_seq + t * grad_stride_t + classes
-                if LOGITS:  # softmax - occupancy
-                    z = tl.load(x_row + t * x_stride_t + classes * x_stride_c,
-                                mask=run_end, other=0.0).to(ACC)
-                    stats = stats_ptr + 2 * (t * batch + n)
-                    z = z - tl.load(stats).to(ACC) - tl.load(stats + 1).to(ACC)
-                    total = tl.exp(z) - total
-                else:
-                    total = -total
-                tl.store(grad_row, round_to(total, grad_ptr.dtype.element_ty), mask=run_end)
-                # beta'_{t-1} from beta_t at s, s+1 and (skip) s+2, rescaled like alpha
-                step = tl.load(row + s + 1, mask=s + 1 < num_states, other=float("-inf"))
-                skip = tl.load(row + s + 2, mask=can_skip_next, other=float("-inf"))
-                beta, _ = subtract_max(tl.where(valid, logsumexp3(beta, step, skip), neg_inf))
+    # both sweeps end on their last two states (alpha: the last label and the final blank);
+    # alpha's gives the loss
+    tl.debug_barrier()
+    last_row = history + (tl.maximum(num_frames - 1, 0) % rows) * width
+    final = 2 * target_length - tl.arange(0, 2)
+    final_r = tl.load(last_row + final, mask=final >= 0, other=float("-inf"))
+    final_r, shift = subtract_max(final_r)
+    loss = -(log_scale + shift + tl.log(tl.sum(tl.exp(final_r), axis=0)))
+    tl.store(loss_ptr + n, loss, mask=backward == 0)
 
 
 @triton.jit
-def _frame_softmax_kernel(
+def _sorted_states(order_row, sorted_row, q, width, num_classes):
+    """At sorted positions q: the state, its class (num_classes past the 2L+1 states), whether
+    it is one, and where the runs of a class start and end."""
+    in_width = q < width
+    order = tl.load(order_row + q, mask=in_width, other=0)
+    classes = tl.load(sorted_row + q, mask=in_width, other=num_classes)
+    previous_class = tl.load(sorted_row + q - 1, mask=in_width & (q >= 1), other=-1)
+    next_class = tl.load(sorted_row + q + 1, mask=q + 1 < width, other=num_classes)
+    is_label = classes < num_classes
+    run_start = (classes != previous_class).to(tl.int32)
+    return order, classes, is_label, run_start, is_label & (classes != next_class)
+
+
+@triton.jit
+def _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max, order, classes, is_label,
+            ACC: tl.constexpr):
+    """Each state's log posterior up to a frame constant (alpha + beta - emit), and its raw
+    emission (the logit, for logits)."""
+    alpha = tl.load(alpha_row + order, mask=is_label, other=float("-inf"))
+    beta = tl.load(beta_row + order, mask=is_label, other=float("-inf"))
+    emit = tl.load(x_frame + classes * x_stride_c, mask=is_label, other=0.0).to(ACC)
+    # alpha and beta both hold the frame's emission: take it out once (-inf states stay -inf)
+    reachable = (alpha != float("-inf")) & (beta != float("-inf"))
+    return tl.where(reachable, alpha + beta - (emit - emission_max), float("-inf")), emit
+
+
+@triton.jit
+def _store_class_sums(score, score_max, score_sum, emit, classes, run_start, run_end, carry,
+                      grad_row, weight, log_softmax_shift, LOGITS: tl.constexpr):
+    """Sum the posteriors of each run of a class (the run open at the tile's start continues
+    `carry`), store its gradient at the run's end; returns the carry into the next tile."""
+    posterior = tl.exp(score - score_max) / score_sum
+    occupancy, _ = tl.associative_scan((posterior, run_start), 0, _segmented_add)
+    occupancy = tl.where(tl.cumsum(run_start, 0) == 0, occupancy + carry, occupancy)
+    if LOGITS:  # softmax - occupancy
+        grad = tl.exp(emit - log_softmax_shift) - occupancy
+    else:
+        grad = -occupancy
+    tl.store(grad_row + classes, round_to(grad * weight, grad_row.dtype.element_ty),
+             mask=run_end)
+    last = tl.arange(0, score.shape[0]) == score.shape[0] - 1
+    return tl.sum(tl.where(last, occupancy, 0.0), axis=0)
+
+
+@triton.jit
+def _gradient_kernel(
+    x_ptr, x_stride_t, x_stride_n, x_stride_c,  # (T, N, C) log-probabilities, or logits
+    stats_ptr,  # (T, N, 2) frame max and log sum exp of the logits; with LOGITS
+    history_ptr,  # (2, N, T, W) alpha, then beta
+    emission_max_ptr,  # (N, T)
+    order_ptr, sorted_ptr,  # (N, W) states sorted by class, stable; their classes (C past 2L+1)
+    input_lengths_ptr, target_lengths_ptr, loss_ptr,  # (N,)
+    grad_ptr, grad_stride_t, grad_stride_n,  # (T, N, C), class stride 1
+    batch, num_frames_max, num_classes, width,
+    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, FRAMES: tl.constexpr,
+    SINGLE_TILE: tl.constexpr, LOGITS: tl.constexpr, MEAN: tl.constexpr,
+):
+    # FRAMES consecutive frames of one sequence: its sorted states are read once for all
+    first_frame = tl.program_id(0).to(tl.int64) * FRAMES
+    n = tl.program_id(1).to(tl.int64)
+    num_frames = tl.load(input_lengths_ptr + n)
+    feasible = tl.load(loss_ptr + n) != float("inf")
+    weight = 1.0  # the reduction's factor of the sequence: 'mean' divides by N max(L, 1)
+    if MEAN:
+        weight = 1.0 / (tl.maximum(tl.load(target_lengths_ptr + n), 1).to(ACC) * batch)
+    order_row = order_ptr + n * width
+    sorted_row = sorted_ptr + n * width
+    q = tl.arange(0, BLOCK_S)
+    if SINGLE_TILE:
+        order, classes, is_label, run_start, run_end = _sorted_states(order_row, sorted_row, q,
+                                                                      width, num_classes)
+    for t in range(first_frame, tl.minimum(first_frame + FRAMES, num_frames_max)):
+        inside = (t < num_frames) & feasible
+        x_frame = x_ptr + t * x_stride_t + n * x_stride_n
+        grad_row = grad_ptr + t * grad_stride_t + n * grad_stride_n
+        log_softmax_shift = 0.0
+        if LOGITS:
+            stats = stats_ptr + 2 * (t * batch + n)
+            log_softmax_shift = tl.load(stats).to(ACC) + tl.load(stats + 1).to(ACC)
+        # every class once: 0, or weight * softmax for logits; label classes rewritten below
+        for start in range(0, num_classes, BLOCK_C):
+            cols = start + tl.arange(0, BLOCK_C)
+            value = tl.zeros([BLOCK_C], ACC)
+            if LOGITS:
+                read = cols < tl.where(inside, num_classes, 0)
+                z = tl.load(x_frame + cols * x_stride_c, mask=read, other=float("-inf")).to(ACC)
+                value = tl.where(inside, tl.exp(z - log_softmax_shift) * weight, 0.0)
+            tl.store(grad_row + cols, round_to(value, grad_ptr.dtype.element_ty),
+                     mask=cols < num_classes)
+        if inside:
+            tl.debug_barrier()  # the dense row stored before its label classes are rewritten
+            alpha_row = history_ptr + (n * num_frames_max + t) * width
+            beta_row = history_ptr + ((batch + n) * num_frames_max + t) * width
+            emission_max = tl.load(emission_max_ptr + n * num_frames_max + t)
+            if SINGLE_TILE:
+                score, emit = _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max,
+                                      order, classes, is_label, ACC)
+                score_max = _finite_max(score)
+                score_sum = tl.sum(tl.exp(score - score_max), axis=0)
+                _store_class_sums(score, score_max, score_sum, emit, classes, run_start, run_end,
+                                  0.0, grad_row, weight, log_softmax_shift, LOGITS)
+            else:
+                # the normaliser over every tile (online max and sum), then the posteriors
+                score_max = tl.full([], float("-inf"), ACC)
+                score_sum = tl.zeros([], ACC)
+                for start in range(0, width, BLOCK_S):
+                    order, classes, is_label, _, _ = _sorted_states(order_row, sorted_row,
+                                                                    start + q, width, num_classes)
+                    score, _ = _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max,
+                                       order, classes, is_label, ACC)
+                    new_max = tl.maximum(score_max, tl.max(score, axis=0))
+                    shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+                    score_sum = score_sum * tl.exp(score_max - shift) \
+                        + tl.sum(tl.exp(score - shift), axis=0)
+                    score_max = new_max
+                score_max = tl.where(score_max == float("-inf"), 0.0, score_max)
+                carry = tl.zeros([], ACC)
+                for start in range(0, width, BLOCK_S):
+                    order, classes, is_label, run_start, run_end = _sorted_states(
+                        order_row, sorted_row, start + q, width, num_classes)
+                    score, emit = _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max,
+                                          order, classes, is_label, ACC)
+                    carry = _store_class_sums(score, score_max, score_sum, emit, classes,
+                                              run_start, run_end, carry, grad_row, weight,
+                                              log_softmax_shift, LOGITS)
+
+@triton.jit
+def _frame_stats_kernel(
     x_ptr, x_stride_t, x_stride_n, x_stride_c,  # (T, N, C) logits
     stats_ptr,  # (T, N, 2) per frame: max (0 if all -inf) and log sum exp(z - max)
-    grad_ptr, grad_stride_t, grad_stride_n,  # (T, N, C) class stride 1; with COMPUTE_GRAD
     input_lengths_ptr, batch, num_classes,
-    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     frame = tl.program_id(0).to(tl.int64)
     t = frame // batch
     n = frame % batch
-    inside = t < tl.load(input_lengths_ptr + n)
-    read_limit = tl.where(inside, num_classes, 0)  # frames past the input are never read
+    # frames past the input are never read
+    read_limit = tl.where(t < tl.load(input_lengths_ptr + n), num_classes, 0)
     x_row = x_ptr + t * x_stride_t + n * x_stride_n
     cols = tl.arange(0, BLOCK)
-    z = tl.load(x_row + cols * x_stride_c, mask=cols < read_limit,
-                other=float("-inf")).to(ACC)
-    m = tl.max(z, axis=0)
-    total = tl.sum(tl.exp(z - tl.where(m == float("-inf"), 0.0, m)), axis=0)
-    if not SINGLE_BLOCK:  # online lse over the remaining blocks
-        for start in range(BLOCK, num_classes, BLOCK):
-            b_cols = start + cols
-            b_z = tl.load(x_row + b_cols * x_stride_c, mask=b_cols < read_limit,
-                          other=float("-inf")).to(ACC)
-            new_m = tl.maximum(m, tl.max(b_z, axis=0))
-            shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-            total = total * tl.exp(m - shift) + tl.sum(tl.exp(b_z - shift), axis=0)
-            m = new_m
-    m = tl.where(m == float("-inf"), 0.0, m)
-    log_sum = tl.log(total)
-    tl.store(stats_ptr + 2 * frame, m)
-    tl.store(stats_ptr + 2 * frame + 1, log_sum)
-    if COMPUTE_GRAD:
-        grad_row = grad_ptr + t * grad_stride_t + n * grad_stride_n
-        if SINGLE_BLOCK:
-            p = tl.where(inside, tl.exp(z - m - log_sum), 0.0)
-            tl.store(grad_row + cols, round_to(p, grad_ptr.dtype.element_ty),
-                     mask=cols < num_classes)
-        else:
-            for start in range(0, num_classes, BLOCK):
-                b_cols = start + cols
-                b_z = tl.load(x_row + b_cols * x_stride_c, mask=b_cols < read_limit,
-                              other=float("-inf")).to(ACC)
-                p = tl.where(inside, tl.exp(b_z - m - log_sum), 0.0)
-                tl.store(grad_row + b_cols, round_to(p, grad_ptr.dtype.element_ty),
-                         mask=b_cols < num_classes)
+    m = tl.full([], float("-inf"), ACC)
+    total = tl.zeros([], ACC)
+    for start in range(0, num_classes, BLOCK):  # online lse over the blocks
+        z = tl.load(x_row + (start + cols) * x_stride_c, mask=start + cols < read_limit,
+                    other=float("-inf")).to(ACC)
+        new_m = tl.maximum(m, tl.max(z, axis=0))
+        shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+        total = total * tl.exp(m - shift) + tl.sum(tl.exp(z - shift), axis=0)
+        m = new_m
+    tl.store(stats_ptr + 2 * frame, tl.where(m == float("-inf"), 0.0, m))
+    tl.store(stats_ptr + 2 * frame + 1, tl.log(total))
 
 
 # --- launchers -----------------------------------------------------------------------------
 
-def _extended_labels(targets, target_lengths, blank):
-    """(N, 2S+1): blank at even states, labels at odd ones, blank past each 2L+1."""
+def _extended_labels(targets, target_lengths, blank, num_classes):
+    """(N, 2S+1): blank at even states, labels at odd ones, num_classes past each 2L+1 (so
+    that sorting by class puts those last)."""
     batch, width = targets.shape
-    inside = torch.arange(width, device=targets.device) < target_lengths.unsqueeze(1)
     extended = torch.full((batch, 2 * width + 1), blank, dtype=torch.int64, device=targets.device)
-    extended[:, 1::2] = torch.where(inside, targets, blank)
-    return extended
+    extended[:, 1::2] = targets
+    states = torch.arange(2 * width + 1, device=targets.device)
+    return torch.where(states < 2 * target_lengths.unsqueeze(1) + 1, extended, num_classes)
 
 
-def _ctc_warps(block_s):
-    # barriers and cross-warp reductions every frame: few warps, several states per thread
+def _state_tile(width):
+    return min(triton.next_power_of_2(width), MAX_STATE_TILE)
+
+
+def _recursion_warps(block_s):
+    # a barrier every frame: few warps, several states per thread
     return max(1, min(4, block_s // 256))
 
 
-def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compute_grad):
-    """Per-sequence losses (N,) in the accumulation dtype, and d(loss_n)/dx (T, N, C) or None."""
+def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compute_grad, mean):
+    """Per-sequence losses (N,) in the accumulation dtype, and d(loss_n)/dx (T, N, C), over
+    N max(L_n, 1) with `mean`, or None without compute_grad."""
     acc = accumulation_dtype(x.dtype)
     num_frames, batch, num_classes = x.shape
     device = x.device
-    extended = _extended_labels(targets, target_lengths, blank)
+    extended = _extended_labels(targets, target_lengths, blank, num_classes)
     width = extended.shape[1]
-    block_s = triton.next_power_of_2(width)
+    num_pairs = targets.shape[1] + 1
+    block_p = min(triton.next_power_of_2(num_pairs), MAX_STATE_TILE // 2)
+    block_s = _state_tile(width)
+    ACC = triton_accumulation(x.dtype)
 
     loss = torch.empty(batch, dtype=acc, device=device)
-    grad = None
-    order = sorted_classes = extended  # read only with a gradient
-    scratch = loss
-    if compute_grad:
-        grad = (torch.empty if logits else torch.zeros)(x.shape, dtype=x.dtype, device=device)
-        key = torch.where(torch.arange(width, device=device) < 2 * target_lengths.unsqueeze(1) + 1,
-                          extended, num_classes)
-        sorted_classes, order = torch.sort(key, dim=1, stable=True)
-        scratch = torch.empty(batch, 2, 2, width, dtype=acc, device=device)
-    alpha_rows = num_frames if compute_grad else 2
-    alpha = torch.empty(batch, alpha_rows, width, dtype=acc, device=device)
-    stats = loss
+    stats = loss  # read only for logits
     if logits:
         stats = torch.empty(num_frames, batch, 2, dtype=acc, device=device)
-        block = row_block(num_classes)
-        _frame_softmax_kernel[(num_frames * batch,)](
-            x, *x.stride(), stats, grad if compute_grad else x, num_classes * batch, num_classes,
-            input_lengths, batch, num_classes,
-            ACC=triton_accumulation(x.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
-            COMPUTE_GRAD=compute_grad, num_warps=row_warps(block))
-    _ctc_kernel[(batch,)](
-        x, *x.stride(), stats, extended, order, sorted_classes, input_lengths, target_lengths,
-        alpha, alpha_rows, scratch, loss,
-        grad if compute_grad else x, num_classes * batch, num_classes,
-        batch, num_classes, width,
-        ACC=triton_accumulation(x.dtype), BLOCK_S=block_s,
-        BLOCK_C=min(row_block(num_classes), 1024),  # zeroing an infeasible sequence's rows
-        LOGITS=logits, COMPUTE_GRAD=compute_grad, num_warps=_ctc_warps(block_s))
+        block = min(row_block(num_classes), 4096)
+        _frame_stats_kernel[(num_frames * batch,)](
+            x, *x.stride(), stats, input_lengths, batch, num_classes,
+            ACC=ACC, BLOCK=block, num_warps=row_warps(block))
+    rows, directions = (num_frames, 2) if compute_grad else (2, 1)
+    history = torch.empty(directions, batch, rows, width, dtype=acc, device=device)
+    emission_max = loss  # written only with a gradient
+    if compute_grad:
+        emission_max = torch.empty(batch, num_frames, dtype=acc, device=device)
+    _recursion_kernel[(batch, directions)](
+        x, *x.stride(), stats, extended, input_lengths, target_lengths, history, rows,
+        emission_max, loss, batch, width, blank * x.stride(2),
+        ACC=ACC, BLOCK_P=block_p, SINGLE_TILE=num_pairs <= block_p, LOGITS=logits,
+        COMPUTE_GRAD=compute_grad, num_warps=_recursion_warps(2 * block_p))
+    if not compute_grad:
+        return loss, None
+
+    sorted_classes, order = torch.sort(extended, dim=1, stable=True)
+    grad = torch.empty(x.shape, dtype=x.dtype, device=device)
+    block_c = row_block(num_classes)
+    _gradient_kernel[(triton.cdiv(num_frames, GRADIENT_FRAMES), batch)](
+        x, *x.stride(), stats, history, emission_max, order, sorted_classes, input_lengths,
+        target_lengths, loss, grad, num_classes * batch, num_classes,
+        batch, num_frames, num_classes, width,
+        ACC=ACC, BLOCK_S=block_s, BLOCK_C=block_c, FRAMES=GRADIENT_FRAMES,
+        SINGLE_TILE=width <= block_s, LOGITS=logits, MEAN=mean, num_warps=row_warps(block_c))
     return loss, grad
 
 
 def _per_sequence(grad_output):
-    """Each sequence's grad_output against its (T, N, C) gradient."""
+    """Each sequence's grad_output (reduction='none'), or the one of a reduced loss, against the
+    (T, N, C) gradient."""
     return grad_output.view(1, -1, 1)
 
 
@@ -319,23 +496,24 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
     (compute_grad,) = wanted_gradients(x)
 
     def sweep(x):
-        """Per-sequence CTC losses (N,) and d(loss_n)/d x; the backward scales each sequence's
-        gradient by its grad_output."""
+        """The reduced CTC loss and its gradient; with reduction='none' the per-sequence losses,
+        and the backward scales each sequence's gradient by its grad_output."""
         batched = x if x.dim() == 3 else x.unsqueeze(1)
         # unbatched: the target is one row
         rows = targets if x.dim() == 3 else targets.reshape(1, -1)
         loss, grad = _ctc_forward(batched.detach(), rows, input_lengths, target_lengths, blank,
-                                  logits, compute_grad)
+                                  logits, compute_grad, mean=reduction == "mean")
+        if zero_infinity:
+            loss = torch.where(torch.isinf(loss), torch.zeros_like(loss), loss)
+        if reduction == "mean":  # torch: each loss over its target length, then the batch mean
+            loss = loss / target_lengths.clamp(min=1).to(loss.dtype)
+        elif x.dim() == 2:
+            loss = loss.squeeze(0)
+        loss = reduce(loss, reduction).to(loss_dtype(x.dtype, x.device))
         return Sweep((loss,), [None if grad is None else grad.view(batched.shape)],
-                     shape_grad_output=_per_sequence, finish=lambda _, g: g.view(x.shape))
-    loss = PrecomputedGradient.apply(sweep, x)
-    if zero_infinity:
-        loss = torch.where(torch.isinf(loss), torch.zeros_like(loss), loss)
-    if reduction == "mean":  # torch: each loss over its target length, then the batch mean
-        loss = loss / target_lengths.clamp(min=1).to(loss.dtype)
-    elif x.dim() == 2:
-        loss = loss.squeeze(0)
-    return reduce(loss, reduction).to(loss_dtype(x.dtype, x.device))
+                     shape_grad_output=_per_sequence,
+                     finish=lambda _, g: g.view(x.shape))
+    return PrecomputedGradient.apply(sweep, x)
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
