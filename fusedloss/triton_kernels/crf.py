@@ -85,7 +85,7 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 # tiles.
 MAX_TAG_TILE = 128
 # Elements of (row, tag) per program of the marginals kernel.
-_MARGINAL_ELEMENTS = 2048 if GPU_LAUNCH_PARAMS else 32
+_MARGINAL_ELEMENTS = 2048 if GPU_LAUNCH_PARAMS else 64
 # Programs the transition-gradient kernel aims for (two per SM of an sm_90 GPU); under the
 # interpreter, two time chunks per sequence, so the partials' reduction has several to combine.
 _TRANSITION_PROGRAMS = 264 if GPU_LAUNCH_PARAMS else 0
@@ -116,19 +116,6 @@ def _merge_lse(m, total, weighted, x, carry, AXIS: tl.constexpr, TANGENT: tl.con
 
 
 @triton.jit
-def _when(condition, mask):
-    """A block mask where a scalar condition holds, else all off (the interpreter's `&` of a
-    boolean block with a boolean scalar is not boolean)."""
-    return tl.where(condition, mask, False)
-
-
-@triton.jit
-def _lse_value(m, total):
-    """The logsumexp from _merge_lse's state: -inf for an all -inf line."""
-    return tl.where(m == float("-inf"), 0.0, m) + tl.log(total)
-
-
-@triton.jit
 def _crf_sweep_kernel(
     emissions_ptr, stride_eb, stride_et, stride_ek,
     tags_ptr, stride_gb, stride_gt,  # gold tags in [0, K), read when HAS_TAGS
@@ -153,7 +140,9 @@ def _crf_sweep_kernel(
     forward = direction == 0
     backward = direction == 1
     k = tl.arange(0, TILE)
-    num_tiles = tl.cdiv(num_tags, TILE)
+    # no tl.cdiv / tl.zeros in these kernels: each jit-function call costs the interpreter a
+    # re-patch of triton.language, the bulk of the tests' time
+    num_tiles = (num_tags + TILE - 1) // TILE
     last = tl.load(last_ptr + b)
     # beta is alpha on the reversed chain: transitions transposed, start and end swapped
     stride_from = tl.where(forward, stride_ti, stride_tj)
@@ -180,16 +169,16 @@ def _crf_sweep_kernel(
         shift = (tl.load(start_ptr + first_gold * stride_s, mask=forward, other=0.0).to(ACC)
                  + tl.load(emit_row + first_gold * stride_ek, mask=forward, other=0.0).to(ACC))
     norm = tl.full([], float("-inf"), dtype=ACC)
-    state = tl.zeros((TILE,), dtype=ACC)  # the normalised state (registers, SINGLE_TILE)
-    stored = tl.zeros((TILE,), dtype=ACC)  # what the buffer keeps of it
-    carry = tl.zeros((TILE,), dtype=ACC)
+    state = tl.full((TILE,), 0, dtype=ACC)  # the normalised state (registers, SINGLE_TILE)
+    stored = tl.full((TILE,), 0, dtype=ACC)  # what the buffer keeps of it
+    carry = tl.full((TILE,), 0, dtype=ACC)
     for jt in range(0, num_tiles):
         cols = jt * TILE + k
         cvalid = cols < num_tags
         first = tl.where(forward,
-                         tl.load(start_ptr + cols * stride_s, mask=_when(forward, cvalid),
+                         tl.load(start_ptr + cols * stride_s, mask=tl.where(forward, cvalid, False),
                                  other=float("-inf")).to(ACC),
-                         tl.load(end_ptr + cols * stride_e, mask=_when(backward, cvalid),
+                         tl.load(end_ptr + cols * stride_e, mask=tl.where(backward, cvalid, False),
                                  other=float("-inf")).to(ACC))
         emit = tl.load(emit_row + first_step * stride_et + cols * stride_ek, mask=cvalid,
                        other=float("-inf")).to(ACC)
@@ -209,30 +198,63 @@ def _crf_sweep_kernel(
     if not SINGLE_TILE:
         tl.debug_barrier()  # the state stored above is read back by other threads
 
+    # pointers at step t, moved by one step each iteration (the interpreter checks every
+    # integer product for overflow, so the loop keeps products out of the single-tile path)
+    sign = tl.where(forward, 1, -1)
+    mask_step = sign * stride_mt
+    emit_step = sign * stride_et
+    tangent_step = sign * stride_ut
+    state_step = sign * num_tags
+    mask_t = mask_row + first_step * stride_mt
+    emit_t = emit_row + first_step * stride_et
+    tangent_t = tangent_row + first_step * stride_ut
+    state_t = state_row + first_step * num_tags  # when STORE_ALL
+    carry_t = carry_row + first_step * num_tags  # when TANGENT
+    tags_t = tags_row  # alpha's gold tag at t
+    emit_cols = k * stride_ek
+    tangent_cols = k * stride_uk
     for s in range(1, last + 1):
         t = tl.where(forward, s, last - s)
-        step_mask = tl.load(mask_row + t * stride_mt)
+        mask_t += mask_step
+        emit_t += emit_step
+        tangent_t += tangent_step
+        state_t += state_step
+        carry_t += state_step
+        tags_t += stride_gt
+        step_mask = tl.load(mask_t)
         on = step_mask != 0
         off = step_mask == 0
-        trans_gold = 0.0
-        emit_gold = 0.0
+        trans_gold = tl.full([], 0, dtype=ACC)
+        emit_gold = tl.full([], 0, dtype=ACC)
         if HAS_TAGS:
-            prev_gold = tl.load(tags_row + (t - 1) * stride_gt, mask=forward, other=0)
-            this_gold = tl.load(tags_row + t * stride_gt, mask=forward, other=0)
-            trans_gold = tl.load(transitions_ptr + prev_gold * stride_ti + this_gold * stride_tj,
-                                 mask=forward, other=0.0).to(ACC)
-            emit_gold = tl.load(emit_row + t * stride_et + this_gold * stride_ek, mask=forward,
-                                other=0.0).to(ACC)
-        emit_t = emit_row + t * stride_et
+            if forward:
+                prev_gold = tl.load(tags_t - stride_gt)
+                this_gold = tl.load(tags_t)
+                trans_gold = tl.load(transitions_ptr + prev_gold * stride_ti
+                                     + this_gold * stride_tj).to(ACC)
+                emit_gold = tl.load(emit_t + this_gold * stride_ek).to(ACC)
+        if STORE_ALL:
+            state_at = state_t
+        else:
+            state_at = state_row + (t % 2) * num_tags
+        if not SINGLE_TILE:
+            previous_at = state_row + (previous % state_steps) * num_tags
         new_norm = tl.full([], float("-inf"), dtype=ACC)
-        new_state = tl.zeros((TILE,), dtype=ACC)
-        new_carry = tl.zeros((TILE,), dtype=ACC)
+        new_state = tl.full((TILE,), 0, dtype=ACC)
+        new_carry = tl.full((TILE,), 0, dtype=ACC)
         for jt in range(0, num_tiles):
-            cols = jt * TILE + k
+            if SINGLE_TILE:
+                cols = k
+                emit_tile = emit_cols
+                tangent_tile = tangent_cols
+            else:
+                cols = jt * TILE + k
+                emit_tile = cols * stride_ek
+                tangent_tile = cols * stride_uk
             cvalid = cols < num_tags
             m = tl.full((TILE,), float("-inf"), dtype=ACC)
-            total_exp = tl.zeros((TILE,), dtype=ACC)
-            weighted = tl.zeros((TILE,), dtype=ACC)
+            total_exp = tl.full((TILE,), 0, dtype=ACC)
+            weighted = tl.full((TILE,), 0, dtype=ACC)
             for it in range(0, num_tiles):
                 if SINGLE_TILE:
                     prev = state
@@ -241,13 +263,12 @@ def _crf_sweep_kernel(
                 else:
                     rows = it * TILE + k
                     rvalid = rows < num_tags
-                    prev = tl.load(state_row + (previous % state_steps) * num_tags + rows,
-                                   mask=rvalid, other=float("-inf"))
+                    prev = tl.load(previous_at + rows, mask=rvalid, other=float("-inf"))
                     # beta keeps its columns: the state adds their step's emission back
                     prev += tl.load(emit_row + previous * stride_et + rows * stride_ek,
-                                    mask=_when(backward, rvalid), other=0.0).to(ACC)
+                                    mask=tl.where(backward, rvalid, False), other=0.0).to(ACC)
                     prev -= norm
-                    prev_carry = tl.zeros((TILE,), dtype=ACC)
+                    prev_carry = tl.full((TILE,), 0, dtype=ACC)
                     if TANGENT:
                         prev_carry = tl.load(carry_row + previous * num_tags + rows, mask=rvalid,
                                              other=0.0)
@@ -259,37 +280,36 @@ def _crf_sweep_kernel(
                 m, total_exp, weighted = _merge_lse(m, total_exp, weighted,
                                                     prev[:, None] + (block - trans_gold),
                                                     prev_carry[:, None], 0, TANGENT)
-            column = _lse_value(m, total_exp)
-            emit = tl.load(emit_t + cols * stride_ek, mask=cvalid, other=float("-inf")).to(ACC)
+            column = tl.where(m == float("-inf"), 0.0, m) + tl.log(total_exp)
+            emit = tl.load(emit_t + emit_tile, mask=cvalid, other=float("-inf")).to(ACC)
             new_state = column + (emit - emit_gold)
             value = tl.where(forward, new_state, column)
             if SINGLE_TILE:
                 old = stored
             else:  # alpha copies its state over a step that is off
-                old = tl.load(state_row + (previous % state_steps) * num_tags + cols,
-                              mask=_when(forward & off, cvalid), other=0.0)
+                old = tl.load(previous_at + cols, mask=tl.where(forward & off, cvalid, False),
+                              other=0.0)
             value = tl.where(on, value, old)
             if SINGLE_TILE:
                 stored = value
             if STORE_ALL or not SINGLE_TILE:
-                tl.store(state_row + (t % state_steps) * num_tags + cols, value,
-                         mask=_when(forward | on, cvalid))
+                tl.store(state_at + cols, value, mask=tl.where(forward | on, cvalid, False))
             if TANGENT:
-                g = tl.load(tangent_row + t * stride_ut + cols * stride_uk, mask=cvalid,
-                            other=0.0).to(ACC)
+                g = tl.load(tangent_t + tangent_tile, mask=cvalid, other=0.0).to(ACC)
                 new_carry = g + tl.where(total_exp > 0, weighted / total_exp, 0.0)
                 if SINGLE_TILE:
                     old_carry = carry
                 else:
                     old_carry = tl.load(carry_row + previous * num_tags + cols,
-                                        mask=_when(forward & off, cvalid), other=0.0)
+                                        mask=tl.where(forward & off, cvalid, False), other=0.0)
                 new_carry = tl.where(on, new_carry, old_carry)
-                tl.store(carry_row + t * num_tags + cols, new_carry, mask=_when(forward | on, cvalid))
+                tl.store(carry_t + cols, new_carry, mask=tl.where(forward | on, cvalid, False))
             new_norm = tl.maximum(new_norm, tl.max(tl.where(cvalid, new_state, float("-inf")),
                                                    axis=0))
         new_norm = tl.where(new_norm == float("-inf"), 0.0, new_norm)
         if STORE_ALL:
-            tl.store(enter_row + t, norm + trans_gold + emit_gold, mask=forward & on)
+            if forward:
+                tl.store(enter_row + t, norm + trans_gold + emit_gold)
         if SINGLE_TILE:
             state = tl.where(on, new_state - new_norm, state)
             if TANGENT:
@@ -305,7 +325,7 @@ def _crf_sweep_kernel(
     if HAS_TAGS:
         end_gold = tl.load(end_ptr + tl.load(end_tags_ptr + b) * stride_e).to(ACC)
     m = tl.full([], float("-inf"), dtype=ACC)
-    total_exp = tl.zeros([], dtype=ACC)
+    total_exp = tl.full([], 0, dtype=ACC)
     for jt in range(0, num_tiles):
         cols = jt * TILE + k
         cvalid = cols < num_tags
@@ -313,11 +333,12 @@ def _crf_sweep_kernel(
             final = state
         else:
             final = tl.load(state_row + (previous % state_steps) * num_tags + cols,
-                            mask=_when(forward, cvalid), other=float("-inf")) - norm
-        final += tl.load(end_ptr + cols * stride_e, mask=_when(forward, cvalid),
+                            mask=tl.where(forward, cvalid, False), other=float("-inf")) - norm
+        final += tl.load(end_ptr + cols * stride_e, mask=tl.where(forward, cvalid, False),
                          other=float("-inf")).to(ACC) - end_gold
         m, total_exp, _ = _merge_lse(m, total_exp, 0.0, final, 0.0, 0, False)
-    tl.store(out_ptr + b, total + _lse_value(m, total_exp), mask=forward)
+    log_partition = total + tl.where(m == float("-inf"), 0.0, m) + tl.log(total_exp)
+    tl.store(out_ptr + b, log_partition, mask=forward)
 
 
 @triton.jit
@@ -327,7 +348,7 @@ def _marginal_scores(alpha_rows, beta_rows, carry_rows, tangent_rows, stride_uk,
     h_t = A_t + B'_t - g_t."""
     x = (tl.load(alpha_rows + cols, mask=live, other=float("-inf"))
          + tl.load(beta_rows + cols, mask=live, other=float("-inf")))
-    h = tl.zeros_like(x)
+    h = tl.full(x.shape, 0, dtype=x.dtype)
     if TANGENT:
         h = (tl.load(carry_rows + cols, mask=live, other=0.0)
              + tl.load(carry_rows + num_cells + cols, mask=live, other=0.0)
@@ -358,7 +379,7 @@ def _crf_marginal_kernel(
     t = r % num_steps
     on = (tl.load(mask_ptr + b * stride_mb + t * stride_mt, mask=rvalid, other=0) != 0) & rvalid
     k = tl.arange(0, TILE)
-    num_tiles = tl.cdiv(num_tags, TILE)
+    num_tiles = (num_tags + TILE - 1) // TILE
     num_cells = batch * num_steps * num_tags
     alpha_rows = state_ptr + r[:, None] * num_tags
     beta_rows = alpha_rows + num_cells
@@ -366,16 +387,16 @@ def _crf_marginal_kernel(
     tangent_rows = tangent_ptr + (b * stride_ub + t * stride_ut)[:, None]
 
     m = tl.full((ROWS,), float("-inf"), dtype=ACC)
-    total_exp = tl.zeros((ROWS,), dtype=ACC)
-    weighted = tl.zeros((ROWS,), dtype=ACC)
+    total_exp = tl.full((ROWS,), 0, dtype=ACC)
+    weighted = tl.full((ROWS,), 0, dtype=ACC)
     x = tl.full((ROWS, TILE), float("-inf"), dtype=ACC)
-    h = tl.zeros((ROWS, TILE), dtype=ACC)
+    h = tl.full((ROWS, TILE), 0, dtype=ACC)
     for jt in range(0, num_tiles):
         cols = (jt * TILE + k)[None, :]
         x, h = _marginal_scores(alpha_rows, beta_rows, carry_rows, tangent_rows, stride_uk, cols,
                                 on[:, None] & (cols < num_tags), num_cells, TANGENT)
         m, total_exp, weighted = _merge_lse(m, total_exp, weighted, x, h, 1, TANGENT)
-    lse = _lse_value(m, total_exp)
+    lse = tl.where(m == float("-inf"), 0.0, m) + tl.log(total_exp)
     expected = tl.where(total_exp > 0, weighted / total_exp, 0.0)  # E[G], when TANGENT
     if PAIRS:
         enter = tl.load(enter_ptr + r, mask=on, other=0.0)
@@ -429,7 +450,7 @@ def _crf_transition_kernel(
     batch, num_steps, num_tags, chunk_steps,
     ACC: tl.constexpr, TILE: tl.constexpr, HAS_TAGS: tl.constexpr, TANGENT: tl.constexpr,
 ):
-    num_tiles = tl.cdiv(num_tags, TILE)
+    num_tiles = (num_tags + TILE - 1) // TILE
     row_tile = tl.program_id(0) // num_tiles
     col_tile = tl.program_id(0) % num_tiles
     b = tl.program_id(1).to(tl.int64)
@@ -444,30 +465,47 @@ def _crf_transition_kernel(
     num_cells = batch * num_steps * num_tags
     alpha_row = state_ptr + b * num_steps * num_tags
     carry_row = carry_ptr + b * num_steps * num_tags
-    emit_row = emissions_ptr + b * stride_eb
     last = tl.load(last_ptr + b)
-    acc = tl.zeros((TILE, TILE), dtype=ACC)
-    for t in range(tl.maximum(chunk * chunk_steps, 1), tl.minimum((chunk + 1) * chunk_steps, last + 1)):
-        on = tl.load(mask_ptr + b * stride_mb + t * stride_mt) != 0
-        prev = tl.load(alpha_row + (t - 1) * num_tags + rows, mask=_when(on, rvalid),
-                       other=float("-inf"))
-        ahead = (tl.load(alpha_row + num_cells + t * num_tags + cols, mask=_when(on, cvalid),
-                         other=float("-inf"))
-                 + tl.load(emit_row + t * stride_et + cols * stride_ek, mask=_when(on, cvalid),
-                           other=float("-inf")).to(ACC))
-        pair_shift = tl.load(pair_shift_ptr + b * num_steps + t, mask=on, other=0.0)
+    acc = tl.full((TILE, TILE), 0, dtype=ACC)
+    first = tl.maximum(chunk * chunk_steps, 1)
+    # pointers at step t (and t - 1), moved by one step each iteration
+    mask_t = mask_ptr + b * stride_mb + first * stride_mt
+    prev_t = alpha_row + (first - 1) * num_tags + rows
+    beta_t = alpha_row + num_cells + first * num_tags + cols
+    emit_t = emissions_ptr + b * stride_eb + first * stride_et + cols * stride_ek
+    carry_prev_t = carry_row + (first - 1) * num_tags + rows
+    carry_t = carry_row + num_cells + first * num_tags + cols
+    shift_t = pair_shift_ptr + b * num_steps + first
+    expected_t = expected_ptr + b * num_steps + first
+    tags_t = tags_ptr + b * stride_gb + first * stride_gt
+    for t in range(first, tl.minimum((chunk + 1) * chunk_steps, last + 1)):
+        on = tl.load(mask_t) != 0
+        rlive = tl.where(on, rvalid, False)
+        clive = tl.where(on, cvalid, False)
+        prev = tl.load(prev_t, mask=rlive, other=float("-inf"))
+        ahead = (tl.load(beta_t, mask=clive, other=float("-inf"))
+                 + tl.load(emit_t, mask=clive, other=float("-inf")).to(ACC))
+        pair_shift = tl.load(shift_t, mask=on, other=0.0)
         xi = tl.exp(prev[:, None] + block + ahead[None, :] - pair_shift)
         if TANGENT:
-            expected = tl.load(expected_ptr + b * num_steps + t, mask=on, other=0.0)
-            before = tl.load(carry_row + (t - 1) * num_tags + rows, mask=_when(on, rvalid), other=0.0)
-            after = tl.load(carry_row + num_cells + t * num_tags + cols, mask=_when(on, cvalid),
-                            other=0.0)
+            expected = tl.load(expected_t, mask=on, other=0.0)
+            before = tl.load(carry_prev_t, mask=rlive, other=0.0)
+            after = tl.load(carry_t, mask=clive, other=0.0)
             xi *= before[:, None] + after[None, :] - expected
         if HAS_TAGS:
-            prev_gold = tl.load(tags_ptr + b * stride_gb + (t - 1) * stride_gt, mask=on, other=-1)
-            this_gold = tl.load(tags_ptr + b * stride_gb + t * stride_gt, mask=on, other=-1)
+            prev_gold = tl.load(tags_t - stride_gt, mask=on, other=-1)
+            this_gold = tl.load(tags_t, mask=on, other=-1)
             xi -= ((rows[:, None] == prev_gold) & (cols[None, :] == this_gold)).to(ACC)
         acc += tl.where(on, xi, 0.0)
+        mask_t += stride_mt
+        prev_t += num_tags
+        beta_t += num_tags
+        emit_t += stride_et
+        carry_prev_t += num_tags
+        carry_t += num_tags
+        shift_t += 1
+        expected_t += 1
+        tags_t += stride_gt
     weight = tl.cast(weight_hi, ACC) + weight_lo
     partial = partial_ptr + (b * tl.num_programs(2) + chunk) * num_tags * num_tags
     tl.store(partial + rows[:, None] * num_tags + cols[None, :], acc * weight,
@@ -491,7 +529,7 @@ def _crf_viterbi_kernel(
 ):
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, TILE)
-    num_tiles = tl.cdiv(num_tags, TILE)
+    num_tiles = (num_tags + TILE - 1) // TILE
     last = tl.load(last_ptr + b)
     length = tl.load(lengths_ptr + b)
     emit_row = emissions_ptr + b * stride_eb
@@ -504,7 +542,7 @@ def _crf_viterbi_kernel(
         trans = tl.load(transitions_ptr + k[:, None] * stride_ti + k[None, :] * stride_tj,
                         mask=valid[:, None] & valid[None, :], other=float("-inf")).to(ACC)
 
-    score = tl.zeros((TILE,), dtype=ACC)  # the running scores (registers, SINGLE_TILE)
+    score = tl.full((TILE,), 0, dtype=ACC)  # the running scores (registers, SINGLE_TILE)
     for jt in range(0, num_tiles):
         cols = jt * TILE + k
         cvalid = cols < num_tags
@@ -524,7 +562,7 @@ def _crf_viterbi_kernel(
             emit = tl.load(emit_row + t * stride_et + cols * stride_ek, mask=cvalid,
                            other=float("-inf")).to(ACC)
             best = tl.full((TILE,), float("-inf"), dtype=ACC)
-            previous = tl.zeros((TILE,), dtype=tl.int32)
+            previous = tl.full((TILE,), 0, dtype=tl.int32)
             for it in range(0, num_tiles):
                 rows = it * TILE + k
                 if SINGLE_TILE:
@@ -557,7 +595,7 @@ def _crf_viterbi_kernel(
         if not SINGLE_TILE:
             tl.debug_barrier()
     best = tl.full([], float("-inf"), dtype=ACC)
-    tag = tl.zeros([], dtype=tl.int32)
+    tag = tl.full([], 0, dtype=tl.int32)
     for jt in range(0, num_tiles):
         cols = jt * TILE + k
         cvalid = cols < num_tags
@@ -716,7 +754,8 @@ def _transition_partials(problem, swept, pair_shift, expected, weight, tangent=F
         tags, stride_gb, stride_gt, _ = problem.tag_args()
         _crf_transition_kernel[(tiles * tiles, batch, chunks)](
             e, *e.stride(), t, *t.stride(), state, carry, tags, stride_gb, stride_gt,
-            steps.mask, *steps.mask.stride(), steps.last, pair_shift, expected, partials,
+            steps.mask, *steps.mask.stride(), steps.last, pair_shift,
+            pair_shift if expected is None else expected, partials,
             *fp32_pair(weight), batch, num_steps, num_tags, triton.cdiv(num_steps, chunks),
             ACC=triton_accumulation(problem.acc), TILE=tile, HAS_TAGS=problem.tags is not None,
             TANGENT=tangent, num_warps=_tag_warps(tile))
