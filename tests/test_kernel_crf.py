@@ -211,7 +211,7 @@ TILED_MASK = [[1, 1, 1, 0], [1, 0, 1, 1]]
 
 
 def test_tiled_nll_and_marginals_match_reference(tiles_of):
-    tiles_of(4)  # K = 10: three tiles, the last padded
+    tiles_of(8)  # K = 10: three tiles of 4, the last padded
     emissions, tags, transitions, start, end, mask = _crf_inputs(2, 4, 10, TILED_MASK)
     assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask,
                               reduction="none")
@@ -220,7 +220,7 @@ def test_tiled_nll_and_marginals_match_reference(tiles_of):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_tiled_decode_equals_reference(tiles_of, dtype):
-    tiles_of(4)
+    tiles_of(8)
     emissions, _, transitions, start, end, mask = _crf_inputs(3, STEPS, 10, HOLES, dtype,
                                                               grads=(False,) * 4)
     scores, best = F.crf_decode(emissions, transitions, start, end, mask)
@@ -232,7 +232,7 @@ def test_tiled_decode_equals_reference(tiles_of, dtype):
 
 def test_tiled_decode_ties_across_tiles_go_to_the_lowest_tag(tiles_of):
     # all scores 0: every path ties, the lowest tag wins in every tile and across tiles
-    tiles_of(2)
+    tiles_of(4)
     zeros = [torch.zeros(2, 4, 5), torch.zeros(5, 5), torch.zeros(5), torch.zeros(5)]
     _, best = F.crf_decode(*zeros)
     assert torch.equal(best, reference.crf_decode(*zeros)[1])
@@ -240,7 +240,7 @@ def test_tiled_decode_ties_across_tiles_go_to_the_lowest_tag(tiles_of):
 
 
 def test_many_tags_run_the_kernels():
-    # above the old 128-tag limit (two GPU tiles): the kernels take it, nothing declines
+    # above the old 128-tag limit (five GPU tiles of 64): the kernels take it, nothing declines
     num_tags = 2 * crf_kernels.MAX_TAG_TILE + 3
     emissions, tags, transitions, start, end, mask = _crf_inputs(1, 2, num_tags, [2],
                                                                  grads=(True, False, False, False))

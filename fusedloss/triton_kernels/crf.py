@@ -9,10 +9,11 @@ at each step t that is on, and end_transitions[tags[L-1]] with L the mask's row 
 stops at its sequence's last step that is on (`last`, found on the device).
 
 Tiles. Every K-vector and the K x K transitions are swept in TILE-wide tiles (TILE x TILE for
-the transitions), so no tag count is refused. Where one tile covers K (K <= MAX_TAG_TILE), the
-transitions and the recursion's state stay in registers for the whole sweep; above that each
-step reads the previous state back from its buffer, tile by tile, and the transitions from L2,
-with an online logsumexp over the from-tag tiles (a running max and a rescaled sum).
+the transitions), so no tag count is refused. Where one tile covers K (K <= MAX_TAG_TILE = 128),
+the transitions and the recursion's state stay in registers for the whole sweep; above that,
+tiles of 64: each step reads the previous state back from its buffer tile by tile (alpha keeps
+two slots of it when no gradient is wanted) and the transitions from L2, with an online
+logsumexp over the from-tag tiles (a running max and a rescaled sum).
 
 Algorithm: three kernels, each filling the GPU on its own axis.
 
@@ -92,7 +93,10 @@ _TRANSITION_PROGRAMS = 264 if GPU_LAUNCH_PARAMS else 0
 
 
 def _tag_tile(num_tags):
-    return min(MAX_TAG_TILE, triton.next_power_of_2(max(num_tags, 1)))
+    """One tile covering K up to MAX_TAG_TILE; above that, tiles of half of it (64 x 64 on the
+    GPU: streamed from L2 every step, 128 x 128 tiles spilled when compiled for sm_90)."""
+    whole = triton.next_power_of_2(max(num_tags, 1))
+    return whole if whole <= MAX_TAG_TILE else max(1, MAX_TAG_TILE // 2)
 
 
 def _tag_warps(tile):
@@ -730,7 +734,7 @@ def _marginals(problem, swept, out, weight, pairs, edges, tangent=None):
             ACC=triton_accumulation(problem.acc), TILE=tile, ROWS=rows,
             SINGLE_TILE=problem.single_tile, HAS_TAGS=problem.tags is not None,
             TANGENT=tangent is not None, PAIRS=pairs, EDGES=edges,
-            num_warps=max(1, min(8, rows * tile // 512)))
+            num_warps=max(1, min(8, rows * tile // 256)))
     return start_grad, end_grad, pair_shift, expected
 
 
