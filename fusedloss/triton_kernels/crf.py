@@ -87,9 +87,10 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 MAX_TAG_TILE = 128
 # Elements of (row, tag) per program of the marginals kernel.
 _MARGINAL_ELEMENTS = 2048 if GPU_LAUNCH_PARAMS else 64
-# Programs the transition-gradient kernel aims for (two per SM of an sm_90 GPU); under the
-# interpreter, two time chunks per sequence, so the partials' reduction has several to combine.
-_TRANSITION_PROGRAMS = 264 if GPU_LAUNCH_PARAMS else 0
+# Programs the transition-gradient kernel aims for on a GPU (two per SM of an sm_90 GPU); under
+# the interpreter it takes two time chunks per sequence, so that the partials' sum has several
+# to combine.
+_TRANSITION_PROGRAMS = 264
 
 
 def _tag_tile(num_tags):
@@ -719,8 +720,8 @@ def _marginals(problem, swept, out, weight, pairs, edges, tangent=None):
     Q_t and E[G] (B, T) when `pairs`)."""
     batch, num_steps, num_tags = problem.shape
     _, state, enter, carry = swept
-    start_grad, end_grad = (problem.buffer(batch, 1, num_tags) for _ in range(2)) if edges else (out, out)
-    pair_shift, expected = (problem.buffer(batch, num_steps) for _ in range(2)) if pairs else (out, out)
+    start_grad, end_grad = (problem.buffer(batch, 1, num_tags) if edges else out for _ in "se")
+    pair_shift, expected = (problem.buffer(batch, num_steps) if pairs else out for _ in "qe")
     if batch > 0:
         tile = problem.tile
         rows = max(1, _MARGINAL_ELEMENTS // tile)
@@ -741,8 +742,10 @@ def _marginals(problem, swept, out, weight, pairs, edges, tangent=None):
 def _transition_chunks(batch, num_steps, tile_pairs):
     """Time chunks per sequence for kernel 3: enough programs to fill the GPU, each summing at
     least 8 steps (its partial costs a K x K store and a read in the final sum)."""
-    wanted = triton.cdiv(_TRANSITION_PROGRAMS, max(batch * tile_pairs, 1)) if GPU_LAUNCH_PARAMS else 2
-    return max(1, min(wanted, triton.cdiv(num_steps, 8) if GPU_LAUNCH_PARAMS else num_steps))
+    if not GPU_LAUNCH_PARAMS:
+        return min(2, num_steps)
+    wanted = triton.cdiv(_TRANSITION_PROGRAMS, max(batch * tile_pairs, 1))
+    return max(1, min(wanted, triton.cdiv(num_steps, 8)))
 
 
 def _transition_partials(problem, swept, pair_shift, expected, weight, tangent=False):
@@ -816,8 +819,10 @@ def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, ma
                                          device=emissions.device)
             start_grad, end_grad, pair_shift, _ = _marginals(
                 problem, swept, emissions_grad, weight, pairs=needs[1], edges=needs[2] or needs[3])
-            grads = [emissions_grad if needs[0] else None,
-                     _transition_partials(problem, swept, pair_shift, None, weight) if needs[1] else None,
+            transitions_grad = None
+            if needs[1]:
+                transitions_grad = _transition_partials(problem, swept, pair_shift, None, weight)
+            grads = [emissions_grad if needs[0] else None, transitions_grad,
                      start_grad if needs[2] else None, end_grad if needs[3] else None]
         loss = reduce(nll, reduction).to(loss_dtype(dtype, nll.device))
         return Sweep((loss,), grads,
