@@ -1,6 +1,7 @@
 """Linear-chain CRF: fusedloss against pytorch-crf (torchcrf, when importable), on the same
-tensors (batch B, steps T, tags K; each sequence's length drawn between T/2 and T, a prefix
-mask; float32 emissions as pytorch-crf takes them). Two cases per size:
+tensors (batch B = 64, steps T, tags K; each sequence's length drawn between T/2 and T, a prefix
+mask), in float32 and bfloat16 (the emissions and the CRF's parameters in that dtype, for both
+implementations). Two cases per size:
   nll     forward + backward of the summed log-likelihood of a CRF module (fusedloss.nn.CRF and
           torchcrf.CRF with the same parameters, batch_first), gradients w.r.t. the emissions
           and the three transition parameters.
@@ -14,16 +15,17 @@ Both are latency-bound recursions over T steps: there is no bandwidth bound to r
 from common import row, script_main, time_and_memory
 
 AXIS = "T"
-BATCHES = (32, 128)
-STEPS = (64, 512)
-TAGS = (9, 32, 64)
-QUICK = {"batches": (2,), "steps": (4, 8), "tags": (5,)}
+BATCH = 64
+STEPS = (256, 512)
+TAGS = (9, 64, 256)
+DTYPES = ("fp32", "bf16")
+QUICK = {"batch": 2, "steps": (4, 8), "tags": (5,), "dtypes": ("fp32",)}
 
 
-def make_inputs(batch, steps, num_tags, device):
+def make_inputs(batch, steps, num_tags, dtype, device):
     import torch
     generator = torch.Generator(device=device).manual_seed(0)
-    emissions = torch.randn(batch, steps, num_tags, device=device, generator=generator)
+    emissions = torch.randn(batch, steps, num_tags, device=device, generator=generator).to(dtype)
     tags = torch.randint(0, num_tags, (batch, steps), device=device, generator=generator)
     lengths = torch.randint(steps // 2, steps + 1, (batch,), device=device, generator=generator)
     lengths[0] = steps  # one full row keeps T honest
@@ -43,13 +45,17 @@ def run(device, quick, peaks, notes):
     except ImportError:
         torchcrf = None
         notes.append("pytorch-crf left out: not installed")
-    sizes = QUICK if quick else {"batches": BATCHES, "steps": STEPS, "tags": TAGS}
-    for batch, steps, num_tags in itertools.product(sizes["batches"], sizes["steps"], sizes["tags"]):
-        emissions, tags, mask = make_inputs(batch, steps, num_tags, device)
-        crfs = {"fusedloss": fusedloss.nn.CRF(num_tags, batch_first=True).to(device)}
-        ours = crfs["fusedloss"]
+    sizes = QUICK if quick else {"batch": BATCH, "steps": STEPS, "tags": TAGS, "dtypes": DTYPES}
+    torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for dtype_name, steps, num_tags in itertools.product(sizes["dtypes"], sizes["steps"],
+                                                         sizes["tags"]):
+        dtype = torch_dtypes[dtype_name]
+        emissions, tags, mask = make_inputs(sizes["batch"], steps, num_tags, dtype, device)
+        ours = fusedloss.nn.CRF(num_tags, batch_first=True).to(device=device, dtype=dtype)
+        crfs = {"fusedloss": ours}
         if torchcrf is not None:
-            crfs["pytorch-crf"] = torchcrf.CRF(num_tags, batch_first=True).to(device)
+            crfs["pytorch-crf"] = torchcrf.CRF(num_tags, batch_first=True).to(device=device,
+                                                                               dtype=dtype)
             crfs["pytorch-crf"].load_state_dict(ours.state_dict())
 
         def nll(crf):
@@ -73,8 +79,8 @@ def run(device, quick, peaks, notes):
                 lambda: crfs["pytorch-crf"].decode(emissions, mask))
         for (what, impl), step in steps_by_case.items():
             measured = time_and_memory(step, [emissions], device)
-            yield row("crf", f"{what} B={batch} K={num_tags}", "fp32", AXIS, steps, impl,
-                            measured)
+            yield row("crf", f"{what} B={sizes['batch']} K={num_tags}", dtype_name, AXIS, steps,
+                      impl, measured)
         del emissions, tags, mask, crfs
 
 

@@ -163,7 +163,25 @@ def _realistic_calls():
         yield call("crf_nll T=512 K=64 eval", "crf_nll", emissions, randint(64, 8, 512),
                    *transitions, mask=mask)
         yield call("crf_marginals T=512 K=64", "crf_marginals", *crf_params(False), mask=mask)
+        yield call("crf_marginals T=512 K=64 gradient", "crf_marginals", *crf_params(True),
+                   mask=mask)
         yield call("crf_decode T=512 K=64", "crf_decode", *crf_params(False), mask=mask)
+
+        # a CRF with more tags than one tile (K = 300: three of 128), every kernel tiled
+        def wide_crf_params(grad):
+            return (randn(2, 64, 300, grad=grad), randn(300, 300, grad=grad),
+                    randn(300, grad=grad), randn(300, grad=grad))
+
+        wide_mask = mask[:2, :64]
+        emissions, *transitions = wide_crf_params(True)
+        yield call("crf_nll T=64 K=300", "crf_nll", emissions, randint(300, 2, 64), *transitions,
+                   mask=wide_mask, reduction="none")
+        emissions, *transitions = wide_crf_params(False)
+        yield call("crf_nll T=64 K=300 eval", "crf_nll", emissions, randint(300, 2, 64),
+                   *transitions, mask=wide_mask)
+        yield call("crf_marginals T=64 K=300 gradient", "crf_marginals", *wide_crf_params(True),
+                   mask=wide_mask)
+        yield call("crf_decode T=64 K=300", "crf_decode", *wide_crf_params(False), mask=wide_mask)
 
         # gathered-row logistic losses: a 10000-class output layer
         yield call("hsigmoid_loss C=10000 D=256", "hsigmoid_loss", randn(256, 256, grad=True),

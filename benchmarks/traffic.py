@@ -295,8 +295,11 @@ SEQUENCE_CASES = [
     # scores themselves
     Case("ctc_loss T=64 N=4 C=32 S=12 fp32", _ctc(64, 4, 32, 12, torch.float32), 2.0, 7.6, 37),
     Case("ctc_loss T=64 N=4 C=32 S=12 bf16", _ctc(64, 4, 32, 12, torch.bfloat16), 2.0, 12.3, 38),
-    Case("crf_nll B=4 T=32 K=9 fp32", _crf(4, 32, 9, torch.float32), 2.0, 8.2, 49),
-    Case("crf_nll B=4 T=32 K=9 bf16", _crf(4, 32, 9, torch.bfloat16), 2.0, 18.1, 52),
+    # the CRF's alpha and beta sweeps run at once, so both store their (B, T, K) fp32 states for
+    # the parallel marginals kernel to read: two emission reads, two state writes and reads, the
+    # gradient written once in the emissions' dtype
+    Case("crf_nll B=4 T=32 K=9 fp32", _crf(4, 32, 9, torch.float32), 2.0, 7.7, 47),
+    Case("crf_nll B=4 T=32 K=9 bf16", _crf(4, 32, 9, torch.bfloat16), 2.0, 12.7, 48),
     Case("hsigmoid_loss N=64 D=64 C=64 fp32", _hsigmoid(64, 64, 64, torch.float32),
          _gathered_bound(64, 64, 64, 6), 28.2, 37),
 ]

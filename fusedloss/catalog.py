@@ -134,7 +134,7 @@ LOSSES = (
     *(LossInfo(fn, "crf", f"{fn.__name__}_calls", "invalid_crf_calls",
                counterpart="— (pytorch-crf)",
                notes="batch-first; any mask with the first step on, applied step by step as "
-                     "pytorch-crf; above 128 tags the reference runs")
+                     "pytorch-crf; any tag count (K tiled)")
       for fn in (functional.crf_nll, functional.crf_decode, functional.crf_marginals)),
     LossInfo(functional.hsigmoid_loss, "hsigmoid", "hsigmoid_loss_calls",
              "invalid_hsigmoid_loss_calls", eager_reference=True, counterpart="— (Paddle)",

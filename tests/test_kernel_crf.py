@@ -64,7 +64,8 @@ def test_interpreter_resolves_to_the_kernels():
     for name in ("crf_nll", "crf_decode", "crf_marginals"):
         assert _dispatch.has_kernel(name)
     emissions, tags, transitions, start, end, mask = _crf_inputs(2, 3, 4, [3, 2])
-    assert type(_dispatch.kernel_node(F.crf_nll(emissions, tags, transitions, start, end, mask))).__name__ == "_CRFNLLBackward"
+    nll = F.crf_nll(emissions, tags, transitions, start, end, mask)
+    assert type(_dispatch.kernel_node(nll)).__name__ == "PrecomputedGradientBackward"
     marginals = F.crf_marginals(emissions, transitions, start, end, mask)
     assert type(_dispatch.kernel_node(marginals)).__name__ == "_CRFMarginalsBackward"
 
@@ -196,15 +197,56 @@ def test_decode_ties_go_to_the_lowest_tag():
         assert torch.equal(best, ref_best) and torch.equal(scores_, ref_scores)
 
 
-def test_more_tags_than_the_register_tiles_run_the_reference():
-    num_tags = crf_kernels.MAX_TAGS + 2
-    emissions, tags, transitions, start, end, mask = _crf_inputs(2, 2, num_tags, [2, 1])
-    with pytest.raises(_dispatch.KernelDeclined):  # the kernel declines; the dispatcher falls back
-        crf_kernels.crf_nll(emissions, tags, transitions, start, end, mask)
-    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask)
-    scores, best = F.crf_decode(emissions.detach(), transitions.detach(), start.detach(),
-                                end.detach(), mask)
-    assert torch.equal(best, reference.crf_decode(emissions, transitions, start, end, mask)[1])
+# --- tiles: K over several tiles, forced small (the GPU's cover K <= 128 in one) --------------
+
+@pytest.fixture
+def tiles_of(monkeypatch):
+    def force(tile):
+        monkeypatch.setattr(crf_kernels, "MAX_TAG_TILE", tile)
+    return force
+
+
+# a prefix and a hole, two rows of four steps
+TILED_MASK = [[1, 1, 1, 0], [1, 0, 1, 1]]
+
+
+def test_tiled_nll_and_marginals_match_reference(tiles_of):
+    tiles_of(8)  # K = 10: three tiles of 4, the last padded
+    emissions, tags, transitions, start, end, mask = _crf_inputs(2, 4, 10, TILED_MASK)
+    assert_close_to_reference("crf_nll", emissions, tags, transitions, start, end, mask=mask,
+                              reduction="none")
+    assert_close_to_reference("crf_marginals", emissions, transitions, start, end, mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_decode_equals_reference(tiles_of, dtype):
+    tiles_of(8)
+    emissions, _, transitions, start, end, mask = _crf_inputs(3, STEPS, 10, HOLES, dtype,
+                                                              grads=(False,) * 4)
+    scores, best = F.crf_decode(emissions, transitions, start, end, mask)
+    wide = [t.float() for t in (emissions, transitions, start, end)]
+    ref_scores, ref_best = reference.crf_decode(*wide, mask=mask)
+    assert torch.equal(best, ref_best)
+    torch.testing.assert_close(scores.float(), ref_scores.to(dtype).float(), rtol=0, atol=0)
+
+
+def test_tiled_decode_ties_across_tiles_go_to_the_lowest_tag(tiles_of):
+    # all scores 0: every path ties, the lowest tag wins in every tile and across tiles
+    tiles_of(4)
+    zeros = [torch.zeros(2, 4, 5), torch.zeros(5, 5), torch.zeros(5), torch.zeros(5)]
+    _, best = F.crf_decode(*zeros)
+    assert torch.equal(best, reference.crf_decode(*zeros)[1])
+    assert (best == 0).all()
+
+
+def test_many_tags_run_the_kernels():
+    # above the old 128-tag limit (five GPU tiles of 64): the kernels take it, nothing declines
+    num_tags = 2 * crf_kernels.MAX_TAG_TILE + 3
+    emissions, tags, transitions, start, end, mask = _crf_inputs(1, 2, num_tags, [2],
+                                                                 grads=(True, False, False, False))
+    nll = crf_kernels.crf_nll(emissions, tags, transitions, start, end, mask, reduction="sum")
+    torch.testing.assert_close(nll, reference.crf_nll(emissions, tags, transitions, start, end,
+                                                      mask, reduction="sum"))
 
 
 # --- nn.CRF on the kernels against pytorch-crf ----------------------------------------------
