@@ -162,8 +162,8 @@ def _gathered_logistic_fwd_kernel(
                     wc = tl.load(w_ptr + row[:, None] * stride_wr + dc[None, :] * stride_wd,
                                  mask=on[:, None] & (dc < D)[None, :], other=0).to(ACC)
                     acc += dz[:, None] * wc
-                tl.store(gx_ptr + n * D + dc, round_to(tl.sum(acc, axis=0), gx_ptr.dtype.element_ty),
-                         mask=dc < D)
+                tl.store(gx_ptr + n * D + dc,
+                         round_to(tl.sum(acc, axis=0), gx_ptr.dtype.element_ty), mask=dc < D)
 
 
 @triton.jit
