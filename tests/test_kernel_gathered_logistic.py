@@ -97,10 +97,10 @@ def test_pieces_bound_every_program(entries):
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_rows_of_many_pieces(reduction):
-    # 2 classes over 32 x 4 entries: each row ~64 entries, ~6 pieces of 12 in the interpreter,
-    # their partials reduced in 2 a step; 'mean' scatters in the forward, 'none' in the
-    # backward with each sample's grad_output
-    args, _ = nce_args(torch.float32, seed=8, batch=32, features=5, num_classes=2, num_noise=3)
+    # 2 classes over 16 x 4 entries: each row ~32 entries, 3 pieces of 12 in the interpreter,
+    # their partials reduced 2 a step; 'mean' scatters in the forward, 'none' in the backward
+    # with each sample's grad_output
+    args, _ = nce_args(torch.float32, seed=8, batch=16, features=5, num_classes=2, num_noise=3)
     args[-1].requires_grad_()
     assert_close_to_reference("nce_loss", *args, reduction=reduction)
 

@@ -10,7 +10,9 @@ r_j of W and target y_j:
     cost_j = softplus(t_j) - y_j t_j,   d cost_j / d t_j = sigmoid(t_j) - y_j
 evaluated as softplus(-t) + (1 - y) t where y > 1/2, so neither y = 0 nor y = 1 cancels and
 nothing overflows at any |t|. An entry with r_j = -1 is padding (custom trees) and skipped.
-The rows and target bits come from the family modules: hsigmoid's tree paths, NCE's classes.
+The rows and target bits come from the family modules (Paths): a custom tree's paths, NCE's
+classes; hsigmoid's default tree (DefaultTree) is computed by the forward kernel from the
+labels, which writes its rows out only for the scatter.
 
 Passes:
   forward  one program per sample. Pass 1 loops over its entries in tiles of BLOCK_M and over
@@ -34,11 +36,14 @@ Passes:
   sample's share of a row, so its forward keeps dz and d loss / d x in the accumulation dtype and
   its backward scales d loss / d x by grad_output and casts it in one pass, then scatters with
   grad_output applied to dz as it is read.
-Kept: per-sample loss, and while gradients are due, dz (N, M) and d loss / d x (N, D) in the
-accumulation dtype (fp32, fp64 for fp64) until their final form; x itself for 'none'.
+Kept: for 'mean' / 'sum' the finished gradients alone, each in its input's dtype (dz (N, M)
+and the partials live only through the forward); for 'none' dz, d loss / d x (N, D) in the
+accumulation dtype (fp32, fp64 for fp64), the rows and x.
 Recomputed: the W rows of pass 2 (features beyond one chunk).
 """
+import dataclasses
 import math
+import typing
 
 import torch
 import triton
@@ -56,7 +61,7 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, scale_gradient, w
 # every chunk loop and cut rows into several pieces.
 MAX_BLOCK_D = 64 if GPU_LAUNCH_PARAMS else 32     # feature columns per step (fp32)
 MAX_BLOCK_M = 32 if GPU_LAUNCH_PARAMS else 4      # entries (path nodes / classes) per step
-SCATTER_BLOCK_E = 32 if GPU_LAUNCH_PARAMS else 2  # segment entries per step of a piece
+SCATTER_BLOCK_E = 32 if GPU_LAUNCH_PARAMS else 4  # segment entries per step of a piece
 REDUCE_ROWS = 32 if GPU_LAUNCH_PARAMS else 2      # partials per step of the reduction
 NUM_WARPS = 4
 
@@ -79,13 +84,38 @@ def _logistic_cost(t, y):
     return cost, tl.where(flip, linear - sigmoid_a, sigmoid_a - y)
 
 
+# Paddle's default tree, from a sample's label: step j visits node (code >> (j + 1)) - 1 with
+# target bit (code >> j) & 1, code = label + num_classes, while that node exists (hsigmoid.py)
+@triton.jit
+def _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE: tl.constexpr):
+    """Rows of W of sample n's entries m, -1 for padding."""
+    if TREE:
+        node = (tl.load(label_ptr + n) + num_classes) >> (m.to(tl.int64) + 1)
+        row = tl.where((node > 0) & (m < M), node - 1, -1)
+    else:
+        row = tl.load(rows_ptr + n * M + m, mask=m < M, other=-1)
+    return row
+
+
+@triton.jit
+def _entry_bits(codes_ptr, label_ptr, n, m, M, num_classes, on, TREE: tl.constexpr):
+    """hsigmoid's target bits of sample n's entries m (0 where `on` is off)."""
+    if TREE:
+        bit = ((tl.load(label_ptr + n) + num_classes) >> m.to(tl.int64)) & 1
+    else:
+        bit = tl.load(codes_ptr + n * M + m, mask=on, other=0)
+    return tl.where(on, bit, 0)
+
+
 @triton.jit
 def _gathered_logistic_fwd_kernel(
     x_ptr, stride_xn, stride_xd,     # input (N, D)
     w_ptr, stride_wr, stride_wd,     # weight (R, D)
     b_ptr,                           # bias (R,) (HAS_BIAS)
-    rows_ptr,                        # (N, M) int64 rows of W per sample, -1 = padding
+    rows_ptr,                        # (N, M) int64 rows of W per sample, -1 = padding (TREE:
+                                     # written here when STORE_ROWS)
     codes_ptr,                       # (N, M) int64 target bits (hsigmoid; NCE: y = [j == 0])
+    label_ptr, num_classes,          # (N,) int64 classes of the default tree (TREE)
     logq_ptr,                        # (R,) noise log-probabilities (NCE)
     num_noise,                       # k (NCE)
     divisor,                         # the gradients' divisor: N for 'mean', else 1
@@ -96,7 +126,7 @@ def _gathered_logistic_fwd_kernel(
     M, D,
     NCE: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_DZ: tl.constexpr,
     STORE_DLOGB: tl.constexpr, GRAD_X: tl.constexpr, ONE_CHUNK: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    TREE: tl.constexpr, STORE_ROWS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + n * stride_xn
@@ -108,7 +138,9 @@ def _gathered_logistic_fwd_kernel(
         gx = tl.zeros([BLOCK_D], ACC)
     for m0 in range(0, M, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
-        row = tl.load(rows_ptr + n * M + m, mask=m < M, other=-1)
+        row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE)
+        if STORE_ROWS:
+            tl.store(rows_ptr + n * M + m, row, mask=m < M)
         on = row >= 0
         row = tl.where(on, row, 0)
         if ONE_CHUNK:
@@ -133,7 +165,8 @@ def _gathered_logistic_fwd_kernel(
             cost, dt = _logistic_cost(-softplus_neg - log_b, y)
             dz = dt * sigmoid_neg  # d log o / d z = sigmoid(-z)
         else:
-            y = tl.maximum(tl.load(codes_ptr + n * M + m, mask=on, other=0), 0).to(ACC)
+            y = tl.maximum(_entry_bits(codes_ptr, label_ptr, n, m, M, num_classes, on, TREE),
+                           0).to(ACC)
             cost, dz = _logistic_cost(z, y)
         loss += tl.where(on, cost, 0)
         dz = tl.where(on, dz, 0) / divisor
@@ -156,7 +189,7 @@ def _gathered_logistic_fwd_kernel(
                 acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
                 for m0 in range(0, M, BLOCK_M):
                     m = m0 + tl.arange(0, BLOCK_M)
-                    row = tl.load(rows_ptr + n * M + m, mask=m < M, other=-1)
+                    row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE)
                     on = row >= 0
                     dz = tl.load(dz_ptr + n * M + m, mask=on, other=0)
                     wc = tl.load(w_ptr + row[:, None] * stride_wr + dc[None, :] * stride_wd,
@@ -336,7 +369,8 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
     def given(t):
         return any_out if t is None else t
 
-    _scatter_pieces_kernel[(triton.cdiv(num_entries, per_piece) + num_rows, chunks)](
+    # a row's pieces beyond its first hold more than P entries each: fewer than E / P in all
+    _scatter_pieces_kernel[(num_rows + num_entries // per_piece, chunks)](
         x, x.stride(0), x.stride(1), given(coef), given(coef_q), given(scale), order, bounds,
         piece_offsets, slot_offsets, given(grad_w), given(grad_b), given(grad_q),
         given(part_w), given(part_b), given(part_q), lead,
@@ -347,34 +381,42 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
         given(grad_w), given(grad_b), given(grad_q), num_features, BLOCK_S=REDUCE_ROWS, **flags)
 
 
-def _forward(input, weight, bias, rows, codes, noise_log_probs, num_noise, divisor, needs,
+def _forward(input, weight, bias, entries, noise_log_probs, num_noise, divisor, needs,
              grad_x_dtype):
-    """The forward launch: (loss (N,), dz, dlogb, grad_x), each None where not wanted, in the
-    accumulation dtype but grad_x (`grad_x_dtype`); the gradients divided by `divisor`."""
+    """The forward launch: (loss (N,), dz, dlogb, grad_x, rows), each None where not wanted, in
+    the accumulation dtype but grad_x (`grad_x_dtype`), the gradients divided by `divisor`;
+    rows (N, M) as the scatter reads them (a default tree's written by the kernel)."""
     out_dtype = _out_dtype(input, weight, bias)
     acc = accumulation_dtype(out_dtype)
     need_x, need_w, need_b, need_q = needs
     nce = noise_log_probs is not None
-    batch, num_entries = rows.shape
+    tree = isinstance(entries, DefaultTree)
+    batch, num_entries = entries.shape
+    rows, codes = (None, None) if tree else (entries.rows, entries.codes)
+    if tree and (need_w or need_b):
+        rows = torch.empty(entries.shape, device=input.device, dtype=torch.int64)
     num_features = input.shape[1]
     loss = torch.empty(batch, device=input.device, dtype=acc)
-    dz = torch.empty_like(rows, dtype=acc) if need_x or need_w or need_b else None
-    dlogb = torch.empty_like(rows, dtype=acc) if need_q else None
+    dz = (torch.empty(entries.shape, device=input.device, dtype=acc)
+          if need_x or need_w or need_b else None)
+    dlogb = torch.empty(entries.shape, device=input.device, dtype=acc) if need_q else None
     grad_x = (torch.empty(batch, num_features, device=input.device, dtype=grad_x_dtype)
               if need_x else None)
     block_d = _block_d(num_features, acc)
     if batch > 0:
         _gathered_logistic_fwd_kernel[(batch,)](
             input, input.stride(0), input.stride(1), weight, weight.stride(0), weight.stride(1),
-            bias.contiguous() if bias is not None else loss, rows, rows if codes is None else codes,
+            bias.contiguous() if bias is not None else loss, loss if rows is None else rows,
+            loss if codes is None else codes, entries.label if tree else loss,
+            entries.num_classes if tree else 0,
             noise_log_probs.contiguous() if nce else loss, num_noise, divisor, loss,
             loss if dz is None else dz, loss if dlogb is None else dlogb,
             loss if grad_x is None else grad_x, num_entries, num_features,
             NCE=nce, HAS_BIAS=bias is not None, STORE_DZ=dz is not None,
             STORE_DLOGB=dlogb is not None, GRAD_X=need_x, ONE_CHUNK=num_features <= block_d,
-            ACC=triton_accumulation(acc), BLOCK_M=_block(num_entries, MAX_BLOCK_M),
+            TREE=tree, STORE_ROWS=tree and rows is not None, ACC=triton_accumulation(acc), BLOCK_M=_block(num_entries, MAX_BLOCK_M),
             BLOCK_D=block_d, num_warps=NUM_WARPS)
-    return loss, dz, dlogb, grad_x
+    return loss, dz, dlogb, grad_x, rows
 
 
 def _out_dtype(input, weight, bias):
@@ -392,12 +434,12 @@ def _reduced(loss, reduction, input, weight, bias):
     return result.to(loss_dtype(_out_dtype(input, weight, bias), result.device))
 
 
-def _precomputed(reduction, needs, num_noise, input, weight, bias, rows, codes, noise_log_probs):
+def _precomputed(reduction, needs, num_noise, entries, input, weight, bias, noise_log_probs):
     """'mean' and 'sum' (or no gradient at all): the forward launch and the scatter write every
     gradient in its final dtype, which the shared backward scales by grad_output."""
-    divisor = rows.shape[0] if reduction == "mean" else 1
-    loss, dz, dlogb, grad_x = _forward(input, weight, bias, rows, codes, noise_log_probs,
-                                       num_noise, max(divisor, 1), needs, input.dtype)
+    divisor = entries.shape[0] if reduction == "mean" else 1
+    loss, dz, dlogb, grad_x, rows = _forward(input, weight, bias, entries, noise_log_probs,
+                                             num_noise, max(divisor, 1), needs, input.dtype)
     _, need_w, need_b, need_q = needs
     grad_w, grad_b, grad_q = (_buffer_like(t) if need else None
                               for t, need in zip((weight, bias, noise_log_probs), needs[1:]))
@@ -405,7 +447,7 @@ def _precomputed(reduction, needs, num_noise, input, weight, bias, rows, codes, 
         _scatter(input, rows, weight.shape[0], dz, dlogb, None, grad_w, grad_b, grad_q,
                  accumulation_dtype(_out_dtype(input, weight, bias)))
     return Sweep((_reduced(loss, reduction, input, weight, bias),),
-                 [grad_x, grad_w, grad_b, None, None, grad_q])
+                 [grad_x, grad_w, grad_b, grad_q])
 
 
 class _PerSampleGatheredLogistic(torch.autograd.Function):
@@ -413,15 +455,15 @@ class _PerSampleGatheredLogistic(torch.autograd.Function):
     backward scales them by each sample's grad_output (module header)."""
 
     @staticmethod
-    def forward(ctx, needs, num_noise, input, weight, bias, rows, codes, noise_log_probs):
+    def forward(ctx, needs, num_noise, entries, input, weight, bias, noise_log_probs):
         acc = accumulation_dtype(_out_dtype(input, weight, bias))
-        loss, dz, dlogb, grad_x = _forward(input, weight, bias, rows, codes, noise_log_probs,
-                                           num_noise, 1, needs, acc)
+        loss, dz, dlogb, grad_x, rows = _forward(input, weight, bias, entries, noise_log_probs,
+                                                 num_noise, 1, needs, acc)
         ctx.needs, ctx.acc, ctx.x_dtype, ctx.num_rows = needs, acc, input.dtype, weight.shape[0]
         ctx.specs = [(t.shape, t.dtype) if need else None
                      for t, need in zip((weight, bias, noise_log_probs), needs[1:])]
         empty = torch.empty(0)
-        ctx.save_for_backward(input if needs[1] else empty, rows,
+        ctx.save_for_backward(input if needs[1] else empty, empty if rows is None else rows,
                               *(empty if t is None else t for t in (dz, dlogb, grad_x)))
         return _reduced(loss, "none", input, weight, bias)
 
@@ -436,18 +478,41 @@ class _PerSampleGatheredLogistic(torch.autograd.Function):
                                   for spec in ctx.specs)
         if any(ctx.needs[1:]):
             _scatter(input, rows, ctx.num_rows, dz, dlogb, scale, grad_w, grad_b, grad_q, ctx.acc)
-        return (None, None, grad_x, grad_w, grad_b, None, None, grad_q)
+        return (None, None, None, grad_x, grad_w, grad_b, grad_q)
 
 
-def gathered_logistic(input, weight, bias, rows, codes, noise_log_probs, num_noise, reduction):
-    """The shared entry point of hsigmoid_loss and nce_loss: rows (N, M) int64 of W per sample
-    (-1: padding), codes (N, M) the target bits (hsigmoid) or None with noise_log_probs (NCE)."""
+@dataclasses.dataclass
+class Paths:
+    """Each sample's entries as given: rows (N, M) int64 of W (-1: padding) and, for
+    hsigmoid, codes (N, M) their target bits (NCE: None, the first entry is the target)."""
+    rows: torch.Tensor
+    codes: typing.Optional[torch.Tensor] = None
+
+    @property
+    def shape(self):
+        return self.rows.shape
+
+
+@dataclasses.dataclass
+class DefaultTree:
+    """hsigmoid's default tree, its paths computed in the forward kernel from the labels (N,)
+    int64; the kernel writes the rows out only where the scatter reads them."""
+    label: torch.Tensor
+    num_classes: int
+
+    @property
+    def shape(self):  # the longest code is 2 * num_classes - 1
+        return (self.label.shape[0], (2 * self.num_classes - 1).bit_length() - 1)
+
+
+def gathered_logistic(input, weight, bias, entries, noise_log_probs, num_noise, reduction):
+    """The shared entry point of hsigmoid_loss and nce_loss: `entries` (Paths or DefaultTree)
+    name each sample's rows of W, noise_log_probs (NCE) or None (hsigmoid)."""
     bias = bias.reshape(-1) if bias is not None else None
     needs = wanted_gradients(input, weight, bias, noise_log_probs)
-    rows = rows.contiguous()
     if reduction == "none" and any(needs):
-        return _PerSampleGatheredLogistic.apply(needs, num_noise, input, weight, bias, rows, codes,
+        return _PerSampleGatheredLogistic.apply(needs, num_noise, entries, input, weight, bias,
                                                 noise_log_probs)
     return PrecomputedGradient.apply(
-        lambda *inputs: _precomputed(reduction, needs, num_noise, *inputs),
-        input, weight, bias, rows, codes, noise_log_probs)
+        lambda *inputs: _precomputed(reduction, needs, num_noise, entries, *inputs),
+        input, weight, bias, noise_log_probs)
