@@ -200,20 +200,6 @@ def _gathered_logistic_fwd_kernel(
 
 
 @triton.jit
-def _piece_row(piece_offsets_ptr, g, num_rows, search_steps):
-    """The row whose pieces hold piece g: the last r with piece_offsets[r] <= g (binary search;
-    every row has at least one piece, so the offsets increase strictly)."""
-    low = g * 0
-    high = low + num_rows
-    for _ in range(search_steps):
-        middle = (low + high) // 2
-        right = tl.load(piece_offsets_ptr + middle) <= g
-        low = tl.where(right, middle, low)
-        high = tl.where(right, high, middle)
-    return low
-
-
-@triton.jit
 def _scatter_pieces_kernel(
     x_ptr, stride_xn, stride_xd,     # input (N, D) (GRAD_W)
     coef_ptr,                        # (N * M,) dz per entry (GRAD_W, GRAD_B)
@@ -222,18 +208,19 @@ def _scatter_pieces_kernel(
     order_ptr,                       # entries stably sorted by row
     bounds_ptr,                      # (R + 1,): row r's entries are order[bounds[r]:bounds[r + 1]]
     piece_offsets_ptr,               # (R + 1,): row r's pieces are [piece_offsets[r], ...[r + 1])
+    piece_rows_ptr,                  # (grid,): 1 + the row of piece g (searchsorted's count)
     slot_offsets_ptr,                # (R,): first partial slot of a row of several pieces
     gw_ptr, gb_ptr, gq_ptr,          # (R, D) contiguous, (R,), (R,): rows of one piece
     part_w_ptr, part_b_ptr, part_q_ptr,  # (S, D), (S,), (S,) partials of longer rows
     lead_ptr,                        # (S,) the row whose first piece a slot holds, else -1
-    num_rows, search_steps, piece_entries, M, D,
+    num_rows, piece_entries, M, D,
     GRAD_W: tl.constexpr, GRAD_B: tl.constexpr, GRAD_Q: tl.constexpr, HAS_SCALE: tl.constexpr,
     ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     g = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     if g < tl.load(piece_offsets_ptr + num_rows):  # the grid is the pieces' upper bound
-        r = _piece_row(piece_offsets_ptr, g, num_rows, search_steps)
+        r = tl.load(piece_rows_ptr + g) - 1
         first_piece = tl.load(piece_offsets_ptr + r)
         pieces = tl.load(piece_offsets_ptr + r + 1) - first_piece
         k = g - first_piece
@@ -370,11 +357,14 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
         return any_out if t is None else t
 
     # a row's pieces beyond its first hold more than P entries each: fewer than E / P in all
-    _scatter_pieces_kernel[(num_rows + num_entries // per_piece, chunks)](
+    grid_pieces = num_rows + num_entries // per_piece
+    piece_rows = torch.searchsorted(piece_offsets, torch.arange(grid_pieces, device=device),
+                                    right=True)
+    _scatter_pieces_kernel[(grid_pieces, chunks)](
         x, x.stride(0), x.stride(1), given(coef), given(coef_q), given(scale), order, bounds,
-        piece_offsets, slot_offsets, given(grad_w), given(grad_b), given(grad_q),
+        piece_offsets, piece_rows, slot_offsets, given(grad_w), given(grad_b), given(grad_q),
         given(part_w), given(part_b), given(part_q), lead,
-        num_rows, num_rows.bit_length(), per_piece, rows.shape[1], num_features,
+        num_rows, per_piece, rows.shape[1], num_features,
         HAS_SCALE=scale is not None, BLOCK_E=SCATTER_BLOCK_E, **flags)
     _reduce_partials_kernel[(num_slots, chunks)](
         given(part_w), given(part_b), given(part_q), lead, piece_offsets,
