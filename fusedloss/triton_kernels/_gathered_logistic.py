@@ -339,7 +339,8 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
     torch.cumsum(pieces, 0, out=piece_offsets[1:])
     several = torch.where(pieces > 1, pieces, 0)
     slot_offsets = torch.cumsum(several, 0) - several
-    # a row of several pieces holds more than P entries and fewer than 2 / P of them per piece
+    # a row of several pieces has over P entries, so its ceil(length / P) pieces number under
+    # 2 length / P: fewer than 2 E / P slots in all
     num_slots = 2 * num_entries // per_piece + 1
     part_w = (torch.empty(num_slots, num_features, device=device, dtype=acc)
               if grad_w is not None else None)
@@ -353,7 +354,7 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
                  ACC=triton_accumulation(acc), BLOCK_D=block_d, num_warps=NUM_WARPS)
     any_out = next(t for t in (grad_w, grad_b, grad_q) if t is not None)
 
-    def given(t):
+    def pointer(t):  # a tensor the kernel does not read (its flag is off) still takes a pointer
         return any_out if t is None else t
 
     # a row's pieces beyond its first hold more than P entries each: fewer than E / P in all
@@ -361,14 +362,15 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
     piece_rows = torch.searchsorted(piece_offsets, torch.arange(grid_pieces, device=device),
                                     right=True)
     _scatter_pieces_kernel[(grid_pieces, chunks)](
-        x, x.stride(0), x.stride(1), given(coef), given(coef_q), given(scale), order, bounds,
-        piece_offsets, piece_rows, slot_offsets, given(grad_w), given(grad_b), given(grad_q),
-        given(part_w), given(part_b), given(part_q), lead,
+        x, x.stride(0), x.stride(1), pointer(coef), pointer(coef_q), pointer(scale), order, bounds,
+        piece_offsets, piece_rows, slot_offsets, pointer(grad_w), pointer(grad_b), pointer(grad_q),
+        pointer(part_w), pointer(part_b), pointer(part_q), lead,
         num_rows, per_piece, rows.shape[1], num_features,
         HAS_SCALE=scale is not None, BLOCK_E=SCATTER_BLOCK_E, **flags)
     _reduce_partials_kernel[(num_slots, chunks)](
-        given(part_w), given(part_b), given(part_q), lead, piece_offsets,
-        given(grad_w), given(grad_b), given(grad_q), num_features, BLOCK_S=REDUCE_ROWS, **flags)
+        pointer(part_w), pointer(part_b), pointer(part_q), lead, piece_offsets,
+        pointer(grad_w), pointer(grad_b), pointer(grad_q), num_features, BLOCK_S=REDUCE_ROWS,
+        **flags)
 
 
 def _forward(input, weight, bias, entries, noise_log_probs, num_noise, divisor, needs,
