@@ -3,7 +3,10 @@
 grad (gradients of all three), reduction 'mean'. hsigmoid uses the default tree over C classes
 (paths of ~log2 C nodes, the root shared by every sample); NCE draws k negatives per sample,
 uniformly or from the log-uniform (Zipf) sampler, whose frequent classes make long segments for
-the weight-gradient scatter. Gathers of scattered rows: no simple bound to report.
+the weight-gradient scatter. Beside them, what they stand in for: the full softmax cross entropy
+over all C classes, x @ W^T + b into torch's cross_entropy (the (N, C) logits materialised) and
+fusedloss's linear_cross_entropy (chunked, no logits held), W (C, D) requiring grad as theirs do.
+Gathers of scattered rows: no simple bound to report.
 
     python benchmarks/bench_hsigmoid_nce.py [--quick] [--out DIR]
 """
@@ -42,6 +45,30 @@ def make_inputs(loss, batch, features, num_classes, num_noise, sampler, device):
     return (x, target, weight, bias, noise, log_q), [x, weight, bias]
 
 
+def softmax_steps(batch, features, num_classes, device):
+    """{impl: step} of the full softmax cross entropy over every class, forward + backward."""
+    import torch
+
+    import fusedloss.functional as F
+    generator = torch.Generator(device=device).manual_seed(1)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(shape, device=device, generator=generator) * scale).requires_grad_()
+
+    x, weight, bias = leaf(batch, features), leaf(num_classes, features, scale=features ** -0.5), leaf(num_classes)
+    target = torch.randint(0, num_classes, (batch,), device=device, generator=generator)
+    leaves = [x, weight, bias]
+
+    def torch_step():
+        logits = torch.addmm(bias, x, weight.t())
+        torch.autograd.grad(torch.nn.functional.cross_entropy(logits, target), leaves)
+
+    def fused_step():
+        torch.autograd.grad(F.linear_cross_entropy(x, weight, target, linear_bias=bias), leaves)
+
+    return {"softmax CE, torch": torch_step, "softmax CE, fusedloss linear_cross_entropy": fused_step}
+
+
 def run(device, quick, peaks, notes):
     import torch
 
@@ -61,13 +88,13 @@ def run(device, quick, peaks, notes):
             for num_classes in sizes["classes"]:
                 args, leaves = make_inputs(loss, sizes["batch"], sizes["features"], num_classes,
                                            sizes["noise"], sampler, device)
-                for name, fn in impls.items():
-                    def step():
-                        torch.autograd.grad(fn(*args), leaves)
-
+                steps = {name: (lambda fn=fn: torch.autograd.grad(fn(*args), leaves))
+                         for name, fn in impls.items()}
+                steps.update(softmax_steps(sizes["batch"], sizes["features"], num_classes, device))
+                for name, step in steps.items():
                     yield row("hsigmoid_nce", case, "fp32", AXIS, num_classes, name,
-                                    time_and_memory(step, [], device))
-                del args, leaves
+                              time_and_memory(step, [], device))
+                del args, leaves, steps
 
 
 if __name__ == "__main__":

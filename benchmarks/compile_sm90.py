@@ -190,6 +190,16 @@ def _realistic_calls():
         yield call("nce_loss C=10000 k=64 D=256", "nce_loss", randn(256, 256, grad=True),
                    randint(10000, 256), randn(10000, 256, grad=True), randn(10000, grad=True),
                    randint(10000, 256, 64), torch.full((10000,), -math.log(10000)).to(dtype))
+        yield call("hsigmoid_loss custom tree L=14 D=256", "hsigmoid_loss",
+                   randn(256, 256, grad=True), randint(10000, 256), 10000,
+                   randn(9999, 256, grad=True), path_table=randint(9999, 256, 14),
+                   path_code=randint(2, 256, 14))
+        # 'none': the scatter runs in the backward, each sample's grad_output read per entry
+        yield call("nce_loss C=10000 k=64 D=256 none", "nce_loss", randn(256, 256, grad=True),
+                   randint(10000, 256), randn(10000, 256, grad=True), None,
+                   randint(10000, 256, 64),
+                   torch.full((10000,), -math.log(10000)).to(dtype).requires_grad_(),
+                   reduction="none")
 
 
 def _fuzz_calls(examples):

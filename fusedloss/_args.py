@@ -81,17 +81,25 @@ def _class_indices_in_range(target, num_classes, ignore_index):
 
 
 def check_in_range(values, low, high, error, message):
-    """Raise error(message) where any of the integer `values` falls outside [low, high).
+    """Raise error(message) where any of the integer `values` falls outside [low, high)."""
+    check_within(values, low, high - 1, error, message)
+
+
+def check_within(values, low, high, error, message):
+    """Raise error(message) unless every one of `values` lies in [low, high], NaN refused.
 
     As check_class_indices: on CUDA the check is queued on the device (no host synchronisation),
-    on the CPU it raises before anything runs.
+    on the CPU it raises before anything runs, after one aminmax pass. The values are read
+    detached: a check needs no autograd (forward mode has no aminmax on every torch).
     """
     if values.numel() == 0:
         return
-    bad = (values < low) | (values >= high)
+    values = values.detach()
     if not checks_on_host(values.device):
-        torch._assert_async(~bad.any(), message)
-    elif bool(bad.any()):
+        torch._assert_async(((values >= low) & (values <= high)).all(), message)
+        return
+    smallest, largest = torch.aminmax(values)
+    if not (low <= smallest.tolist() and largest.tolist() <= high):
         raise error(message)
 
 

@@ -275,19 +275,6 @@ def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
                 reduction=reduction, pos_weight=pos_weight).to(out_dtype)
 
 
-def _check_probabilities(input):
-    """torch's check that BCE's input holds probabilities, NaN refused as torch refuses it
-    (queued on the device for CUDA and under torch.compile; on the CPU one aminmax pass)."""
-    message = "all elements of input should be between 0 and 1"
-    input = input.detach()  # a check of values: no autograd, forward mode included, sees it
-    if not _args.checks_on_host(input.device):
-        torch._assert_async(((input >= 0) & (input <= 1)).all(), message)
-    elif input.numel():
-        low, high = torch.aminmax(input)
-        if not (0 <= low.tolist() and high.tolist() <= 1):
-            raise RuntimeError(message)
-
-
 def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor,
                          weight: torch.Tensor | None = None, size_average: bool | None = None,
                          reduce: bool | None = None, reduction: str = "mean") -> torch.Tensor:
@@ -298,7 +285,7 @@ def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor,
                           "input size ({input}) is deprecated. Please ensure they have the same size.")
     _args.check_same_dtype("target", target, input.dtype)
     _args.check_computable("binary_cross_entropy", input.dtype)
-    _check_probabilities(input)
+    _args.check_within(input, 0, 1, RuntimeError, "all elements of input should be between 0 and 1")
     if weight is not None and weight.shape != input.shape:
         weight = weight.expand(torch.broadcast_shapes(target.shape, weight.shape))
     (weight,) = _args.promote(input.dtype, weight)  # torch scales by the weight in the input's dtype

@@ -8,12 +8,15 @@ fp64, and the entry tile 4, so D = 37 and k = 5 run both loops) and through
 that requires grad after a random, never-all-ones grad_output. Batches of 8 over a handful of
 tree nodes / classes repeat rows across samples, which is what the weight/bias scatter sums.
 """
+import math
+
 import pytest
 import torch
 
 import fusedloss.functional as F
 from fusedloss import _backend, _dispatch
 from fusedloss.testing import assert_close_to_reference
+from fusedloss.triton_kernels import _gathered_logistic
 
 DEVICE = "cuda" if torch.cuda.is_available() and not _backend.interpreting() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -69,6 +72,37 @@ WEIGHT_POSITION = {"hsigmoid_loss": 3, "nce_loss": 2}
 
 def test_kernels_are_registered():
     assert _dispatch.has_kernel("hsigmoid_loss") and _dispatch.has_kernel("nce_loss")
+
+
+@pytest.mark.parametrize("loss", ["hsigmoid_loss", "nce_loss"])
+def test_reduced_losses_take_the_shared_backward(loss):
+    # 'mean' and 'sum' finish every gradient in the forward; 'none' scales in its own backward
+    args, kwargs = MAKERS[loss](torch.float32, seed=1, features=5)
+    for reduction, backward in (("mean", "PrecomputedGradientBackward"),
+                                ("none", "_PerSampleGatheredLogisticBackward")):
+        node = _dispatch.kernel_node(getattr(F, loss)(*args, reduction=reduction, **kwargs))
+        assert type(node).__name__ == backward
+
+
+@pytest.mark.parametrize("entries", [1, 7, 100, 4096, 10 ** 6])
+def test_pieces_bound_every_program(entries):
+    # a piece's steps and the reduction of a row holding every entry both stay within s
+    per_piece = _gathered_logistic.piece_entries(entries)
+    steps = per_piece // _gathered_logistic.SCATTER_BLOCK_E
+    assert per_piece % _gathered_logistic.SCATTER_BLOCK_E == 0
+    assert math.ceil(entries / per_piece / _gathered_logistic.REDUCE_ROWS) <= steps
+    assert steps <= 1 + math.sqrt(entries / (_gathered_logistic.SCATTER_BLOCK_E
+                                             * _gathered_logistic.REDUCE_ROWS))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_rows_of_many_pieces(reduction):
+    # 2 classes over 16 x 4 entries: each row ~32 entries, 3 pieces of 12 in the interpreter,
+    # their partials reduced 2 a step; 'mean' scatters in the forward, 'none' in the backward
+    # with each sample's grad_output
+    args, _ = nce_args(torch.float32, seed=8, batch=16, features=5, num_classes=2, num_noise=3)
+    args[-1].requires_grad_()
+    assert_close_to_reference("nce_loss", *args, reduction=reduction)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -10,29 +10,41 @@ r_j of W and target y_j:
     cost_j = softplus(t_j) - y_j t_j,   d cost_j / d t_j = sigmoid(t_j) - y_j
 evaluated as softplus(-t) + (1 - y) t where y > 1/2, so neither y = 0 nor y = 1 cancels and
 nothing overflows at any |t|. An entry with r_j = -1 is padding (custom trees) and skipped.
-The rows and target bits come from the family modules: hsigmoid's tree paths, NCE's classes.
+The rows and target bits come from the family modules (Paths): a custom tree's paths, NCE's
+classes; hsigmoid's default tree (DefaultTree) is computed by the forward kernel from the
+labels, which writes its rows out only for the scatter.
 
 Passes:
   forward  one program per sample. Pass 1 loops over its entries in tiles of BLOCK_M and over
            the features in chunks of BLOCK_D, gathering the W rows, and finishes z, the cost
-           and dz_j = d cost_j / d z_j (NCE also d cost_j / d log b_j). Pass 2 (only when x
-           requires grad) re-reads the same W rows, mostly from cache, for
-           d loss / d x = sum_j dz_j W[r_j].
-  backward scales d loss / d x by grad_output (scalar or per sample; 'mean' folds 1/N into
-           it) in one pass, the cast to the input's dtype included, then the weight/bias
-           gradients are a deterministic scatter without atomics, which applies grad_output to
-           dz as it reads it:
-           the (sample, entry) pairs are stably sorted by row (torch.sort), searchsorted gives
-           each row's segment, and one program per (W row, feature chunk) sums its segment in
-           a fixed order, dW[r] = sum dz_e x[sample(e)], db[r] = sum dz_e, writing zeros for
-           untouched rows (so dW needs no memset). NCE's noise log-prob gradient, when asked
-           for, is the same scatter of d cost / d log b. No atomics anywhere: the same input
-           gives the same bits run after run.
-Kept between passes: per-sample loss, d loss / d x (N, D) and dz (N, M) in the accumulation
-dtype (fp32, fp64 for fp64), x itself for the scatter. Recomputed: the W rows of pass 2.
-Limit: a row visited by many samples (the default tree's root: all N) is summed serially by
-one program per feature chunk, BLOCK_E entries a step, so its program runs N / BLOCK_E steps.
+           and dz_j = d cost_j / d z_j (NCE also d cost_j / d log b_j). d loss / d x =
+           sum_j dz_j W[r_j] comes from the same gathered tile when the features fit one chunk;
+           otherwise pass 2 re-reads the W rows (mostly from cache).
+  scatter  the weight/bias (and NCE's noise log-prob) gradients, deterministic and without
+           atomics: the (sample, entry) pairs are stably sorted by row (torch.sort) and
+           searchsorted gives each row's segment. Segments are cut into pieces of P entries,
+           one program per (piece, feature chunk), so a row every sample visits (the default
+           tree's root) is shared by many programs: a row of one piece (untouched rows
+           included, which write zeros, so dW needs no memset) is written by its program; a
+           longer row's pieces write fp32 partials that a second launch sums per row in piece
+           order. P is sized from the entry count alone (no host synchronisation): a piece costs
+           P / BLOCK_E steps and the longest possible row's reduction E / (P * REDUCE_ROWS)
+           steps, both about sqrt(E / (BLOCK_E * REDUCE_ROWS)).
+  'mean' / 'sum' run the scatter in the forward, with 1/N folded into dz, so every gradient is
+  final and the backward is the shared precomputed-gradient one (_precomputed_gradient.py: it
+  moves nothing when grad_output is 1). 'none' cannot: its per-sample grad_output weighs each
+  sample's share of a row, so its forward keeps dz and d loss / d x in the accumulation dtype and
+  its backward scales d loss / d x by grad_output and casts it in one pass, then scatters with
+  grad_output applied to dz as it is read.
+Kept: for 'mean' / 'sum' the finished gradients alone, each in its input's dtype (dz (N, M)
+and the partials live only through the forward); for 'none' dz, d loss / d x (N, D) in the
+accumulation dtype (fp32, fp64 for fp64), the rows and x.
+Recomputed: the W rows of pass 2 (features beyond one chunk).
 """
+import dataclasses
+import math
+import typing
+
 import torch
 import triton
 import triton.language as tl
@@ -41,15 +53,16 @@ from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, round_to, triton_accumulation
 from ._math import sigmoids_and_logs
 from .._autocast import loss_dtype
-from ._precomputed_gradient import scale_gradient, wanted_gradients
+from ._precomputed_gradient import PrecomputedGradient, Sweep, scale_gradient, wanted_gradients
 
 # Launch sizes of the gathered-row kernels (here, not in _common: only hsigmoid and NCE gather
 # rows). A 32 x 64 fp32 tile of gathered rows needs ~150 registers a thread at 4 warps and no
 # spills (ptxas, sm_90); fp64 halves the columns. The interpreter's are tiny so small tests run
-# every chunk loop.
+# every chunk loop and cut rows into several pieces.
 MAX_BLOCK_D = 64 if GPU_LAUNCH_PARAMS else 32     # feature columns per step (fp32)
 MAX_BLOCK_M = 32 if GPU_LAUNCH_PARAMS else 4      # entries (path nodes / classes) per step
-SCATTER_BLOCK_E = 32 if GPU_LAUNCH_PARAMS else 4  # segment entries per step of the scatter
+SCATTER_BLOCK_E = 32 if GPU_LAUNCH_PARAMS else 4  # segment entries per step of a piece
+REDUCE_ROWS = 32 if GPU_LAUNCH_PARAMS else 2      # partials per step of the reduction
 NUM_WARPS = 4
 
 
@@ -71,40 +84,77 @@ def _logistic_cost(t, y):
     return cost, tl.where(flip, linear - sigmoid_a, sigmoid_a - y)
 
 
+# Paddle's default tree, from a sample's label: step j visits node (code >> (j + 1)) - 1 with
+# target bit (code >> j) & 1, code = label + num_classes, while that node exists (hsigmoid.py)
+@triton.jit
+def _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE: tl.constexpr):
+    """Rows of W of sample n's entries m, -1 for padding."""
+    if TREE:
+        node = (tl.load(label_ptr + n) + num_classes) >> (m.to(tl.int64) + 1)
+        row = tl.where((node > 0) & (m < M), node - 1, -1)
+    else:
+        row = tl.load(rows_ptr + n * M + m, mask=m < M, other=-1)
+    return row
+
+
+@triton.jit
+def _entry_bits(codes_ptr, label_ptr, n, m, M, num_classes, on, TREE: tl.constexpr):
+    """hsigmoid's target bits of sample n's entries m (0 where `on` is off)."""
+    if TREE:
+        bit = ((tl.load(label_ptr + n) + num_classes) >> m.to(tl.int64)) & 1
+    else:
+        bit = tl.load(codes_ptr + n * M + m, mask=on, other=0)
+    return tl.where(on, bit, 0)
+
+
 @triton.jit
 def _gathered_logistic_fwd_kernel(
     x_ptr, stride_xn, stride_xd,     # input (N, D)
     w_ptr, stride_wr, stride_wd,     # weight (R, D)
     b_ptr,                           # bias (R,) (HAS_BIAS)
-    rows_ptr,                        # (N, M) int64 rows of W per sample, -1 = padding
+    rows_ptr,                        # (N, M) int64 rows of W per sample, -1 = padding (TREE:
+                                     # written here when STORE_ROWS)
     codes_ptr,                       # (N, M) int64 target bits (hsigmoid; NCE: y = [j == 0])
+    label_ptr, num_classes,          # (N,) int64 classes of the default tree (TREE)
     logq_ptr,                        # (R,) noise log-probabilities (NCE)
     num_noise,                       # k (NCE)
+    divisor,                         # the gradients' divisor: N for 'mean', else 1
     loss_ptr,                        # (N,) per-sample loss, accumulation dtype
-    dz_ptr,                          # (N, M) d cost / d z (STORE_DZ)
-    dlogb_ptr,                       # (N, M) d cost / d log b (STORE_DLOGB, NCE)
-    gx_ptr,                          # (N, D) d loss / d x (GRAD_X), contiguous
+    dz_ptr,                          # (N, M) d cost / d z / divisor (STORE_DZ)
+    dlogb_ptr,                       # (N, M) d cost / d log b / divisor (STORE_DLOGB, NCE)
+    gx_ptr,                          # (N, D) d loss / d x / divisor (GRAD_X), contiguous
     M, D,
     NCE: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_DZ: tl.constexpr,
-    STORE_DLOGB: tl.constexpr, GRAD_X: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    STORE_DLOGB: tl.constexpr, GRAD_X: tl.constexpr, ONE_CHUNK: tl.constexpr,
+    TREE: tl.constexpr, STORE_ROWS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + n * stride_xn
     loss = tl.zeros([BLOCK_M], ACC)
+    if ONE_CHUNK:  # D <= BLOCK_D: x and each gathered tile are read once, d x comes from them
+        d = tl.arange(0, BLOCK_D)
+        # cast right after each load: the interpreter keeps bf16 as raw bits
+        x_chunk = tl.load(x_row + d * stride_xd, mask=d < D, other=0).to(ACC)
+        gx = tl.zeros([BLOCK_D], ACC)
     for m0 in range(0, M, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
-        row = tl.load(rows_ptr + n * M + m, mask=m < M, other=-1)
+        row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE)
+        if STORE_ROWS:
+            tl.store(rows_ptr + n * M + m, row, mask=m < M)
         on = row >= 0
         row = tl.where(on, row, 0)
-        z = tl.zeros([BLOCK_M], ACC)
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + tl.arange(0, BLOCK_D)
-            # cast right after each load: the interpreter keeps bf16 as raw bits
-            xv = tl.load(x_row + d * stride_xd, mask=d < D, other=0).to(ACC)
+        if ONE_CHUNK:
             w = tl.load(w_ptr + row[:, None] * stride_wr + d[None, :] * stride_wd,
                         mask=on[:, None] & (d < D)[None, :], other=0).to(ACC)
-            z += tl.sum(w * xv[None, :], axis=1)
+            z = tl.sum(w * x_chunk[None, :], axis=1)
+        else:
+            z = tl.zeros([BLOCK_M], ACC)
+            for d0 in range(0, D, BLOCK_D):
+                dc = d0 + tl.arange(0, BLOCK_D)
+                xv = tl.load(x_row + dc * stride_xd, mask=dc < D, other=0).to(ACC)
+                wc = tl.load(w_ptr + row[:, None] * stride_wr + dc[None, :] * stride_wd,
+                             mask=on[:, None] & (dc < D)[None, :], other=0).to(ACC)
+                z += tl.sum(wc * xv[None, :], axis=1)
         if HAS_BIAS:
             z += tl.load(b_ptr + row, mask=on, other=0).to(ACC)
         if NCE:
@@ -115,67 +165,143 @@ def _gathered_logistic_fwd_kernel(
             cost, dt = _logistic_cost(-softplus_neg - log_b, y)
             dz = dt * sigmoid_neg  # d log o / d z = sigmoid(-z)
         else:
-            y = tl.maximum(tl.load(codes_ptr + n * M + m, mask=on, other=0), 0).to(ACC)
+            y = tl.maximum(_entry_bits(codes_ptr, label_ptr, n, m, M, num_classes, on, TREE),
+                           0).to(ACC)
             cost, dz = _logistic_cost(z, y)
         loss += tl.where(on, cost, 0)
+        dz = tl.where(on, dz, 0) / divisor
         if STORE_DZ:
-            tl.store(dz_ptr + n * M + m, tl.where(on, dz, 0), mask=m < M)
+            tl.store(dz_ptr + n * M + m, dz, mask=m < M)
         if STORE_DLOGB:
-            tl.store(dlogb_ptr + n * M + m, -dt, mask=m < M)
+            tl.store(dlogb_ptr + n * M + m, -dt / divisor, mask=m < M)
+        if GRAD_X:
+            if ONE_CHUNK:
+                gx += tl.sum(dz[:, None] * w, axis=0)
     tl.store(loss_ptr + n, tl.sum(loss, axis=0))
 
     if GRAD_X:
-        tl.debug_barrier()  # dz was stored by other threads of this program
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + tl.arange(0, BLOCK_D)
-            acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
-            for m0 in range(0, M, BLOCK_M):
-                m = m0 + tl.arange(0, BLOCK_M)
-                row = tl.load(rows_ptr + n * M + m, mask=m < M, other=-1)
-                on = row >= 0
-                dz = tl.load(dz_ptr + n * M + m, mask=on, other=0)
-                w = tl.load(w_ptr + row[:, None] * stride_wr + d[None, :] * stride_wd,
-                            mask=on[:, None] & (d < D)[None, :], other=0).to(ACC)
-                acc += dz[:, None] * w
-            tl.store(gx_ptr + n * D + d, tl.sum(acc, axis=0), mask=d < D)
+        if ONE_CHUNK:
+            tl.store(gx_ptr + n * D + d, round_to(gx, gx_ptr.dtype.element_ty), mask=d < D)
+        else:
+            tl.debug_barrier()  # dz was stored by other threads of this program
+            for d0 in range(0, D, BLOCK_D):
+                dc = d0 + tl.arange(0, BLOCK_D)
+                acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+                for m0 in range(0, M, BLOCK_M):
+                    m = m0 + tl.arange(0, BLOCK_M)
+                    row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE)
+                    on = row >= 0
+                    dz = tl.load(dz_ptr + n * M + m, mask=on, other=0)
+                    wc = tl.load(w_ptr + row[:, None] * stride_wr + dc[None, :] * stride_wd,
+                                 mask=on[:, None] & (dc < D)[None, :], other=0).to(ACC)
+                    acc += dz[:, None] * wc
+                tl.store(gx_ptr + n * D + dc,
+                         round_to(tl.sum(acc, axis=0), gx_ptr.dtype.element_ty), mask=dc < D)
 
 
 @triton.jit
-def _segment_scatter_kernel(
+def _scatter_pieces_kernel(
     x_ptr, stride_xn, stride_xd,     # input (N, D) (GRAD_W)
-    coef_ptr,                        # (N * M,) per-entry coefficient, before grad_output
-    scale_ptr, stride_scale,         # grad_output per sample (stride 0: one scalar)
+    coef_ptr,                        # (N * M,) dz per entry (GRAD_W, GRAD_B)
+    coef_q_ptr,                      # (N * M,) d cost / d log b per entry (GRAD_Q)
+    scale_ptr,                       # (N,) grad_output per sample (HAS_SCALE)
     order_ptr,                       # entries stably sorted by row
     bounds_ptr,                      # (R + 1,): row r's entries are order[bounds[r]:bounds[r + 1]]
-    gw_ptr,                          # (R, D) sum coef_e x[sample(e)], contiguous (GRAD_W)
-    gb_ptr,                          # (R,) sum coef_e (GRAD_B)
-    M, D,
-    GRAD_W: tl.constexpr, GRAD_B: tl.constexpr,
+    piece_offsets_ptr,               # (R + 1,): row r's pieces are [piece_offsets[r], ...[r + 1])
+    piece_rows_ptr,                  # (grid,): 1 + the row of piece g (searchsorted's count)
+    slot_offsets_ptr,                # (R,): first partial slot of a row of several pieces
+    gw_ptr, gb_ptr, gq_ptr,          # (R, D) contiguous, (R,), (R,): rows of one piece
+    part_w_ptr, part_b_ptr, part_q_ptr,  # (S, D), (S,), (S,) partials of longer rows
+    lead_ptr,                        # (S,) the row whose first piece a slot holds, else -1
+    num_rows, piece_entries, M, D,
+    GRAD_W: tl.constexpr, GRAD_B: tl.constexpr, GRAD_Q: tl.constexpr, HAS_SCALE: tl.constexpr,
     ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    r = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    start = tl.load(bounds_ptr + r)
-    end = tl.load(bounds_ptr + r + 1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    acc_w = tl.zeros([BLOCK_E, BLOCK_D], ACC)
-    acc_b = tl.zeros([BLOCK_E], ACC)
-    for q0 in range(start, end, BLOCK_E):
-        q = q0 + tl.arange(0, BLOCK_E)
-        entry = tl.load(order_ptr + q, mask=q < end, other=0)
-        c = (tl.load(coef_ptr + entry, mask=q < end, other=0).to(ACC)
-             * tl.load(scale_ptr + (entry // M) * stride_scale, mask=q < end, other=0).to(ACC))
+    if g < tl.load(piece_offsets_ptr + num_rows):  # the grid is the pieces' upper bound
+        r = tl.load(piece_rows_ptr + g) - 1
+        first_piece = tl.load(piece_offsets_ptr + r)
+        pieces = tl.load(piece_offsets_ptr + r + 1) - first_piece
+        k = g - first_piece
+        start = tl.load(bounds_ptr + r) + k * piece_entries
+        end = tl.minimum(start + piece_entries, tl.load(bounds_ptr + r + 1))
+        d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        acc_w = tl.zeros([BLOCK_E, BLOCK_D], ACC)
+        acc_b = tl.zeros([BLOCK_E], ACC)
+        acc_q = tl.zeros([BLOCK_E], ACC)
+        for q0 in range(start, end, BLOCK_E):
+            q = q0 + tl.arange(0, BLOCK_E)
+            entry = tl.load(order_ptr + q, mask=q < end, other=0)
+            sample = entry // M
+            if HAS_SCALE:
+                s = tl.load(scale_ptr + sample, mask=q < end, other=0).to(ACC)
+            else:
+                s = (q < end).to(ACC)
+            if GRAD_W or GRAD_B:
+                c = tl.load(coef_ptr + entry, mask=q < end, other=0).to(ACC) * s
+                acc_b += c
+                if GRAD_W:
+                    xv = tl.load(x_ptr + sample[:, None] * stride_xn + d[None, :] * stride_xd,
+                                 mask=(q < end)[:, None] & (d < D)[None, :], other=0).to(ACC)
+                    acc_w += c[:, None] * xv
+            if GRAD_Q:
+                acc_q += tl.load(coef_q_ptr + entry, mask=q < end, other=0).to(ACC) * s
+        alone = pieces == 1
+        shared = pieces > 1
+        slot = tl.load(slot_offsets_ptr + r) + k
         if GRAD_W:
-            xv = tl.load(x_ptr + (entry // M)[:, None] * stride_xn + d[None, :] * stride_xd,
-                         mask=(q < end)[:, None] & (d < D)[None, :], other=0).to(ACC)
-            acc_w += c[:, None] * xv
-        acc_b += c
-    if GRAD_W:
-        tl.store(gw_ptr + r * D + d, round_to(tl.sum(acc_w, axis=0), gw_ptr.dtype.element_ty),
-                 mask=d < D)
-    if GRAD_B:
-        tl.store(gb_ptr + r, round_to(tl.sum(acc_b, axis=0), gb_ptr.dtype.element_ty),
-                 mask=pid_d == 0)
+            w_sum = tl.sum(acc_w, axis=0)
+            # the masks compare d with a bound (the interpreter cannot mix a scalar mask in)
+            tl.store(gw_ptr + r * D + d, round_to(w_sum, gw_ptr.dtype.element_ty),
+                     mask=d < tl.where(alone, D, 0))
+            tl.store(part_w_ptr + slot * D + d, w_sum, mask=d < tl.where(alone, 0, D))
+        if pid_d == 0:
+            if GRAD_B:
+                b_sum = tl.sum(acc_b, axis=0)
+                tl.store(gb_ptr + r, round_to(b_sum, gb_ptr.dtype.element_ty), mask=alone)
+                tl.store(part_b_ptr + slot, b_sum, mask=shared)
+            if GRAD_Q:
+                q_sum = tl.sum(acc_q, axis=0)
+                tl.store(gq_ptr + r, round_to(q_sum, gq_ptr.dtype.element_ty), mask=alone)
+                tl.store(part_q_ptr + slot, q_sum, mask=shared)
+            tl.store(lead_ptr + slot, tl.where(k == 0, r, -1), mask=shared)
+
+
+@triton.jit
+def _reduce_partials_kernel(
+    part_w_ptr, part_b_ptr, part_q_ptr, lead_ptr, piece_offsets_ptr, gw_ptr, gb_ptr, gq_ptr, D,
+    GRAD_W: tl.constexpr, GRAD_B: tl.constexpr, GRAD_Q: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Per slot holding a row's first piece: that row's partials summed in piece order."""
+    s = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    r = tl.load(lead_ptr + s)
+    if r >= 0:
+        pieces = tl.load(piece_offsets_ptr + r + 1) - tl.load(piece_offsets_ptr + r)
+        d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        acc_w = tl.zeros([BLOCK_S, BLOCK_D], ACC)
+        acc_b = tl.zeros([BLOCK_S], ACC)
+        acc_q = tl.zeros([BLOCK_S], ACC)
+        for j0 in range(0, pieces, BLOCK_S):
+            j = j0 + tl.arange(0, BLOCK_S)
+            slot = s + j
+            if GRAD_W:
+                acc_w += tl.load(part_w_ptr + slot[:, None] * D + d[None, :],
+                                 mask=(j < pieces)[:, None] & (d < D)[None, :], other=0)
+            if GRAD_B:
+                acc_b += tl.load(part_b_ptr + slot, mask=j < pieces, other=0)
+            if GRAD_Q:
+                acc_q += tl.load(part_q_ptr + slot, mask=j < pieces, other=0)
+        if GRAD_W:
+            tl.store(gw_ptr + r * D + d, round_to(tl.sum(acc_w, axis=0), gw_ptr.dtype.element_ty),
+                     mask=d < D)
+        if pid_d == 0:
+            if GRAD_B:
+                tl.store(gb_ptr + r, round_to(tl.sum(acc_b, axis=0), gb_ptr.dtype.element_ty))
+            if GRAD_Q:
+                tl.store(gq_ptr + r, round_to(tl.sum(acc_q, axis=0), gq_ptr.dtype.element_ty))
 
 
 def _block(size, limit):
@@ -187,99 +313,198 @@ def _block_d(num_features, acc):
     return _block(num_features, MAX_BLOCK_D * 4 // acc.itemsize)
 
 
-def _scatter(x, coef, scale, order, bounds, grad_w, grad_b, acc):
-    """grad_w[r] = sum s coef_e x[sample(e)], grad_b[r] = sum s coef_e over row r's segment
-    (either may be None), s the entry's sample's grad_output factor in `scale` ((N,) or (1,))."""
-    num_rows, num_features = bounds.shape[0] - 1, x.shape[1]
-    block_d = _block_d(num_features, acc)
-    # at least one feature chunk even for D = 0: its first program writes the bias gradient
-    grid = (num_rows, max(1, triton.cdiv(num_features, block_d)) if grad_w is not None else 1)
+def piece_entries(num_entries):
+    """Entries per piece of a row's segment: BLOCK_E times the smallest step count s with
+    E / (BLOCK_E s) partials (a row holding every entry) reduced in at most s steps of
+    REDUCE_ROWS, so no program, piece or reduction, runs more than s ~ sqrt(E / (BLOCK_E *
+    REDUCE_ROWS)) steps, whatever the row lengths."""
+    steps = max(1, math.ceil(math.sqrt(num_entries / (SCATTER_BLOCK_E * REDUCE_ROWS))))
+    return SCATTER_BLOCK_E * steps
+
+
+def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc):
+    """grad_w[r] = sum s_e coef_e x[sample(e)], grad_b[r] = sum s_e coef_e, grad_q[r] = sum s_e
+    coef_q_e over the entries e on row r (each output may be None), s_e the entry's sample's
+    grad_output (`scale` (N,), or None for 1)."""
     if num_rows == 0:
         return
-    _segment_scatter_kernel[grid](
-        x, x.stride(0), x.stride(1), coef, scale, scale.stride(0) if scale.numel() > 1 else 0,
-        order, bounds,
-        coef if grad_w is None else grad_w, coef if grad_b is None else grad_b,
-        coef.shape[1], num_features,
-        GRAD_W=grad_w is not None, GRAD_B=grad_b is not None, ACC=triton_accumulation(acc),
-        BLOCK_E=SCATTER_BLOCK_E, BLOCK_D=block_d, num_warps=NUM_WARPS)
+    device, num_features = rows.device, x.shape[1]
+    num_entries = rows.numel()
+    per_piece = piece_entries(num_entries)
+    sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)
+    bounds = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=device))
+    # ceil(length / P) pieces, and one (of zeros) for an untouched row
+    pieces = ((bounds[1:] - bounds[:-1] - 1) // per_piece).clamp_(min=0) + 1
+    piece_offsets = torch.zeros(num_rows + 1, dtype=torch.int64, device=device)
+    torch.cumsum(pieces, 0, out=piece_offsets[1:])
+    several = torch.where(pieces > 1, pieces, 0)
+    slot_offsets = torch.cumsum(several, 0) - several
+    # a row of several pieces has over P entries, so its ceil(length / P) pieces number under
+    # 2 length / P: fewer than 2 E / P slots in all
+    num_slots = 2 * num_entries // per_piece + 1
+    part_w = (torch.empty(num_slots, num_features, device=device, dtype=acc)
+              if grad_w is not None else None)
+    part_b, part_q = (torch.empty(num_slots, device=device, dtype=acc) if g is not None else None
+                      for g in (grad_b, grad_q))
+    lead = torch.full((num_slots,), -1, device=device, dtype=torch.int64)
+    block_d = _block_d(num_features, acc)
+    # at least one feature chunk even for D = 0: its first program writes the bias gradients
+    chunks = max(1, triton.cdiv(num_features, block_d)) if grad_w is not None else 1
+    flags = dict(GRAD_W=grad_w is not None, GRAD_B=grad_b is not None, GRAD_Q=grad_q is not None,
+                 ACC=triton_accumulation(acc), BLOCK_D=block_d, num_warps=NUM_WARPS)
+    any_out = next(t for t in (grad_w, grad_b, grad_q) if t is not None)
+
+    def pointer(t):  # a tensor the kernel does not read (its flag is off) still takes a pointer
+        return any_out if t is None else t
+
+    # a row's pieces beyond its first hold more than P entries each: fewer than E / P in all
+    grid_pieces = num_rows + num_entries // per_piece
+    piece_rows = torch.searchsorted(piece_offsets, torch.arange(grid_pieces, device=device),
+                                    right=True)
+    _scatter_pieces_kernel[(grid_pieces, chunks)](
+        x, x.stride(0), x.stride(1), pointer(coef), pointer(coef_q), pointer(scale), order, bounds,
+        piece_offsets, piece_rows, slot_offsets, pointer(grad_w), pointer(grad_b), pointer(grad_q),
+        pointer(part_w), pointer(part_b), pointer(part_q), lead,
+        num_rows, per_piece, rows.shape[1], num_features,
+        HAS_SCALE=scale is not None, BLOCK_E=SCATTER_BLOCK_E, **flags)
+    _reduce_partials_kernel[(num_slots, chunks)](
+        pointer(part_w), pointer(part_b), pointer(part_q), lead, piece_offsets,
+        pointer(grad_w), pointer(grad_b), pointer(grad_q), num_features, BLOCK_S=REDUCE_ROWS,
+        **flags)
 
 
-class _GatheredLogistic(torch.autograd.Function):
-    """Loss, d/dx and per-entry dz in one forward launch; the backward scales them by
-    grad_output and scatters dz into the weight/bias (and NCE's noise log-prob) gradients."""
+def _forward(input, weight, bias, entries, noise_log_probs, num_noise, divisor, needs,
+             grad_x_dtype):
+    """The forward launch: (loss (N,), dz, dlogb, grad_x, rows), each None where not wanted, in
+    the accumulation dtype but grad_x (`grad_x_dtype`), the gradients divided by `divisor`;
+    rows (N, M) as the scatter reads them (a default tree's written by the kernel)."""
+    out_dtype = _out_dtype(input, weight, bias)
+    acc = accumulation_dtype(out_dtype)
+    need_x, need_w, need_b, need_q = needs
+    nce = noise_log_probs is not None
+    tree = isinstance(entries, DefaultTree)
+    batch, num_entries = entries.shape
+    rows, codes = (None, None) if tree else (entries.rows, entries.codes)
+    if tree and (need_w or need_b):
+        rows = torch.empty(entries.shape, device=input.device, dtype=torch.int64)
+    num_features = input.shape[1]
+    loss = torch.empty(batch, device=input.device, dtype=acc)
+    dz = (torch.empty(entries.shape, device=input.device, dtype=acc)
+          if need_x or need_w or need_b else None)
+    dlogb = torch.empty(entries.shape, device=input.device, dtype=acc) if need_q else None
+    grad_x = (torch.empty(batch, num_features, device=input.device, dtype=grad_x_dtype)
+              if need_x else None)
+    block_d = _block_d(num_features, acc)
+    if batch > 0:
+        _gathered_logistic_fwd_kernel[(batch,)](
+            input, input.stride(0), input.stride(1), weight, weight.stride(0), weight.stride(1),
+            bias.contiguous() if bias is not None else loss, loss if rows is None else rows,
+            loss if codes is None else codes, entries.label if tree else loss,
+            entries.num_classes if tree else 0,
+            noise_log_probs.contiguous() if nce else loss, num_noise, divisor, loss,
+            loss if dz is None else dz, loss if dlogb is None else dlogb,
+            loss if grad_x is None else grad_x, num_entries, num_features,
+            NCE=nce, HAS_BIAS=bias is not None, STORE_DZ=dz is not None,
+            STORE_DLOGB=dlogb is not None, GRAD_X=need_x, ONE_CHUNK=num_features <= block_d,
+            TREE=tree, STORE_ROWS=tree and rows is not None, ACC=triton_accumulation(acc), BLOCK_M=_block(num_entries, MAX_BLOCK_M),
+            BLOCK_D=block_d, num_warps=NUM_WARPS)
+    return loss, dz, dlogb, grad_x, rows
+
+
+def _out_dtype(input, weight, bias):
+    out_dtype = torch.promote_types(input.dtype, weight.dtype)
+    return out_dtype if bias is None else torch.promote_types(out_dtype, bias.dtype)
+
+
+def _buffer_like(tensor):
+    """A contiguous gradient buffer of `tensor`'s shape and dtype (the scatter writes rows)."""
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+
+
+def _reduced(loss, reduction, input, weight, bias):
+    result = loss if reduction == "none" else reduce(loss, reduction)
+    return result.to(loss_dtype(_out_dtype(input, weight, bias), result.device))
+
+
+def _precomputed(reduction, needs, num_noise, entries, input, weight, bias, noise_log_probs):
+    """'mean' and 'sum' (or no gradient at all): the forward launch and the scatter write every
+    gradient in its final dtype, which the shared backward scales by grad_output."""
+    divisor = entries.shape[0] if reduction == "mean" else 1
+    loss, dz, dlogb, grad_x, rows = _forward(input, weight, bias, entries, noise_log_probs,
+                                             num_noise, max(divisor, 1), needs, input.dtype)
+    _, need_w, need_b, need_q = needs
+    grad_w, grad_b, grad_q = (_buffer_like(t) if need else None
+                              for t, need in zip((weight, bias, noise_log_probs), needs[1:]))
+    if need_w or need_b or need_q:
+        _scatter(input, rows, weight.shape[0], dz, dlogb, None, grad_w, grad_b, grad_q,
+                 accumulation_dtype(_out_dtype(input, weight, bias)))
+    return Sweep((_reduced(loss, reduction, input, weight, bias),),
+                 [grad_x, grad_w, grad_b, grad_q])
+
+
+class _PerSampleGatheredLogistic(torch.autograd.Function):
+    """reduction='none' with gradients: the forward keeps dz and d loss / d x unscaled, the
+    backward scales them by each sample's grad_output (module header)."""
 
     @staticmethod
-    def forward(ctx, reduction, needs, num_noise, input, weight, bias, rows, codes,
-                noise_log_probs):
-        out_dtype = torch.promote_types(input.dtype, weight.dtype)
-        if bias is not None:
-            out_dtype = torch.promote_types(out_dtype, bias.dtype)
-        acc = accumulation_dtype(out_dtype)
-        need_x, need_w, need_b, need_q = ctx.needs = needs
-        nce = noise_log_probs is not None
-        batch, num_entries = rows.shape
-        num_features = input.shape[1]
-        loss = torch.empty(batch, device=input.device, dtype=acc)
-        dz = torch.empty_like(rows, dtype=acc) if need_x or need_w or need_b else None
-        dlogb = torch.empty_like(rows, dtype=acc) if need_q else None
-        grad_x = torch.empty(batch, num_features, device=input.device, dtype=acc) if need_x else None
-        bias_flat = bias.contiguous() if bias is not None else None
-        logq = noise_log_probs.contiguous() if nce else None
-        if batch > 0:
-            _gathered_logistic_fwd_kernel[(batch,)](
-                input, input.stride(0), input.stride(1), weight, weight.stride(0), weight.stride(1),
-                bias_flat if bias is not None else loss, rows, rows if codes is None else codes,
-                logq if nce else loss, num_noise, loss,
-                loss if dz is None else dz, loss if dlogb is None else dlogb,
-                loss if grad_x is None else grad_x, num_entries, num_features,
-                NCE=nce, HAS_BIAS=bias is not None, STORE_DZ=dz is not None,
-                STORE_DLOGB=dlogb is not None, GRAD_X=need_x, ACC=triton_accumulation(acc),
-                BLOCK_M=_block(num_entries, MAX_BLOCK_M), BLOCK_D=_block_d(num_features, acc),
-                num_warps=NUM_WARPS)
-        ctx.reduction, ctx.acc = reduction, acc
-        ctx.shapes = [(t.shape, t.dtype) if t is not None else None
-                      for t in (input, weight, bias, noise_log_probs)]
+    def forward(ctx, needs, num_noise, entries, input, weight, bias, noise_log_probs):
+        acc = accumulation_dtype(_out_dtype(input, weight, bias))
+        loss, dz, dlogb, grad_x, rows = _forward(input, weight, bias, entries, noise_log_probs,
+                                                 num_noise, 1, needs, acc)
+        ctx.needs, ctx.acc, ctx.x_dtype, ctx.num_rows = needs, acc, input.dtype, weight.shape[0]
+        ctx.specs = [(t.shape, t.dtype) if need else None
+                     for t, need in zip((weight, bias, noise_log_probs), needs[1:])]
         empty = torch.empty(0)
-        ctx.save_for_backward(input if need_w else empty, rows, *(empty if t is None else t
-                                                                   for t in (dz, dlogb, grad_x)))
-        result = loss if reduction == "none" else reduce(loss, reduction)
-        return result.to(loss_dtype(out_dtype, result.device))
+        ctx.save_for_backward(input if needs[1] else empty, empty if rows is None else rows,
+                              *(empty if t is None else t for t in (dz, dlogb, grad_x)))
+        return _reduced(loss, "none", input, weight, bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         input, rows, dz, dlogb, grad_x = ctx.saved_tensors
-        need_x, need_w, need_b, need_q = ctx.needs
-        batch = rows.shape[0]
-        grad_output = grad_output.to(ctx.acc)
-        if ctx.reduction == "mean":
-            grad_output = grad_output / batch
-        scale = grad_output.reshape(-1)  # (N,) for 'none', else (1,)
-        (_, x_dtype), (w_shape, w_dtype), bias_info, q_info = ctx.shapes
-        grads = {}
-        if need_x:
-            grads["x"] = scale_gradient(grad_x, scale.view(-1, 1), x_dtype)
-        if need_w or need_b or need_q:
-            # deterministic scatter: segments of the entries stably sorted by row
-            sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)
-            num_rows = w_shape[0]
-            bounds = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=rows.device))
-            device = rows.device
-            if need_w or need_b:
-                grads["w"] = torch.empty(w_shape, device=device, dtype=w_dtype) if need_w else None
-                grads["b"] = torch.empty(num_rows, device=device, dtype=bias_info[1]) if need_b else None
-                _scatter(input, dz, scale, order, bounds, grads["w"], grads["b"], ctx.acc)
-            if need_q:
-                grads["q"] = torch.empty(num_rows, device=device, dtype=q_info[1])
-                _scatter(input, dlogb, scale, order, bounds, None, grads["q"], ctx.acc)
-        return (None, None, None, grads.get("x"), grads.get("w"), grads.get("b"), None, None,
-                grads.get("q"))
+        scale = grad_output.to(ctx.acc).reshape(-1)
+        grad_x = scale_gradient(grad_x, scale.view(-1, 1), ctx.x_dtype) if ctx.needs[0] else None
+        grad_w, grad_b, grad_q = (None if spec is None else
+                                  torch.empty(spec[0], dtype=spec[1], device=rows.device)
+                                  for spec in ctx.specs)
+        if any(ctx.needs[1:]):
+            _scatter(input, rows, ctx.num_rows, dz, dlogb, scale, grad_w, grad_b, grad_q, ctx.acc)
+        return (None, None, None, grad_x, grad_w, grad_b, grad_q)
 
 
-def gathered_logistic(input, weight, bias, rows, codes, noise_log_probs, num_noise, reduction):
-    """The shared entry point of hsigmoid_loss and nce_loss: rows (N, M) int64 of W per sample
-    (-1: padding), codes (N, M) the target bits (hsigmoid) or None with noise_log_probs (NCE)."""
+@dataclasses.dataclass
+class Paths:
+    """Each sample's entries as given: rows (N, M) int64 of W (-1: padding) and, for
+    hsigmoid, codes (N, M) their target bits (NCE: None, the first entry is the target)."""
+    rows: torch.Tensor
+    codes: typing.Optional[torch.Tensor] = None
+
+    @property
+    def shape(self):
+        return self.rows.shape
+
+
+@dataclasses.dataclass
+class DefaultTree:
+    """hsigmoid's default tree, its paths computed in the forward kernel from the labels (N,)
+    int64; the kernel writes the rows out only where the scatter reads them."""
+    label: torch.Tensor
+    num_classes: int
+
+    @property
+    def shape(self):  # the longest code is 2 * num_classes - 1
+        return (self.label.shape[0], (2 * self.num_classes - 1).bit_length() - 1)
+
+
+def gathered_logistic(input, weight, bias, entries, noise_log_probs, num_noise, reduction):
+    """The shared entry point of hsigmoid_loss and nce_loss: `entries` (Paths or DefaultTree)
+    name each sample's rows of W, noise_log_probs (NCE) or None (hsigmoid)."""
     bias = bias.reshape(-1) if bias is not None else None
     needs = wanted_gradients(input, weight, bias, noise_log_probs)
-    return _GatheredLogistic.apply(reduction, needs, num_noise, input, weight, bias,
-                                   rows.contiguous(), codes, noise_log_probs)
+    if reduction == "none" and any(needs):
+        return _PerSampleGatheredLogistic.apply(needs, num_noise, entries, input, weight, bias,
+                                                noise_log_probs)
+    return PrecomputedGradient.apply(
+        lambda *inputs: _precomputed(reduction, needs, num_noise, entries, *inputs),
+        input, weight, bias, noise_log_probs)

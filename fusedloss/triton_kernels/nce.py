@@ -12,12 +12,12 @@ weight, bias and (when it requires grad) noise_log_probs gradients.
 """
 import torch
 
-from ._gathered_logistic import gathered_logistic
+from ._gathered_logistic import Paths, gathered_logistic
 
 
 def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean"):
     classes = torch.cat([target.reshape(-1, 1), noise_samples], dim=1).long()  # (N, 1 + k)
-    return gathered_logistic(input, weight, bias, classes, None, noise_log_probs,
+    return gathered_logistic(input, weight, bias, Paths(classes), noise_log_probs,
                              noise_samples.shape[1], reduction)
 
 
