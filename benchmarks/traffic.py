@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
 import fusedloss.functional as F  # noqa: E402
+import lce_memory  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -336,13 +337,20 @@ def main():
     self_check()
     rows = run_cases()
     print(table(rows, args.markdown))
+    lce_peaks = lce_memory.issue_size_peaks()  # memory, not traffic: LCE's bound is its FLOPs
+    for reduction, peak in lce_peaks.items():
+        print(f"linear_cross_entropy N=8192 H=2304 V=256000 bf16 '{reduction}': peak {peak:.1f} MiB "
+              f"beyond inputs and gradients (ceiling {lce_memory.BUDGET // 2**20}; lce_memory.py)")
     if args.check:
         over = [(case, t, ratio) for case, t, ratio in rows
                 if ratio > case.ceiling + 0.01 or t.launches + t.torch_ops > case.max_launches_and_ops]
         for case, t, ratio in over:
             print(f"FAIL {case.name}: {ratio:.2f} x the big tensor (ceiling {case.ceiling}), "
                   f"{t.launches + t.torch_ops} launches + torch ops (ceiling {case.max_launches_and_ops})")
-        sys.exit(1 if over else 0)
+        over_memory = [r for r, peak in lce_peaks.items() if peak * 2**20 > lce_memory.BUDGET]
+        for reduction in over_memory:
+            print(f"FAIL linear_cross_entropy '{reduction}': peak above {lce_memory.BUDGET // 2**20} MiB")
+        sys.exit(1 if over or over_memory else 0)
 
 
 if __name__ == "__main__":
