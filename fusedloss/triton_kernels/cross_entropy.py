@@ -646,6 +646,72 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     return _softmax_loss(input, target, weight, options)
 
 
+def _whole_vocabulary_stats(stats, all_reduce):
+    """A vocabulary shard's (N, STATS) row statistics made the whole vocabulary's, in place: the
+    max over shards, then the sums, each shard's sum of exponentials rescaled to that max (the
+    target logit is summed too: only its owner's is not 0). all_reduce(tensor, op), op "max" or
+    "sum", reduces a contiguous tensor over the shards in place."""
+    high = stats[:, 0].contiguous()
+    all_reduce(high, "max")
+    shift = torch.where(high == float("-inf"), 0.0, high)
+    sums = stats[:, 1:].contiguous()
+    sums[:, 0] *= torch.exp(stats[:, 0] - shift)
+    all_reduce(sums, "sum")
+    stats[:, 0], stats[:, 1:] = high, sums
+    return stats
+
+
+def vocab_shard_cross_entropy(logits_shard, target, all_reduce, *, class_offset, total_classes,
+                              ignore_index, reduction, label_smoothing, z_loss):
+    """Cross entropy of logits split along the vocabulary (last) dimension: this shard holds
+    classes [class_offset, class_offset + C) of total_classes, target (...) the global classes.
+
+    The row kernel merges the shard's row statistics (its own sweep), all_reduce makes them the
+    whole vocabulary's (O(tokens), _whole_vocabulary_stats), and a second launch writes the
+    loss and the shard's gradient from them (reading the shard again), so the backward is the
+    shared scaling by grad_output. Values equal cross_entropy on the gathered logits.
+    """
+    def sweep(input, target):
+        input = input.detach()
+        num_local = input.shape[-1]
+        logits = input.reshape(-1, num_local, 1)
+        flat_target = target.reshape(-1).contiguous()
+        num_tokens = logits.shape[0]
+        acc = accumulation_dtype(input.dtype)
+        out_dtype = loss_dtype(input.dtype, input.device)
+        grad = (torch.empty(logits.shape, dtype=input.dtype, device=input.device)
+                if compute_grad else None)
+        options = dict(soft=False, focal=False, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
+                       class_offset=class_offset, total_classes=total_classes)
+        if reduction == "none":
+            partials, loss = None, torch.empty(target.shape, dtype=out_dtype, device=input.device)
+        elif num_tokens:
+            partials = reduction_partials(logits)
+            loss = torch.empty((), dtype=out_dtype, device=input.device)
+        else:  # nothing to launch over (on any rank): torch's empty sum and mean
+            loss = torch.full((), 0.0 if reduction == "sum" else float("nan"), dtype=out_dtype,
+                              device=input.device)
+        if num_tokens:
+            stats = initial_stats(num_tokens, acc, input.device)
+            launch_row_kernel(logits, flat_target, None, None, stats, None, None, stats=stats,
+                              **options)
+            _whole_vocabulary_stats(stats, all_reduce)
+            launch_row_kernel(logits, flat_target, None, grad, loss, None, None, stats=stats,
+                              from_stats=True, mean=reduction == "mean", partials=partials,
+                              **options)
+        return Sweep((loss,), [None if grad is None else grad.view(input.shape), None],
+                     shape_grad_output=(_last_dimension if reduction == "none"
+                                        else Sweep.shape_grad_output))
+    (compute_grad,) = wanted_gradients(logits_shard)
+    return PrecomputedGradient.apply(sweep, logits_shard, target)
+
+
+def _last_dimension(grad_output):
+    """A per-token grad_output with a unit class dimension last, as a shard's classes are."""
+    return grad_output.unsqueeze(-1)
+
+
 def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):
     _check_no_grad(alpha=alpha)
     alpha = alpha.contiguous() if alpha is not None else None
