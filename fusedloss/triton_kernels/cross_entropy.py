@@ -24,7 +24,16 @@ The backward only scales the stored gradient by grad_output (free when it is 1).
 Second reads from L2: the rows in flight are the P programs' rows, so P is sized to keep them
 within half the L2 (never fewer than one program per SM, at most two), pass 1 loads with
 evict_last and pass 2 with evict_first, and both block loops are software-pipelined
-(`tl.range(num_stages=_NUM_STAGES)`) so a block's load overlaps the previous block's math.
+(`tl.range(num_stages=...)`) so a block's load overlaps the previous block's math: 2 stages
+for 16- and 32-bit logits, 1 for fp64, the most that compile for sm_90 without register
+spills (`_num_stages` has the measurements).
+
+Vocabulary chunks (linear_cross_entropy's blocks, a vocabulary-parallel rank's slice): with
+PARTIAL_STATS a launch runs pass 1 on the chunk's columns and merges its statistics (m, s, the
+two sums, and the target logit where the target lies in the chunk) into per-token running ones
+(online log-sum-exp, in chunk order); with FROM_STATS a launch reads the whole row's statistics
+instead of sweeping, writes the loss, and runs pass 2 on the chunk. Targets stay global
+(class_offset), and smoothing divides by the whole vocabulary (total_classes).
 
 Tokens of an (N, C, d1..dk) input are (n, s) pairs addressed through strides (the class stride
 is S there), so no transposed copy is made; `reshape` merges d1..dk without copying unless
@@ -486,9 +495,16 @@ _STATS = tl.constexpr(STATS)
 
 # Tokens per block of the in-kernel 'mean' divisor and of the cross-program sum
 _TOKEN_BLOCK = 1024
-# Loads in flight per program in the block loops: 3 blocks of 8192 bf16 logits (48 KiB of
-# shared memory) hide HBM latency; more would cost the second program per SM its residency
-_NUM_STAGES = 3
+
+
+def _num_stages(dtype):
+    """Software-pipelining stages of the block loops (blocks in flight per program), compiled
+    for sm_90 by benchmarks/compile_sm90.py: 2 for 16- and 32-bit logits, one block's load in
+    flight beside the block being reduced. 3 spilled (fp32 at V = 50257, whose rows are not
+    16-byte aligned so the loads in flight wait in registers, 112 bytes a thread; every option
+    on at V = 128256, 8 to 16 bytes, all three dtypes); 2 spills nowhere. fp64 logits take 1:
+    an 8192-wide fp64 block fills the registers alone (2 stages spilled 32 to 64 bytes)."""
+    return 1 if dtype == torch.float64 else 2
 
 
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
@@ -534,7 +550,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
         ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
-        NUM_STAGES=_NUM_STAGES, TOKEN_BLOCK=_TOKEN_BLOCK,
+        NUM_STAGES=_num_stages(logits.dtype), TOKEN_BLOCK=_TOKEN_BLOCK,
         SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
         HAS_Z_LOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, FOCAL=focal,
