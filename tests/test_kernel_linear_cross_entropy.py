@@ -21,8 +21,8 @@ from fusedloss.triton_kernels import linear_cross_entropy as lce
 
 torch_linear_cross_entropy = torch_function("linear_cross_entropy")  # a composition before torch 2.13
 
-N, H, BIG_V = 10, 12, 1500  # N = 2 * CHUNK + 2: two full chunks and a tail
-CHUNK = (4, 1100)  # tokens x classes: V = 1500 splits into 1100 + 400
+N, H, BIG_V = 10, 12, 1500  # N = CHUNK + 2: a full token chunk and a tail
+CHUNK = (8, 1100)  # tokens x classes: V = 1500 splits into 1100 + 400
 LOGIT_OPTIONS = {
     "plain": {},
     "z_loss": {"z_loss": 1e-2},
@@ -73,7 +73,7 @@ def test_interpreter_resolves_to_the_kernel():
 @pytest.mark.parametrize("logit_option", list(LOGIT_OPTIONS))
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])  # 'sum': test_dtypes, test_matches_torch_in_float64
 def test_options(reduction, weighted, label_smoothing, logit_option):
     x, w, target, b = _problem()
     weight = _class_weight(BIG_V) if weighted else None
@@ -167,7 +167,7 @@ def test_chunk_size_does_not_change_the_result(monkeypatch, chunk, num_classes):
 def test_chunk_shape():
     """The GPU's 4096 x 4096 block (the module header says why), never beyond the problem."""
     assert lce.GPU_CHUNK == (4096, 4096)
-    assert lce.chunk_shape(100, 37) == (4, 37)  # the fixture's CHUNK rows, all 37 classes
+    assert lce.chunk_shape(100, 37) == (8, 37)  # the fixture's CHUNK rows, all 37 classes
     assert lce.chunk_shape(0, 0) == (1, 1)
 
 

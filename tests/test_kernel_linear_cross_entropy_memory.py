@@ -47,4 +47,4 @@ def test_the_model_predicts_a_real_run(dtype, reduction):
     predicted = lce_memory.peak_bytes(*meta, **options)
     assert lce_memory.peak_bytes(*real, **options) == predicted
     # the grad_W rows of one vocabulary chunk (16-bit inputs: fp32) at least
-    assert predicted >= (4 if dtype == torch.bfloat16 else 0) * chunk[1] * features
+    assert predicted >= (4 if dtype == torch.bfloat16 else 0) * chunk[1] * features  # noqa: E501
