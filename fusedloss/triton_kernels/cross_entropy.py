@@ -25,7 +25,7 @@ Second reads from L2: the rows in flight are the P programs' rows, so P is sized
 within half the L2 (never fewer than one program per SM, at most two), pass 1 loads with
 evict_last and pass 2 with evict_first, and both block loops are software-pipelined
 (`tl.range(num_stages=...)`) so a block's load overlaps the previous block's math: 2 stages
-for 16- and 32-bit logits, 1 for fp64, the most that compile for sm_90 without register
+for 16-bit logits, 1 for fp32 and fp64, the most that compile for sm_90 without register
 spills (`_num_stages` has the measurements).
 
 Vocabulary chunks (linear_cross_entropy's blocks, a vocabulary-parallel rank's slice): with
@@ -498,13 +498,14 @@ _TOKEN_BLOCK = 1024
 
 
 def _num_stages(dtype):
-    """Software-pipelining stages of the block loops (blocks in flight per program), compiled
-    for sm_90 by benchmarks/compile_sm90.py: 2 for 16- and 32-bit logits, one block's load in
-    flight beside the block being reduced. 3 spilled (fp32 at V = 50257, whose rows are not
-    16-byte aligned so the loads in flight wait in registers, 112 bytes a thread; every option
-    on at V = 128256, 8 to 16 bytes, all three dtypes); 2 spills nowhere. fp64 logits take 1:
-    an 8192-wide fp64 block fills the registers alone (2 stages spilled 32 to 64 bytes)."""
-    return 1 if dtype == torch.float64 else 2
+    """Software-pipelining stages of the block loops (blocks in flight per program), the most
+    that compile for sm_90 without register spills on both CI stacks (benchmarks/compile_sm90.py,
+    triton 3.9 and 3.6): 2 for 16-bit logits, one block's load in flight beside the block being
+    reduced; 1 for fp32 and fp64, whose 8192-wide blocks are twice and four times the bytes.
+    3 stages spilled in every dtype (fp32 at V = 50257, whose rows are not 16-byte aligned so the
+    loads in flight wait in registers: 112 bytes a thread; every option on at V = 128256: 8 to
+    16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes)."""
+    return 2 if dtype in (torch.float16, torch.bfloat16) else 1
 
 
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
