@@ -25,8 +25,8 @@ Second reads from L2: the rows in flight are the P programs' rows, so P is sized
 within half the L2 (never fewer than one program per SM, at most two), pass 1 loads with
 evict_last and pass 2 with evict_first, and both block loops are software-pipelined
 (`tl.range(num_stages=...)`) so a block's load overlaps the previous block's math: 2 stages
-for 16-bit logits, 1 for fp32 and fp64, the most that compile for sm_90 without register
-spills (`_num_stages` has the measurements).
+for 16-bit logits (and fp32 focal loss), 1 for fp32 and fp64, the most that compile for sm_90
+without register spills (`_num_stages` has the measurements).
 
 Vocabulary chunks (linear_cross_entropy's blocks, a vocabulary-parallel rank's slice): with
 PARTIAL_STATS a launch runs pass 1 on the chunk's columns and merges its statistics (m, s, the
@@ -497,15 +497,18 @@ _STATS = tl.constexpr(STATS)
 _TOKEN_BLOCK = 1024
 
 
-def _num_stages(dtype):
+def _num_stages(dtype, focal):
     """Software-pipelining stages of the block loops (blocks in flight per program), the most
     that compile for sm_90 without register spills on both CI stacks (benchmarks/compile_sm90.py,
     triton 3.9 and 3.6): 2 for 16-bit logits, one block's load in flight beside the block being
     reduced; 1 for fp32 and fp64, whose 8192-wide blocks are twice and four times the bytes.
     3 stages spilled in every dtype (fp32 at V = 50257, whose rows are not 16-byte aligned so the
     loads in flight wait in registers: 112 bytes a thread; every option on at V = 128256: 8 to
-    16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes)."""
-    return 2 if dtype in (torch.float16, torch.bfloat16) else 1
+    16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes).
+    fp32 focal loss is the exception: 1 stage spilled it on triton 3.6 (36 bytes), 2 do not."""
+    if dtype in (torch.float16, torch.bfloat16) or (focal and dtype == torch.float32):
+        return 2
+    return 1
 
 
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
@@ -551,7 +554,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
         ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
-        NUM_STAGES=_num_stages(logits.dtype), TOKEN_BLOCK=_TOKEN_BLOCK,
+        NUM_STAGES=_num_stages(logits.dtype, focal), TOKEN_BLOCK=_TOKEN_BLOCK,
         SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
         HAS_Z_LOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, FOCAL=focal,
