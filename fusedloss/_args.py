@@ -69,15 +69,22 @@ def check_class_indices(target, num_classes, ignore_index):
 
 
 def _class_indices_in_range(target, num_classes, ignore_index):
-    """The CPU check's one pass (three ops when ignore_index lies apart from the classes, as
-    -100 does): the extremes of the targets, ignored ones counted as class 0."""
-    low, high = 0, num_classes - 1
-    if ignore_index is not None and -1 <= ignore_index <= num_classes:
-        low, high = min(low, ignore_index), max(high, ignore_index)  # still one interval
-    elif ignore_index is not None:
-        target = target.masked_fill(target == ignore_index, 0)
-    smallest, largest = torch.aminmax(target)
-    return low <= smallest.tolist() and largest.tolist() <= high
+    """The CPU check's one pass: the extremes of the targets (one op) where ignore_index lies in
+    or next to [0, num_classes), else (as -100 does) how many targets fall in each interval
+    between 0, num_classes, ignore_index and ignore_index + 1 (two ops)."""
+    if ignore_index is None or -1 <= ignore_index <= num_classes:
+        low, high = 0, num_classes - 1
+        if ignore_index is not None:
+            low, high = min(low, ignore_index), max(high, ignore_index)  # still one interval
+        smallest, largest = torch.aminmax(target)
+        return low <= smallest.tolist() and largest.tolist() <= high
+    bounds = sorted((0, num_classes, ignore_index, ignore_index + 1))
+    # bucket i holds bounds[i - 1] <= t < bounds[i]: the classes' and ignore_index's buckets
+    accepted = (bounds.index(0) + 1, bounds.index(ignore_index) + 1)
+    buckets = torch.bucketize(target, torch.tensor(bounds, device=target.device), right=True,
+                              out_int32=True)
+    counts = torch.bincount(buckets.view(-1), minlength=len(bounds) + 1).tolist()
+    return all(count == 0 for bucket, count in enumerate(counts) if bucket not in accepted)
 
 
 def check_in_range(values, low, high, error, message):

@@ -1,6 +1,7 @@
-"""vocab_parallel_cross_entropy on two gloo ranks equals the gather-then-cross-entropy reference
-(values and each rank's slice of the gradient), and the fused-projection variant equals the
-plain projection + cross entropy on the whole vocabulary."""
+"""vocab_parallel_cross_entropy on two gloo ranks, each rank's sweep through the row kernel (the
+interpreter's), equals the gather-then-cross-entropy reference (values and each rank's slice of
+the gradient), and the fused-projection variant equals the plain projection + cross entropy on
+the whole vocabulary."""
 import os
 import socket
 
@@ -34,8 +35,12 @@ def _worker(rank, port, results):
         logits = torch.randn(tokens, vocab, generator=generator, dtype=torch.float64) * 3
         target = torch.randint(0, vocab, (tokens,), generator=generator)
         target[1] = -100
+        # the projection's shards have 1100 classes, more than the interpreter's row block
+        # (1024): each rank's sweeps loop over blocks
         hidden = torch.randn(tokens, features, generator=generator, dtype=torch.float64)
-        weight = torch.randn(vocab, features, generator=generator, dtype=torch.float64)
+        weight = torch.randn(2200, features, generator=generator, dtype=torch.float64)
+        head_target = torch.randint(0, 2200, (tokens,), generator=generator)
+        head_target[2] = -100
         shard = slice(rank * vocab // WORLD, (rank + 1) * vocab // WORLD)
         worst = 0.0
         for options in CASES:
@@ -56,17 +61,19 @@ def _worker(rank, port, results):
 
         full_hidden = hidden.clone().requires_grad_()
         full_weight = weight.clone().requires_grad_()
-        expected = reference.linear_cross_entropy(full_hidden, full_weight, target, label_smoothing=0.1)
+        expected = reference.linear_cross_entropy(full_hidden, full_weight, head_target,
+                                                  label_smoothing=0.1)
         expected.backward()
         local_hidden = hidden.clone().requires_grad_()
-        local_weight = weight[shard].clone().requires_grad_()
-        got = distributed.vocab_parallel_linear_cross_entropy(local_hidden, local_weight, target,
-                                                              label_smoothing=0.1)
+        local_weight = weight[rank * 1100:(rank + 1) * 1100].clone().requires_grad_()
+        got = distributed.vocab_parallel_linear_cross_entropy(local_hidden, local_weight,
+                                                              head_target, label_smoothing=0.1)
         got.backward()
         worst = max(worst, (got - expected).abs().item(),
                     (local_hidden.grad - full_hidden.grad).abs().max().item(),
-                    (local_weight.grad - full_weight.grad[shard]).abs().max().item())
-        results[rank] = worst
+                    (local_weight.grad - full_weight.grad[rank * 1100:(rank + 1) * 1100]
+                     ).abs().max().item())
+        results[rank] = (worst, type(got.grad_fn).__name__)
     finally:
         dist.destroy_process_group()
 
@@ -75,8 +82,9 @@ def test_vocab_parallel_matches_whole_vocabulary_cross_entropy():
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
     assert sorted(results.keys()) == list(range(WORLD))
-    for rank, worst in results.items():
+    for rank, (worst, node) in results.items():
         assert worst < 1e-12, f"rank {rank}: worst difference {worst}"
+        assert node == "PrecomputedGradientBackward", node  # each rank's sweep ran the row kernel
 
 
 def test_target_out_of_range_raises_before_communication():

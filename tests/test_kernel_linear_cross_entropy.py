@@ -4,9 +4,9 @@ against the float64 reference (and torch at the same dtype) by fusedloss.testing
 rule, values and the gradients of input, linear_weight and linear_bias after a random
 grad_output.
 
-Chunks are forced small (CHUNK rows, by patching `chunk_rows`) so that every call with N > CHUNK
-runs several chunks with a shorter tail; V = 1500 is above the interpreter's row block of 1024
-and not a multiple of it, so the row kernel's multi-block sweep runs too.
+Blocks are forced small (CHUNK tokens x classes) so that every call runs several token chunks
+with a shorter tail and two vocabulary chunks, 1100 + 400 of V = 1500: the first is above the
+interpreter's row block of 1024, so the row kernel's multi-block sweep runs within a chunk too.
 """
 import pytest
 import torch
@@ -21,8 +21,8 @@ from fusedloss.triton_kernels import linear_cross_entropy as lce
 
 torch_linear_cross_entropy = torch_function("linear_cross_entropy")  # a composition before torch 2.13
 
-N, H, BIG_V = 10, 12, 1500  # N = 2 * CHUNK + 2: two full chunks and a tail
-CHUNK = 4
+N, H, BIG_V = 10, 12, 1500  # N = CHUNK + 2: a full token chunk and a tail
+CHUNK = (8, 1100)  # tokens x classes: V = 1500 splits into 1100 + 400
 LOGIT_OPTIONS = {
     "plain": {},
     "z_loss": {"z_loss": 1e-2},
@@ -33,7 +33,7 @@ LOGIT_OPTIONS = {
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(lce, "chunk_rows", lambda num_rows, num_classes, features: CHUNK)
+    monkeypatch.setattr(lce, "CHUNK", CHUNK)
 
 
 def _randn(shape, dtype=torch.float32, scale=1.0, seed=0, grad=True):
@@ -73,7 +73,7 @@ def test_interpreter_resolves_to_the_kernel():
 @pytest.mark.parametrize("logit_option", list(LOGIT_OPTIONS))
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])  # 'sum': test_dtypes, test_matches_torch_in_float64
 def test_options(reduction, weighted, label_smoothing, logit_option):
     x, w, target, b = _problem()
     weight = _class_weight(BIG_V) if weighted else None
@@ -144,11 +144,14 @@ def test_dtypes(dtype, options):
 
 # --- chunking -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("chunk", [1, 3, N, 64])
-def test_chunk_size_does_not_change_the_result(monkeypatch, chunk):
-    """One row per chunk, a tail of 1, one exact chunk, a chunk larger than the batch."""
-    monkeypatch.setattr(lce, "chunk_rows", lambda num_rows, num_classes, features: chunk)
-    x, w, target, b = _problem(dtype=torch.float64)
+@pytest.mark.parametrize("chunk,num_classes", [((1, 700), BIG_V), ((3, 1100), BIG_V),
+                                               ((N, BIG_V), BIG_V), ((64, 4096), BIG_V),
+                                               ((3, 1), 7)])
+def test_chunk_size_does_not_change_the_result(monkeypatch, chunk, num_classes):
+    """One token per block, token and class tails, one block, a block larger than the problem,
+    one class per block."""
+    monkeypatch.setattr(lce, "CHUNK", chunk)
+    x, w, target, b = _problem(dtype=torch.float64, num_classes=num_classes)
     expected = [t.detach().clone().requires_grad_() for t in (x, w, b)]
     grad_output = torch.tensor(0.7, dtype=torch.float64)
     loss = F.linear_cross_entropy(x, w, target, linear_bias=b, label_smoothing=0.1)
@@ -161,17 +164,11 @@ def test_chunk_size_does_not_change_the_result(monkeypatch, chunk):
         torch.testing.assert_close(ours.grad, theirs.grad)
 
 
-def test_chunk_rows_heuristic(monkeypatch):
-    """Chunk logits about the size of X: rows = next_pow2(N / ceil(V / H)), clamped."""
-    monkeypatch.undo()  # the real heuristic
-    monkeypatch.setattr(lce, "MIN_CHUNK_ROWS", 1024)
-    assert lce.chunk_rows(16384, 32000, 4096) == 2048  # ceil(V / H) = 8
-    assert lce.chunk_rows(16384, 256000, 4096) == 1024  # 16384 / 63 -> 512, floor 1024
-    assert lce.chunk_rows(100, 256000, 4096) == 100  # never more than the batch
-    assert lce.chunk_rows(0, 256000, 4096) == 1
-    monkeypatch.setattr(lce, "MIN_CHUNK_ROWS", 1)
-    assert lce.chunk_rows(16384, 128256, 4096) == 512  # 128256 x 512 ~ 16384 x 4096
-    assert lce.chunk_rows(40, 1500, 16) == 1  # 40 / 94 rounds up to a power of two
+def test_chunk_shape():
+    """The GPU's 4096 x 4096 block (the module header says why), never beyond the problem."""
+    assert lce.GPU_CHUNK == (4096, 4096)
+    assert lce.chunk_shape(100, 37) == (8, 37)  # the fixture's CHUNK rows, all 37 classes
+    assert lce.chunk_shape(0, 0) == (1, 1)
 
 
 class _LargestAllocation(TorchDispatchMode):
@@ -193,7 +190,7 @@ class _LargestAllocation(TorchDispatchMode):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_no_logits_sized_buffer(reduction):
     """Nothing of N x V elements exists at any point of the forward or the backward: the largest
-    tensor is the chunk (CHUNK x V) or the weight-sized gradient (V x H), both well below."""
+    tensor is a logits block (CHUNK) or the weight-sized gradient (V x H), both well below."""
     fp32 = 4
     x, w, target, b = _problem(num_rows=16)
     spy = _LargestAllocation()
@@ -201,7 +198,7 @@ def test_no_logits_sized_buffer(reduction):
         loss = F.linear_cross_entropy(x, w, target, linear_bias=b, reduction=reduction,
                                       label_smoothing=0.1)
         loss.backward(torch.ones_like(loss))
-    assert spy.largest <= fp32 * max(CHUNK * BIG_V, BIG_V * H) < fp32 * 16 * BIG_V
+    assert spy.largest <= fp32 * max(CHUNK[0] * CHUNK[1], BIG_V * H) < fp32 * 16 * BIG_V
 
 
 # --- shapes and edge cases ------------------------------------------------------------------

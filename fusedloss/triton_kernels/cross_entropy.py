@@ -24,7 +24,16 @@ The backward only scales the stored gradient by grad_output (free when it is 1).
 Second reads from L2: the rows in flight are the P programs' rows, so P is sized to keep them
 within half the L2 (never fewer than one program per SM, at most two), pass 1 loads with
 evict_last and pass 2 with evict_first, and both block loops are software-pipelined
-(`tl.range(num_stages=_NUM_STAGES)`) so a block's load overlaps the previous block's math.
+(`tl.range(num_stages=...)`) so a block's load overlaps the previous block's math: 2 stages
+for 16-bit logits (and fp32 focal loss), 1 for fp32 and fp64, the most that compile for sm_90
+without register spills (`_num_stages` has the measurements).
+
+Vocabulary chunks (linear_cross_entropy's blocks, a vocabulary-parallel rank's slice): with
+PARTIAL_STATS a launch runs pass 1 on the chunk's columns and merges its statistics (m, s, the
+two sums, and the target logit where the target lies in the chunk) into per-token running ones
+(online log-sum-exp, in chunk order); with FROM_STATS a launch reads the whole row's statistics
+instead of sweeping, writes the loss, and runs pass 2 on the chunk. Targets stay global
+(class_offset), and smoothing divides by the whole vocabulary (total_classes).
 
 Tokens of an (N, C, d1..dk) input are (n, s) pairs addressed through strides (the class stride
 is S there), so no transposed copy is made; `reshape` merges d1..dk without copying unless
@@ -47,7 +56,7 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 @triton.jit
 def _load_block(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
-                num_classes, label_smoothing, softcap,
+                num_classes, total_classes, label_smoothing, softcap,
                 ACC: tl.constexpr, BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
                 HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 EVICTION: tl.constexpr):
@@ -73,7 +82,7 @@ def _load_block(logits_row, logits_stride_c, target_row, target_stride_c, weight
         q = tl.load(target_row + cols.to(tl.int64) * target_stride_c, mask=mask, other=0.0,
                     eviction_policy=EVICTION).to(ACC)
         if HAS_SMOOTHING:
-            q = tl.where(mask, q * (1.0 - label_smoothing) + label_smoothing / num_classes, 0.0)
+            q = tl.where(mask, q * (1.0 - label_smoothing) + label_smoothing / total_classes, 0.0)
         v = v * q
     return cols, mask, z, v, w
 
@@ -171,99 +180,112 @@ def _zero_row(grad_row, grad_stride_c, num_classes, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _row_loss(
-    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, grad_row,
-    grad_stride_c, target_grad_row, target_grad_stride_c, target, kept, row_scale, num_classes,
-    label_smoothing, z_loss, softcap, gamma,
+def _row_sweep(
+    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, target, num_classes,
+    total_classes, label_smoothing, softcap,
     ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
     SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-    HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr, TARGET_GRAD: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
 ):
-    """One token: passes 1 and 2 of the module header; returns (loss, lse)."""
-    # pass 1: online log-sum-exp over the blocks (the first block peeled so the running
-    # statistics start with the accumulation dtype)
+    """Pass 1 over the row's (or chunk's) columns: the first block (a one-block row keeps it in
+    registers for pass 2) and the online statistics (m, s, a1, a2), m = -inf for a row of -inf."""
+    # the first block peeled so the running statistics start with the accumulation dtype
     cols, mask, z, v, w = _load_block(logits_row, logits_stride_c, target_row, target_stride_c,
-                                   weight_ptr, 0, num_classes, label_smoothing, softcap,
-                                   ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP,
-                                   "evict_last")
+                                   weight_ptr, 0, num_classes, total_classes, label_smoothing,
+                                   softcap, ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
+                                   HAS_SOFTCAP, "evict_last")
     m, s, a1, a2 = _block_stats(cols, mask, z, v, target, SOFT_LABELS, HAS_SMOOTHING, FOCAL)
     if not SINGLE_BLOCK:  # a single block keeps z live for pass 2: no second copy
         for start in tl.range(BLOCK, num_classes, BLOCK, num_stages=NUM_STAGES):
             b_cols, b_mask, b_z, b_v, b_w = _load_block(
                 logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
-                num_classes, label_smoothing, softcap,
+                num_classes, total_classes, label_smoothing, softcap,
                 ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_last")
             b_m, b_s, b_a1, b_a2 = _block_stats(b_cols, b_mask, b_z, b_v, target, SOFT_LABELS,
                                                 HAS_SMOOTHING, FOCAL)
-            new_m = tl.maximum(m, b_m)
-            shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-            r, b_r = tl.exp(m - shift), tl.exp(b_m - shift)
-            s = s * r + b_s * b_r
-            if FOCAL:
-                a1 = a1 * r + b_a1 * b_r  # off-target mass rescales like s
-            else:
-                a1 += b_a1
-            a2 += b_a2
-            m = new_m
+            m, s, a1, a2 = _merge_stats(m, s, a1, a2, b_m, b_s, b_a1, b_a2, FOCAL)
+    return cols, mask, z, v, w, m, s, a1, a2
+
+
+@triton.jit
+def _merge_stats(m, s, a1, a2, b_m, b_s, b_a1, b_a2, FOCAL: tl.constexpr):
+    """Online log-sum-exp: the statistics of two column ranges as those of their union."""
+    new_m = tl.maximum(m, b_m)
+    shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+    r, b_r = tl.exp(m - shift), tl.exp(b_m - shift)
+    s = s * r + b_s * b_r
+    if FOCAL:
+        a1 = a1 * r + b_a1 * b_r  # off-target mass rescales like s
+    else:
+        a1 += b_a1
+    return new_m, s, a1, a2 + b_a2
+
+
+@triton.jit
+def _loss_from_stats(m, s, a1, a2, z_t, w_t, total_classes, label_smoothing, z_loss, gamma,
+                     SOFT_LABELS: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+                     HAS_Z_LOSS: tl.constexpr, FOCAL: tl.constexpr):
+    """A token's loss from its row statistics and (capped) target logit z_t of weight w_t;
+    returns (loss, lse, m, log s, coef: the hard-label gradient's factor)."""
     # lse = m + log s, but p = exp((z - m) - log s) and lse - z_t = (m - z_t) + log s keep the
     # two apart, as torch's log_softmax does: m + log s rounds to an ulp of m (large logits)
     m = tl.where(m == float("-inf"), 0.0, m)
     log_s = tl.log(s)
     lse = m + log_s
-
     if SOFT_LABELS:
         coef = 0.0
         loss = a2 * lse - a1  # -sum(w q (z - lse))
+    elif FOCAL:
+        off_target = a1 / s  # 1 - p_t without cancellation
+        # near p_t = 1, z_t - lse rounds to 0: take log(1 - off) from its series there
+        log_pt = tl.where(off_target < 1e-3,
+                          -off_target * (1.0 + off_target * (0.5 + off_target / 3.0)),
+                          (z_t - m) - log_s)
+        modulator = pow_nonnegative(off_target, gamma)
+        loss = -w_t * modulator * log_pt
+        # -d(loss)/d(log p_t) = w (1-p)^g (1 - g p log(p) / (1-p)); the logits' gradient is
+        # coef * (p - onehot). log(p) / (1-p) -> -1 as p -> 1, so no 0 * inf at p_t = 1.
+        log_ratio = tl.where(off_target > 0, log_pt / off_target, -1.0)
+        coef = w_t * modulator * (1.0 - gamma * tl.exp(log_pt) * log_ratio)
     else:
-        z_t = tl.load(logits_row + target * logits_stride_c).to(ACC)
-        if HAS_SOFTCAP:
-            z_t = softcap * tanh(z_t / softcap)
-        if HAS_WEIGHT:
-            w_t = tl.load(weight_ptr + target).to(ACC)
-        else:
-            w_t = 1.0
-        if FOCAL:
-            off_target = a1 / s  # 1 - p_t without cancellation
-            # near p_t = 1, z_t - lse rounds to 0: take log(1 - off) from its series there
-            log_pt = tl.where(off_target < 1e-3,
-                              -off_target * (1.0 + off_target * (0.5 + off_target / 3.0)),
-                              (z_t - m) - log_s)
-            modulator = pow_nonnegative(off_target, gamma)
-            loss = -w_t * modulator * log_pt
-            # -d(loss)/d(log p_t) = w (1-p)^g (1 - g p log(p) / (1-p)); the logits' gradient is
-            # coef * (p - onehot). log(p) / (1-p) -> -1 as p -> 1, so no 0 * inf at p_t = 1.
-            log_ratio = tl.where(off_target > 0, log_pt / off_target, -1.0)
-            coef = w_t * modulator * (1.0 - gamma * tl.exp(log_pt) * log_ratio)
-        else:
-            coef = (1.0 - label_smoothing) * w_t
-            loss = coef * ((m - z_t) + log_s)
-            if HAS_SMOOTHING:
-                loss += label_smoothing * (a2 * lse - a1) / num_classes
+        coef = (1.0 - label_smoothing) * w_t
+        loss = coef * ((m - z_t) + log_s)
+        if HAS_SMOOTHING:
+            loss += label_smoothing * (a2 * lse - a1) / total_classes
     if HAS_Z_LOSS:
         loss += z_loss * lse * lse
-    loss = tl.where(kept, loss, 0.0)
+    return loss, lse, m, log_s, coef
 
-    if COMPUTE_GRAD or TARGET_GRAD:
-        # pass 2: gradients of this token's loss, divided by the mean's denominator
-        smooth_coef = label_smoothing / num_classes
-        z_coef = 2.0 * z_loss * lse
-        if SINGLE_BLOCK:
-            _write_grad(grad_row, grad_stride_c, target_grad_row, target_grad_stride_c, cols,
-                        mask, z, v, w, m, log_s, target, coef, smooth_coef, a2, z_coef,
-                        row_scale, softcap, label_smoothing, SOFT_LABELS, HAS_SMOOTHING,
-                        HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
-        else:
-            for start in tl.range(0, num_classes, BLOCK, num_stages=NUM_STAGES):
-                b_cols, b_mask, b_z, b_v, b_w = _load_block(
-                    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
-                    num_classes, label_smoothing, softcap,
-                    ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_first")
-                _write_grad(grad_row, grad_stride_c, target_grad_row, target_grad_stride_c,
-                            b_cols, b_mask, b_z, b_v, b_w, m, log_s, target, coef, smooth_coef,
-                            a2, z_coef, row_scale, softcap, label_smoothing, SOFT_LABELS,
-                            HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
-    return loss, lse
+
+@triton.jit
+def _capped_logit(logits_row, logits_stride_c, target, owned, softcap, ACC: tl.constexpr,
+                  HAS_SOFTCAP: tl.constexpr):
+    """The target's logit, soft-capped; 0 where `owned` is false (read nothing there)."""
+    z_t = tl.load(logits_row + target * logits_stride_c, mask=owned, other=0.0).to(ACC)
+    if HAS_SOFTCAP:
+        z_t = softcap * tanh(z_t / softcap)
+    return z_t
+
+
+@triton.jit
+def _gradient_sweep(
+    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, grad_row,
+    grad_stride_c, target_grad_row, target_grad_stride_c, target, num_classes, total_classes,
+    m, log_s, coef, sum_v, z_coef, row_scale, label_smoothing, softcap,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr, SOFT_LABELS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr, TARGET_GRAD: tl.constexpr,
+):
+    """Pass 2 reading the row's blocks again: the gradients of every column."""
+    for start in tl.range(0, num_classes, BLOCK, num_stages=NUM_STAGES):
+        cols, mask, z, v, w = _load_block(
+            logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
+            num_classes, total_classes, label_smoothing, softcap,
+            ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_first")
+        _write_grad(grad_row, grad_stride_c, target_grad_row, target_grad_stride_c, cols, mask,
+                    z, v, w, m, log_s, target, coef, label_smoothing / total_classes, sum_v,
+                    z_coef, row_scale, softcap, label_smoothing, SOFT_LABELS, HAS_SMOOTHING,
+                    HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
 
 
 @triton.jit
@@ -271,7 +293,7 @@ def _softmax_loss_kernel(
     logits_ptr, logits_stride_n, logits_stride_c, logits_stride_s,
     target_ptr,  # hard labels: (N*S,) class indices; soft labels: (N, C, S) probabilities
     target_stride_n, target_stride_c, target_stride_s,  # soft labels only
-    weight_ptr,  # (C,) class weights, alpha for focal loss; read when HAS_WEIGHT
+    weight_ptr,  # (total_classes,) class weights, alpha for focal loss; read when HAS_WEIGHT
     grad_ptr, grad_stride_n, grad_stride_c, grad_stride_s,  # written when COMPUTE_GRAD
     target_grad_ptr,  # (N, C, S) d loss / d probabilities, written when TARGET_GRAD
     target_grad_stride_n, target_grad_stride_c, target_grad_stride_s,
@@ -279,7 +301,11 @@ def _softmax_loss_kernel(
     lse_ptr,  # (N*S,) per-token lse, written when RETURN_LSE
     denominator_ptr,  # 0-d 'mean' divisor, read when DENOMINATOR_GIVEN
     partials_ptr,  # REDUCE: (1 + programs,) zeros: a finished-program count, then partial sums
-    num_classes, spatial, num_tokens,  # C and S = d1*...*dk; token = n * S + s
+    stats_ptr,  # (N*S, STATS) per token (m, s, a1, a2, z_t): merged into by PARTIAL_STATS, read by
+                # FROM_STATS (the columns are then a chunk of the vocabulary)
+    token_scale_ptr,  # (N*S,) a per-token factor of the gradient, read when HAS_TOKEN_SCALE
+    num_classes, spatial, num_tokens,  # C (of this chunk) and S = d1*...*dk; token = n * S + s
+    class_offset, total_classes,  # the chunk's first class and the whole vocabulary's size
     ignore_index,
     label_smoothing, label_smoothing_lo, z_loss, z_loss_lo, softcap, softcap_lo, gamma, gamma_lo,
     ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
@@ -289,6 +315,7 @@ def _softmax_loss_kernel(
     COMPUTE_GRAD: tl.constexpr, TARGET_GRAD: tl.constexpr, MEAN: tl.constexpr,
     DENOMINATOR_GIVEN: tl.constexpr,
     REDUCE: tl.constexpr, RETURN_LSE: tl.constexpr,
+    PARTIAL_STATS: tl.constexpr, FROM_STATS: tl.constexpr, HAS_TOKEN_SCALE: tl.constexpr,
 ):
     # scalar arguments arrive as fp32 pairs (_common.fp32_pair): fp64 inputs get ~48 bits
     label_smoothing = tl.cast(label_smoothing, ACC) + label_smoothing_lo
@@ -306,6 +333,7 @@ def _softmax_loss_kernel(
                                             TOKEN_BLOCK, SOFT_LABELS, HAS_WEIGHT and not FOCAL)
     # ignored tokens get exactly 0, also when all are ignored and 1 / denominator is inf
     row_scale = 1.0 / denominator
+    chunk_weight_ptr = weight_ptr + class_offset
     partial = tl.cast(0.0, ACC)
     for token in range(pid.to(tl.int64), num_tokens, programs):
         n = token // spatial
@@ -315,29 +343,75 @@ def _softmax_loss_kernel(
         grad_row = grad_ptr + n * grad_stride_n + s_idx * grad_stride_s
         target_grad_row = (target_grad_ptr + n * target_grad_stride_n
                            + s_idx * target_grad_stride_s)
+        stats_row = stats_ptr + token * _STATS
         if SOFT_LABELS:
-            target = -1  # no class lane matches
+            label = -1
             kept = token >= 0  # every token
         else:
             label = tl.load(target_ptr + token).to(tl.int64)
             kept = label != ignore_index
-            target = tl.where(kept, label, 0)  # ignored tokens read class 0, never out of bounds
+        # ignored tokens read class 0, never out of bounds; `target` is the chunk's column
+        global_target = tl.where(kept, label, 0)
+        target = global_target - class_offset
+        owned = (target >= 0) & (target < num_classes) & kept
+        token_scale = tl.where(kept, row_scale, 0.0)
+        if HAS_TOKEN_SCALE:
+            token_scale *= tl.load(token_scale_ptr + token).to(ACC)
         loss = tl.cast(0.0, ACC)
         if kept | RETURN_LSE:  # an ignored token's lse still reads its row
-            loss, lse = _row_loss(
-                logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, grad_row,
-                grad_stride_c, target_grad_row, target_grad_stride_c, target, kept,
-                tl.where(kept, row_scale, 0.0), num_classes,
-                label_smoothing, z_loss, softcap, gamma,
-                ACC, BLOCK, SINGLE_BLOCK, NUM_STAGES, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
-                HAS_Z_LOSS, HAS_SOFTCAP, FOCAL, COMPUTE_GRAD, TARGET_GRAD)
-            if RETURN_LSE:
-                tl.store(lse_ptr + token, lse)
+            if FROM_STATS:
+                m, s = tl.load(stats_row), tl.load(stats_row + 1)
+                a1, a2, z_t = tl.load(stats_row + 2), tl.load(stats_row + 3), tl.load(stats_row + 4)
+            else:
+                cols, mask, z, v, w, m, s, a1, a2 = _row_sweep(
+                    logits_row, logits_stride_c, target_row, target_stride_c, chunk_weight_ptr,
+                    target, num_classes, total_classes, label_smoothing, softcap, ACC, BLOCK,
+                    SINGLE_BLOCK, NUM_STAGES, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP,
+                    FOCAL)
+                z_t = _capped_logit(logits_row, logits_stride_c, target, owned, softcap, ACC,
+                                    HAS_SOFTCAP)
+            if PARTIAL_STATS:  # this chunk's statistics merged into the running ones
+                m, s, a1, a2 = _merge_stats(tl.load(stats_row), tl.load(stats_row + 1),
+                                            tl.load(stats_row + 2), tl.load(stats_row + 3),
+                                            m, s, a1, a2, False)
+                tl.store(stats_row, m)
+                tl.store(stats_row + 1, s)
+                tl.store(stats_row + 2, a1)
+                tl.store(stats_row + 3, a2)
+                tl.store(stats_row + 4, z_t, mask=owned)
+            else:
+                w_t = 1.0
+                if HAS_WEIGHT and not SOFT_LABELS:
+                    w_t = tl.load(weight_ptr + global_target).to(ACC)
+                loss, lse, m, log_s, coef = _loss_from_stats(
+                    m, s, a1, a2, z_t, w_t, total_classes, label_smoothing, z_loss, gamma,
+                    SOFT_LABELS, HAS_SMOOTHING, HAS_Z_LOSS, FOCAL)
+                loss = tl.where(kept, loss, 0.0)
+                if RETURN_LSE:
+                    tl.store(lse_ptr + token, lse)
+                if COMPUTE_GRAD or TARGET_GRAD:
+                    # pass 2: gradients of this token's loss, divided by the mean's denominator
+                    z_coef = 2.0 * z_loss * lse
+                    if SINGLE_BLOCK and not FROM_STATS:
+                        _write_grad(grad_row, grad_stride_c, target_grad_row,
+                                    target_grad_stride_c, cols, mask, z, v, w, m, log_s, target,
+                                    coef, label_smoothing / total_classes, a2, z_coef,
+                                    token_scale, softcap, label_smoothing, SOFT_LABELS,
+                                    HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD,
+                                    TARGET_GRAD)
+                    else:
+                        _gradient_sweep(
+                            logits_row, logits_stride_c, target_row, target_stride_c,
+                            chunk_weight_ptr, grad_row, grad_stride_c, target_grad_row,
+                            target_grad_stride_c, target, num_classes, total_classes, m, log_s,
+                            coef, a2, z_coef, token_scale, label_smoothing, softcap, ACC, BLOCK,
+                            NUM_STAGES, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_Z_LOSS,
+                            HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
         elif COMPUTE_GRAD:
             _zero_row(grad_row, grad_stride_c, num_classes, BLOCK)
         if REDUCE:
             partial += loss
-        else:
+        elif not PARTIAL_STATS:
             tl.store(loss_ptr + token, round_to(loss, loss_ptr.dtype.element_ty))
     if REDUCE:
         # deterministic cross-program sum: each program stores its partial (its rows in a fixed
@@ -414,16 +488,33 @@ def _hard_denominator(target, weight, ignore_index, acc):
     return (weight.to(acc)[torch.where(kept, target, 0).long()] * kept).sum()
 
 
+# Per-token row statistics of a vocabulary chunk's launch: running max m, sum of exp(z - m),
+# the two extra sums of the module header and the (capped) target logit
+STATS = 5
+_STATS = tl.constexpr(STATS)
+
 # Tokens per block of the in-kernel 'mean' divisor and of the cross-program sum
 _TOKEN_BLOCK = 1024
-# Loads in flight per program in the block loops: 3 blocks of 8192 bf16 logits (48 KiB of
-# shared memory) hide HBM latency; more would cost the second program per SM its residency
-_NUM_STAGES = 3
+
+
+def _num_stages(dtype, focal):
+    """Software-pipelining stages of the block loops (blocks in flight per program), the most
+    that compile for sm_90 without register spills on both CI stacks (benchmarks/compile_sm90.py,
+    triton 3.9 and 3.6): 2 for 16-bit logits, one block's load in flight beside the block being
+    reduced; 1 for fp32 and fp64, whose 8192-wide blocks are twice and four times the bytes.
+    3 stages spilled in every dtype (fp32 at V = 50257, whose rows are not 16-byte aligned so the
+    loads in flight wait in registers: 112 bytes a thread; every option on at V = 128256: 8 to
+    16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes).
+    fp32 focal loss is the exception: 1 stage spilled it on triton 3.6 (36 bytes), 2 do not."""
+    if dtype in (torch.float16, torch.bfloat16) or (focal and dtype == torch.float32):
+        return 2
+    return 1
 
 
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
                       ignore_index, label_smoothing, z_loss, softcap, gamma=0.0, mean=False,
-                      partials=None, target_grad=None):
+                      partials=None, target_grad=None, stats=None, from_stats=False,
+                      class_offset=0, total_classes=None, token_scale=None):
     """Launch the row kernel over an (N, C, S) logits view (also used by linear_cross_entropy on
     its chunks). target: (N*S,) class indices, or (N, C, S) probabilities when `soft`; grad
     (logits' layout), lse and target_grad (soft labels: d loss / d probabilities, in their
@@ -433,6 +524,15 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     the 0-d `denominator` when one is given. Else `loss` is 0-d and receives the sum (or with
     `mean` the mean, whose divisor the kernel computes itself) over tokens, and `partials` is a
     zeroed (1 + programs,) buffer of the accumulation dtype (reduction_partials).
+
+    A chunk of the vocabulary (linear_cross_entropy's, a vocabulary-parallel rank's): `logits`
+    holds classes [class_offset, class_offset + C) of `total_classes`, targets stay global and
+    `weight` whole. With `stats` ((N*S, 5), initial_stats) and not `from_stats`, the launch only
+    merges the chunk's row statistics into them (loss, lse and grad untouched; a given lse
+    says that the ignored tokens' statistics are wanted too); with
+    `from_stats`, it reads the whole rows' statistics from them instead of sweeping, writes
+    the per-token loss (and lse) and the chunk's gradient. token_scale: (N*S,) factors of the
+    gradient (a per-token grad_output), or None.
     """
     num_rows, num_classes, spatial = logits.shape
     num_tokens = num_rows * spatial
@@ -448,19 +548,31 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         *(target_grad.stride() if target_grad is not None else (0, 0, 0)),
         loss, lse if lse is not None else loss, denominator if denominator is not None else loss,
         partials if partials is not None else loss,
-        num_classes, spatial, num_tokens, ignore_index,
+        stats if stats is not None else loss, token_scale if token_scale is not None else loss,
+        num_classes, spatial, num_tokens, class_offset,
+        num_classes if total_classes is None else total_classes, ignore_index,
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
         ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
-        NUM_STAGES=_NUM_STAGES, TOKEN_BLOCK=_TOKEN_BLOCK,
+        NUM_STAGES=_num_stages(logits.dtype, focal), TOKEN_BLOCK=_TOKEN_BLOCK,
         SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
         HAS_Z_LOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, FOCAL=focal,
         COMPUTE_GRAD=grad is not None, TARGET_GRAD=target_grad is not None, MEAN=mean or denominator is not None,
         DENOMINATOR_GIVEN=denominator is not None, REDUCE=partials is not None,
-        RETURN_LSE=lse is not None,
+        RETURN_LSE=lse is not None, PARTIAL_STATS=stats is not None and not from_stats,
+        FROM_STATS=from_stats, HAS_TOKEN_SCALE=token_scale is not None,
         num_warps=row_warps(block),
     )
+
+
+
+
+def initial_stats(num_tokens, dtype, device):
+    """The (num_tokens, STATS) statistics of an empty row, into which chunks are merged."""
+    stats = torch.zeros(num_tokens, STATS, dtype=dtype, device=device)
+    stats[:, 0] = float("-inf")
+    return stats
 
 
 def reduction_partials(logits):
@@ -552,6 +664,72 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                    return_lse=return_lse, compute_grad=compute_grad,
                    inplace=inplace_backward and compute_grad, target_grad_wanted=target_grad_wanted)
     return _softmax_loss(input, target, weight, options)
+
+
+def _whole_vocabulary_stats(stats, all_reduce):
+    """A vocabulary shard's (N, STATS) row statistics made the whole vocabulary's, in place: the
+    max over shards, then the sums, each shard's sum of exponentials rescaled to that max (the
+    target logit is summed too: only its owner's is not 0). all_reduce(tensor, op), op "max" or
+    "sum", reduces a contiguous tensor over the shards in place."""
+    high = stats[:, 0].contiguous()
+    all_reduce(high, "max")
+    shift = torch.where(high == float("-inf"), 0.0, high)
+    sums = stats[:, 1:].contiguous()
+    sums[:, 0] *= torch.exp(stats[:, 0] - shift)
+    all_reduce(sums, "sum")
+    stats[:, 0], stats[:, 1:] = high, sums
+    return stats
+
+
+def vocab_shard_cross_entropy(logits_shard, target, all_reduce, *, class_offset, total_classes,
+                              ignore_index, reduction, label_smoothing, z_loss):
+    """Cross entropy of logits split along the vocabulary (last) dimension: this shard holds
+    classes [class_offset, class_offset + C) of total_classes, target (...) the global classes.
+
+    The row kernel merges the shard's row statistics (its own sweep), all_reduce makes them the
+    whole vocabulary's (O(tokens), _whole_vocabulary_stats), and a second launch writes the
+    loss and the shard's gradient from them (reading the shard again), so the backward is the
+    shared scaling by grad_output. Values equal cross_entropy on the gathered logits.
+    """
+    def sweep(input, target):
+        input = input.detach()
+        num_local = input.shape[-1]
+        logits = input.reshape(-1, num_local, 1)
+        flat_target = target.reshape(-1).contiguous()
+        num_tokens = logits.shape[0]
+        acc = accumulation_dtype(input.dtype)
+        out_dtype = loss_dtype(input.dtype, input.device)
+        grad = (torch.empty(logits.shape, dtype=input.dtype, device=input.device)
+                if compute_grad else None)
+        options = dict(soft=False, focal=False, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing, z_loss=z_loss, softcap=None,
+                       class_offset=class_offset, total_classes=total_classes)
+        if reduction == "none":
+            partials, loss = None, torch.empty(target.shape, dtype=out_dtype, device=input.device)
+        elif num_tokens:
+            partials = reduction_partials(logits)
+            loss = torch.empty((), dtype=out_dtype, device=input.device)
+        else:  # nothing to launch over (on any rank): torch's empty sum and mean
+            loss = torch.full((), 0.0 if reduction == "sum" else float("nan"), dtype=out_dtype,
+                              device=input.device)
+        if num_tokens:
+            stats = initial_stats(num_tokens, acc, input.device)
+            launch_row_kernel(logits, flat_target, None, None, stats, None, None, stats=stats,
+                              **options)
+            _whole_vocabulary_stats(stats, all_reduce)
+            launch_row_kernel(logits, flat_target, None, grad, loss, None, None, stats=stats,
+                              from_stats=True, mean=reduction == "mean", partials=partials,
+                              **options)
+        return Sweep((loss,), [None if grad is None else grad.view(input.shape), None],
+                     shape_grad_output=(_last_dimension if reduction == "none"
+                                        else Sweep.shape_grad_output))
+    (compute_grad,) = wanted_gradients(logits_shard)
+    return PrecomputedGradient.apply(sweep, logits_shard, target)
+
+
+def _last_dimension(grad_output):
+    """A per-token grad_output with a unit class dimension last, as a shard's classes are."""
+    return grad_output.unsqueeze(-1)
 
 
 def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):

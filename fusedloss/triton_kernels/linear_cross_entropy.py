@@ -1,58 +1,73 @@
 """Linear + cross entropy: the loss of the logits X @ W^T + b without ever holding the (N, V)
-logits, forward and backward fused per chunk of tokens.
+logits, nor any (V, H) buffer beyond the returned gradient, tiled over tokens and vocabulary.
 
-Algorithm (chunks of R tokens; the matmuls are cuBLAS, the softmax part is the fused
-cross-entropy row kernel of cross_entropy.py):
-  for each chunk X_c of R rows (R from `chunk_rows`: chunk logits about the size of X):
-    1. logits_c = X_c @ W^T (+ b) into an (R, V) buffer reused by every chunk, in fp32 for
-       16-bit inputs (cuBLAS reads 16-bit operands and writes fp32): logits rounded to 16 bits
-       lose more than the tolerance allows (a logit of 8 is off by 0.03 in bf16);
-    2. the row kernel reads logits_c and writes the per-token loss (and lse) and, when gradients
-       are wanted, d loss / d logits_c in the same sweep, already divided by the 'mean'
-       denominator (the kept targets' summed weights, or N for soft labels; on the device). The
-       gradient overwrites logits_c in place, or for 16-bit inputs goes to an (R, V) 16-bit
-       buffer, the tensor-core operand of step 3;
-    3. grad_X_c = dlogits_c @ W into grad_X's rows; grad_W += dlogits_c^T @ X_c and
-       grad_b += the column sums of dlogits_c. For 16-bit inputs the three are fp32: grad_W's
-       running sum across chunks would drift in 16 bits, and every gradient is rounded to 16
-       bits once, after the grad_output scaling. Each product runs only for a tensor that
-       requires grad.
-  reduction 'mean' / 'sum': steps 1-3 all run in the forward (one sweep over the chunks); the
-    backward only scales the three gradients by the scalar grad_output, on the device.
-  reduction 'none': the per-token grad_output is unknown in the forward, so the forward runs
-    steps 1-2 for the losses alone and the backward recomputes steps 1-3 with grad_output folded
-    into the small operands (rows of X_c and of grad_X_c, the bias's mat-vec), not the chunk.
-Kept between forward and backward: the three gradients ('mean'/'sum') or the inputs ('none').
-Recomputed: nothing for 'mean'/'sum'; the logits (one more X @ W^T) for 'none'.
-Peak extra memory: the R x V chunk (fp32 for 16-bit inputs, plus its 16-bit gradient) + the
-gradient buffers grad_X (N x H), grad_W (V x H), grad_b (V), fp32 for 16-bit inputs, else the
-input dtype + O(N) per-token values. Deterministic: no atomics, a fixed chunk order.
+Algorithm (blocks of R tokens x C classes, `chunk_shape`; the matmuls are cuBLAS, the softmax
+part is the cross-entropy row kernel of cross_entropy.py in its vocabulary-chunk modes):
+  pass 1  for each vocabulary chunk W_v and token chunk X_c: logits = X_c @ W_v^T (+ b_v) into
+          an (R, C) buffer, fp32 for 16-bit inputs (cuBLAS reads 16-bit operands and writes
+          fp32: logits rounded to 16 bits lose more than the tolerance allows); the row kernel
+          merges the block's per-token statistics (online max and sum of exponentials, the
+          smoothing or soft-label sums, the target logit where the target lies in the chunk)
+          into (N, STATS) running ones, in chunk order.
+  pass 2  for each vocabulary chunk v, for each token chunk c: the logits block again; the row
+          kernel reads the final statistics and writes each token's loss (and lse) and
+          d loss / d logits of the block, divided by the 'mean' denominator (the kept targets'
+          summed weights, or N for soft labels; on the device) or times the per-token
+          grad_output for 'none', over the logits themselves, or for 16-bit inputs into a
+          16-bit (R, C) buffer, the tensor cores' operand. Then grad_X_c += dlogits @ W_v (fp32
+          for 16-bit inputs), grad_W_v += dlogits^T @ X_c into a (C, H) fp32 accumulator summed
+          over the token chunks and rounded once into grad_W's rows (fp32 and fp64 accumulate
+          in grad_W itself), grad_b_v += the column sums (fp32). Each product runs only for a
+          tensor that requires grad; without any, pass 2 is one launch per token chunk that
+          writes the losses from the statistics and reads no logits.
+  reduction 'mean' / 'sum': both passes in the forward; the backward scales the gradients in
+    place by the scalar grad_output (grad_X and grad_b rounded to 16 bits after it; grad_W,
+    kept in its own dtype because its fp32 copy is 2.4 GB at V = 256000, H = 2304, before it:
+    a grad_output other than 1 rounds grad_W twice, at most half an ulp more).
+  reduction 'none' with gradients: the forward runs pass 1 and writes the losses; the backward,
+    given the per-token grad_output, runs pass 2 from the saved statistics.
+Kept between forward and backward: the gradients ('mean'/'sum') or the inputs and the O(N)
+statistics ('none'). FLOPs: 2 N H V for pass 1, 6 N H V for pass 2: 8 N H V in all.
+Memory beyond the inputs and the returned gradients: the logits block (R x C, fp32 for 16-bit
+inputs, plus its 16-bit gradient), grad_W_v (C x H fp32, 16-bit inputs), grad_X (N x H fp32,
+16-bit inputs), grad_b (V fp32) and O(N) per-token values; benchmarks/lce_memory.py measures the
+peak (tests/test_kernel_linear_cross_entropy_memory.py holds it to 256 MiB at N = 8192,
+H = 2304, V = 256000 in bf16). Deterministic: no atomics, a fixed chunk order.
 
-Soft (probability) targets take the same path: the row kernel reads each chunk's rows of the
-(N, V) target through its strides.
+Soft (probability) targets take the same path: the row kernel reads each block of the (N, V)
+target through its strides.
 """
+import dataclasses
 import functools
 
 import torch
-import triton
 
 from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype
 from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
-from .cross_entropy import _check_no_grad, _hard_denominator, launch_row_kernel
+from .cross_entropy import _check_no_grad, _hard_denominator, initial_stats, launch_row_kernel
 
-# Fewest rows per chunk on a GPU. A chunk's rows are the inner dimension of
-# grad_W += dlogits_c^T @ X_c, which reads and writes the whole fp32 (V, H) accumulator once per
-# chunk: below ~1024 rows that traffic, not the arithmetic, bounds the product on an H100.
-MIN_CHUNK_ROWS = 1024 if GPU_LAUNCH_PARAMS else 1
+# (tokens, classes) of a logits block on the GPU. 4096 tokens are the inner dimension of
+# grad_W_v += dlogits^T @ X_c and 4096 classes that of grad_X_c += dlogits @ W_v: each product
+# does 8192 flops per element of its fp32 accumulator read and written, compute-bound on an H100
+# (~300 flops per HBM byte). Memory: the block is 96 MiB for 16-bit inputs (fp32 logits + 16-bit
+# gradient) and grad_W_v 36 MiB at H = 2304, which with grad_X's fp32 (72 MiB at N = 8192) keeps
+# the whole call within 256 MiB beyond its inputs and gradients. The interpreter's blocks are
+# small, so that its tests split the tokens, the classes, and a chunk into row-kernel blocks
+# (1100 > its 1024-class row block), through the same code.
+GPU_CHUNK = (4096, 4096)
+INTERPRETER_CHUNK = (8, 1100)
+CHUNK = GPU_CHUNK if GPU_LAUNCH_PARAMS else INTERPRETER_CHUNK
 
 
-def chunk_rows(num_rows, num_classes, features):
-    """Rows per chunk: N / ceil(V / H) rounded up to a power of two, so the chunk's logits are
-    about the size of X (at most twice), then at least MIN_CHUNK_ROWS and at most N."""
-    rows = triton.next_power_of_2(triton.cdiv(num_rows, triton.cdiv(num_classes, max(features, 1))))
-    return max(1, min(num_rows, max(rows, MIN_CHUNK_ROWS)))
+def chunk_shape(num_rows, num_classes):
+    """(rows, classes) of a logits block: CHUNK, at most the problem's own size."""
+    return max(1, min(num_rows, CHUNK[0])), max(1, min(num_classes, CHUNK[1]))
+
+
+def _spans(total, size):
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
 def _matmul_into(out, a, b, addend=None):
@@ -69,69 +84,124 @@ def _matmul_into(out, a, b, addend=None):
         torch.addmm(addend, a.to(out.dtype), b.to(out.dtype), beta=beta, out=out)
 
 
-def _score_chunk(logits, grad, target, class_weight, loss, lse, denominator, options):
-    """Step 2: the cross-entropy row kernel on one chunk of logits; it writes d loss / d logits
-    into `grad` (None: no gradient wanted), which may be the logits' own storage. target: the
-    chunk's class indices, or its (rows, V) probabilities."""
-    soft = target.is_floating_point()
-    launch_row_kernel(logits.unsqueeze(-1), target.unsqueeze(-1) if soft else target, class_weight,
-                      None if grad is None else grad.unsqueeze(-1), loss, lse, denominator,
-                      soft=soft, focal=False, ignore_index=options["ignore_index"],
-                      label_smoothing=options["label_smoothing"], z_loss=options["z_loss"],
-                      softcap=options["softcap"])
+@dataclasses.dataclass
+class _Problem:
+    """One call's operands: x (N, H), linear_weight (V, H), linear_bias (V,) or None, target
+    (N,) class indices or (N, V) probabilities, class_weight (V,) or None."""
+    x: torch.Tensor
+    linear_weight: torch.Tensor
+    linear_bias: object
+    target: torch.Tensor
+    class_weight: object
+    options: dict
+
+    @property
+    def soft(self):
+        return self.target.is_floating_point()
+
+    @property
+    def acc(self):
+        return accumulation_dtype(self.x.dtype)
+
+    def spans(self):
+        """(token spans, class spans) of the blocks."""
+        rows, classes = chunk_shape(self.x.shape[0], self.linear_weight.shape[0])
+        return _spans(self.x.shape[0], rows), _spans(self.linear_weight.shape[0], classes)
+
+    def logits(self, buffer, tokens, classes):
+        """The (tokens, classes) block of the logits, computed into `buffer`."""
+        (t0, t1), (c0, c1) = tokens, classes
+        block = buffer[:t1 - t0, :c1 - c0]
+        bias = None if self.linear_bias is None else self.linear_bias[c0:c1]
+        _matmul_into(block, self.x[t0:t1], self.linear_weight[c0:c1].t(), bias)
+        return block
+
+    def row_kernel(self, logits, tokens, classes, stats, loss=None, lse=None, grad=None,
+                   denominator=None, token_scale=None):
+        """The row kernel on one block: merges its statistics into `stats` when `loss` is None
+        (an ignored token's too when `lse` is given), else writes loss, lse and d loss / d logits
+        into `grad` from the final statistics."""
+        (t0, t1), (c0, c1) = tokens, classes
+        target = (self.target[t0:t1, c0:c1].unsqueeze(-1) if self.soft
+                  else self.target[t0:t1])
+        options = self.options
+        launch_row_kernel(
+            logits.unsqueeze(-1), target, self.class_weight,
+            None if grad is None else grad.unsqueeze(-1),
+            stats[t0:t1] if loss is None else loss[t0:t1],
+            None if lse is None else lse[t0:t1], denominator, soft=self.soft, focal=False,
+            ignore_index=options["ignore_index"], label_smoothing=options["label_smoothing"],
+            z_loss=options["z_loss"], softcap=options["softcap"], stats=stats[t0:t1],
+            from_stats=loss is not None, class_offset=c0,
+            total_classes=self.linear_weight.shape[0],
+            token_scale=None if token_scale is None else token_scale[t0:t1])
+
+    def logits_buffer(self):
+        rows, classes = chunk_shape(self.x.shape[0], self.linear_weight.shape[0])
+        return torch.empty((rows, classes), dtype=self.acc, device=self.x.device)
 
 
-def _sweep(x, linear_weight, linear_bias, target, class_weight, options, loss, lse=None,
-           denominator=None, grads=(None, None, None), token_scale=None):
-    """Steps 1-3 over every chunk of the (N, H) rows x.
+def _statistics(problem, buffer, lse):
+    """Pass 1: the (N, STATS) row statistics of the whole vocabulary (with `lse`, the ignored
+    tokens' too)."""
+    stats = initial_stats(problem.x.shape[0], problem.acc, problem.x.device)
+    token_spans, class_spans = problem.spans()
+    for classes in class_spans:
+        for tokens in token_spans:
+            problem.row_kernel(problem.logits(buffer, tokens, classes), tokens, classes, stats,
+                               lse=lse)
+    return stats
 
-    loss (and lse) receive per-token values; grads are the (grad_x, grad_w, grad_b) buffers to
-    fill, None for those not wanted; token_scale, (N,) or None, is the per-token grad_output.
-    """
+
+def _losses_and_gradients(problem, buffer, stats, loss, lse=None, denominator=None,
+                          grads=(None, None, None), token_scale=None):
+    """Pass 2: per-token loss and lse, and the (grad_x, grad_w, grad_b) buffers filled (None for
+    those not wanted); token_scale, (N,) or None, is the per-token grad_output."""
     grad_x, grad_w, grad_b = grads
-    compute_grad = any(g is not None for g in grads)
-    num_rows, num_classes = x.shape[0], linear_weight.shape[0]
-    rows = chunk_rows(num_rows, num_classes, x.shape[1])
-    acc = accumulation_dtype(x.dtype)
-    logits_buffer = torch.empty((min(rows, num_rows), num_classes), dtype=acc, device=x.device)
-    grad_buffer = None
-    if compute_grad:  # in place, except for 16-bit inputs: step 3 multiplies 16-bit operands
-        grad_buffer = (logits_buffer if acc == x.dtype
-                       else torch.empty_like(logits_buffer, dtype=x.dtype))
-    weight_t = linear_weight.t()
-    for start in range(0, num_rows, rows):
-        stop = min(start + rows, num_rows)
-        x_c, logits = x[start:stop], logits_buffer[:stop - start]
-        _matmul_into(logits, x_c, weight_t, linear_bias)
-        dlogits = grad_buffer[:stop - start] if compute_grad else None
-        _score_chunk(logits, dlogits, target[start:stop], class_weight, loss[start:stop],
-                     lse[start:stop] if lse is not None else None, denominator, options)
-        if not compute_grad:
-            continue
-        scale = token_scale[start:stop, None] if token_scale is not None else None
-        if grad_x is not None:
-            _matmul_into(grad_x[start:stop], dlogits, linear_weight)
-            if scale is not None:
-                grad_x[start:stop].mul_(scale)
-        if grad_w is not None:
-            x_scaled = x_c if scale is None else (x_c * scale).to(x_c.dtype)
-            _matmul_into(grad_w, dlogits.t(), x_scaled, grad_w)
-        if grad_b is not None:
-            if scale is None:
-                grad_b += dlogits.sum(0, dtype=grad_b.dtype)
-            else:
-                column = grad_b[:, None]
-                _matmul_into(column, dlogits.t(), scale.to(x_c.dtype), column)
+    token_spans, class_spans = problem.spans()
+    if all(g is None for g in grads):  # the losses alone: the statistics suffice
+        for t0, t1 in token_spans:  # (the logits block's values are not read)
+            problem.row_kernel(buffer[:t1 - t0, :class_spans[0][1]], (t0, t1), class_spans[0],
+                               stats, loss, lse, None, denominator)
+        return
+    x, linear_weight = problem.x, problem.linear_weight
+    sixteen_bit = problem.acc != x.dtype
+    # in place, except for 16-bit inputs: the products multiply 16-bit operands
+    grad_buffer = torch.empty_like(buffer, dtype=x.dtype) if sixteen_bit else buffer
+    grad_w_rows = None
+    if grad_w is not None and sixteen_bit:
+        grad_w_rows = torch.empty((buffer.shape[1], x.shape[1]), dtype=problem.acc,
+                                  device=x.device)
+    for class_index, classes in enumerate(class_spans):
+        c0, c1 = classes
+        w_rows = grad_w_rows[:c1 - c0] if grad_w_rows is not None else (
+            None if grad_w is None else grad_w[c0:c1])
+        for token_index, tokens in enumerate(token_spans):
+            t0, t1 = tokens
+            logits = problem.logits(buffer, tokens, classes)
+            dlogits = grad_buffer[:t1 - t0, :c1 - c0]
+            problem.row_kernel(logits, tokens, classes, stats, loss, lse, dlogits, denominator,
+                               token_scale)
+            if grad_x is not None:
+                _matmul_into(grad_x[t0:t1], dlogits, linear_weight[c0:c1],
+                             None if class_index == 0 else grad_x[t0:t1])
+            if grad_w is not None:
+                _matmul_into(w_rows, dlogits.t(), x[t0:t1], None if token_index == 0 else w_rows)
+            if grad_b is not None:
+                grad_b[c0:c1] += dlogits.sum(0, dtype=grad_b.dtype)
+        if grad_w_rows is not None:
+            grad_w[c0:c1].copy_(w_rows)  # rounded once
 
 
 def _gradient_buffers(x, linear_weight, linear_bias, needs):
-    """(grad_x, grad_w, grad_b) in fp32 for 16-bit inputs (each rounded once, after the
-    backward's scaling): grad_x filled chunk by chunk, the others accumulated from zero; None
-    where no gradient is wanted."""
+    """(grad_x, grad_w, grad_b): grad_x and grad_b in fp32 for 16-bit inputs (rounded once,
+    after the backward's scaling), grad_w in its own dtype (module header); None where no
+    gradient is wanted. Pass 2 writes every element of grad_x and grad_w, when it runs at all."""
     need_x, need_w, need_b = needs
     acc = accumulation_dtype(x.dtype)
+    written = torch.empty if x.shape[0] else torch.zeros  # no tokens: no pass 2
     return (torch.empty(x.shape, dtype=acc, device=x.device) if need_x else None,
-            torch.zeros(linear_weight.shape, dtype=acc, device=x.device) if need_w else None,
+            written(linear_weight.shape, dtype=x.dtype, device=x.device) if need_w else None,
             torch.zeros(linear_bias.shape, dtype=acc, device=x.device) if need_b else None)
 
 
@@ -142,56 +212,62 @@ def _flat_target(target):
     return target.reshape(-1).contiguous()
 
 
-def _forward(input, linear_weight, linear_bias, target, class_weight, options, grads):
-    """Steps 1-3 over every chunk, filling the `grads` buffers (None where not wanted): the
-    reduced loss, and the per-token lse when asked for."""
-    x = input.reshape(-1, input.shape[-1])  # an (H,) input is one row
-    acc = accumulation_dtype(input.dtype)
-    reduction = options["reduction"]
-    flat_target = _flat_target(target)
-    loss = torch.empty(x.shape[0], dtype=acc, device=x.device)
-    lse = torch.empty_like(loss) if options["return_lse"] else None
+def _problem(input, linear_weight, linear_bias, target, class_weight, options):
+    return _Problem(input.reshape(-1, input.shape[-1]), linear_weight, linear_bias,  # (H,): a row
+                    _flat_target(target), class_weight, options)
+
+
+def _forward(problem, token_shape, grads):
+    """Passes 1 and 2, filling the `grads` buffers (None where not wanted); returns (the reduced
+    loss, and the per-token lse when asked for) and the statistics."""
+    num_rows = problem.x.shape[0]
+    reduction = problem.options["reduction"]
+    loss = torch.empty(num_rows, dtype=problem.acc, device=problem.x.device)
+    lse = torch.empty_like(loss) if problem.options["return_lse"] else None
     denominator = None
-    if reduction == "mean" and target.is_floating_point():
-        denominator = torch.full((), x.shape[0], dtype=acc, device=x.device)
+    if reduction == "mean" and problem.soft:
+        denominator = torch.full((), num_rows, dtype=problem.acc, device=problem.x.device)
     elif reduction == "mean":
-        denominator = _hard_denominator(flat_target, class_weight, options["ignore_index"], acc)
-    _sweep(x, linear_weight, linear_bias, flat_target, class_weight, options, loss, lse,
-           denominator, grads)
-    token_shape = input.shape[:-1]
+        denominator = _hard_denominator(problem.target, problem.class_weight,
+                                        problem.options["ignore_index"], problem.acc)
+    stats = None
+    if num_rows:
+        buffer = problem.logits_buffer()
+        stats = _statistics(problem, buffer, lse)
+        _losses_and_gradients(problem, buffer, stats, loss, lse, denominator, grads)
     reduced = reduce(loss.view(token_shape), reduction, denominator).to(
-        loss_dtype(input.dtype, input.device))
-    return (reduced,) if lse is None else (reduced, lse.view(token_shape))
+        loss_dtype(problem.x.dtype, problem.x.device))
+    return ((reduced,) if lse is None else (reduced, lse.view(token_shape))), stats
 
 
 def _rounded(grad, like):
-    """A gradient buffer (fp32 for 16-bit inputs) rounded once to its input's dtype and shape."""
+    """A gradient buffer rounded once to its input's dtype (a no-op where it has it) and shape."""
     return grad.to(like.dtype).view(like.shape)
 
 
 def _precomputed(options, input, linear_weight, linear_bias, target, class_weight):
-    """'mean' and 'sum' (or no gradient at all): one sweep writes the three gradients, which
+    """'mean' and 'sum' (or no gradient at all): the forward writes the three gradients, which
     the backward scales in place by the scalar grad_output."""
-    x = input.reshape(-1, input.shape[-1])
+    problem = _problem(input, linear_weight, linear_bias, target, class_weight, options)
     wanted = any(options["needs"])
-    grads = (_gradient_buffers(x, linear_weight, linear_bias, options["needs"]) if wanted
+    grads = (_gradient_buffers(problem.x, linear_weight, linear_bias, options["needs"]) if wanted
              else (None, None, None))
-    outputs = _forward(input, linear_weight, linear_bias, target, class_weight, options, grads)
+    outputs, _ = _forward(problem, input.shape[:-1], grads)
     inputs = (input, linear_weight, linear_bias)
     return Sweep(outputs, [*grads, None, None], finish=lambda i, grad: _rounded(grad, inputs[i]))
 
 
 class _PerTokenLinearCrossEntropy(torch.autograd.Function):
     """reduction='none' with gradients: the per-token grad_output is unknown in the forward, so
-    the forward computes the losses alone and the backward recomputes steps 1-3 with it folded
-    in (module header)."""
+    the forward runs pass 1 and the losses, and the backward pass 2 with it folded into the
+    kernel's gradient (module header)."""
 
     @staticmethod
     def forward(ctx, input, linear_weight, linear_bias, target, class_weight, options):
-        outputs = _forward(input, linear_weight, linear_bias, target, class_weight, options,
-                           (None, None, None))
+        problem = _problem(input, linear_weight, linear_bias, target, class_weight, options)
+        outputs, stats = _forward(problem, input.shape[:-1], (None, None, None))
         ctx.options = options
-        ctx.save_for_backward(input, linear_weight, linear_bias, _flat_target(target), class_weight)
+        ctx.save_for_backward(input, linear_weight, linear_bias, target, class_weight, stats)
         if len(outputs) == 1:
             return outputs[0]
         ctx.mark_non_differentiable(outputs[1])
@@ -200,13 +276,14 @@ class _PerTokenLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, *unused_lse_grad):
-        input, linear_weight, linear_bias, flat_target, class_weight = ctx.saved_tensors
-        x = input.reshape(-1, input.shape[-1])
-        grads = _gradient_buffers(x, linear_weight, linear_bias, ctx.options["needs"])
-        scratch_loss = torch.empty(x.shape[0], dtype=accumulation_dtype(x.dtype), device=x.device)
-        token_scale = grad_output.reshape(-1).to(scratch_loss.dtype)
-        _sweep(x, linear_weight, linear_bias, flat_target, class_weight, ctx.options,
-               scratch_loss, grads=grads, token_scale=token_scale)
+        input, linear_weight, linear_bias, target, class_weight, stats = ctx.saved_tensors
+        problem = _problem(input, linear_weight, linear_bias, target, class_weight, ctx.options)
+        grads = _gradient_buffers(problem.x, linear_weight, linear_bias, ctx.options["needs"])
+        if stats is not None:  # some tokens
+            scratch_loss = torch.empty(problem.x.shape[0], dtype=problem.acc, device=input.device)
+            token_scale = grad_output.reshape(-1).to(problem.acc).contiguous()  # may be expanded
+            _losses_and_gradients(problem, problem.logits_buffer(), stats, scratch_loss,
+                                  grads=grads, token_scale=token_scale)
         inputs = (input, linear_weight, linear_bias)
         return (*[None if g is None else _rounded(g, t) for g, t in zip(grads, inputs)],
                 None, None, None)
@@ -216,7 +293,8 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias=None, weight=
                          reduction="mean", ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
                          softcap=None, return_lse=False):
     """cross_entropy(input @ linear_weight.T + linear_bias, target, ...) without the (N, V)
-    logits: chunks of tokens through cuBLAS and the fused cross-entropy kernel (module header).
+    logits: blocks of tokens and classes through cuBLAS and the fused cross-entropy kernel
+    (module header).
 
     input (N, H) or (H,) with a 0-d target; target class indices or (N, V) probabilities;
     gradients for input, linear_weight and linear_bias (whichever require grad).
