@@ -98,7 +98,8 @@ LOSSES = (
              "invalid_linear_cross_entropy_calls", twin="linear_cross_entropy",
              eager_reference=True, extras=dict(_LOGIT_EXTRAS),
              notes="input `(N, H)` or `(H,)`, weight `(C, H)` or K-dimensional "
-                   "`(C, d1, ..., dk, H)`; chunked over tokens, never the whole `(N, C)` logits"),
+                   "`(C, d1, ..., dk, H)`; blocks of tokens and vocabulary, never the whole "
+                   "`(N, C)` logits"),
     LossInfo(functional.binary_cross_entropy_with_logits, "binary",
              "binary_cross_entropy_with_logits_calls", "invalid_binary_calls",
              twin="binary_cross_entropy_with_logits", notes="weight, pos_weight broadcast"),
