@@ -9,9 +9,10 @@ Two steps, each in its own process:
            compile (argument types, ints equal to 1 or divisible by 16, 16-byte aligned
            pointers, constexpr values, num_warps), and the launch is skipped. Outputs therefore
            hold garbage, which nothing here reads.
-  compile  each distinct specialisation is compiled for sm_90 with the real JITFunction, in a
-           process without the interpreter (so the kernels' globals are the GPU's), and the
-           report of the ptxas run triton makes gives registers and spill bytes.
+  compile  each distinct specialisation is compiled for sm_90 with the real JITFunction, in
+           processes without the interpreter (so the kernels' globals are the GPU's), a worker
+           per core, and the report of the ptxas run triton makes gives registers and spill
+           bytes.
 It exits 1 when a specialisation fails to compile (naming kernel and specialisation) or when a
 kernel that fusedloss/triton_kernels/*.py launches (`kernel[grid](...)`) was never reached.
 
@@ -22,12 +23,14 @@ kernel that fusedloss/triton_kernels/*.py launches (`kernel[grid](...)`) was nev
 """
 import argparse
 import ast
+import concurrent.futures
 import contextlib
 import copyreg
 import dataclasses
 import importlib
 import io
 import math
+import multiprocessing
 import os
 import pathlib
 import pickle
@@ -323,30 +326,44 @@ def describe(launch):
     return dtype, " ".join(parts)
 
 
+def _compile_reported(launch):
+    """compile_launch in a worker: ((registers, stores, loads) or None, the error or None)."""
+    try:
+        return compile_launch(launch), None
+    except Exception as error:  # noqa: BLE001 - every failure is reported, then exit 1
+        return None, f"{type(error).__name__}: {error}"
+
+
 def compile_all(launches):
-    """Compile every launch, printing one table row each; (failures, launches that spill)."""
+    """Compile every launch, a worker process per core (each compile is single-threaded MLIR
+    and ptxas work), printing one table row each in the recorded order; (failures, launches
+    that spill)."""
     from triton import knobs
+    from triton.runtime.jit import JITFunction
     knobs.nvidia.dump_ptxas_log = True
     knobs.compilation.always_compile = True  # a cache hit would skip ptxas and its report
+    copyreg.pickle(JITFunction, lambda jit: (_jit_function, (jit.fn.__module__, jit.fn.__name__)))
     width = max(len(launch.reached_by) for launch in launches)
     print(f"{'kernel':<32} {'dtype':<5} {'warps':>5} {'regs':>4} {'spill st/ld B':>13}  "
           f"{'reached by':<{width}}  constexprs", flush=True)
     failures = spilled = 0
-    for launch in launches:
-        dtype, constexprs = describe(launch)
-        warps = launch.options.get("num_warps", 4)
-        try:
-            registers, stores, loads = compile_launch(launch)
-        except Exception as error:  # noqa: BLE001 - every failure is reported, then exit 1
-            failures += 1
-            print(f"FAILED {launch.module}.{launch.name} [{launch.reached_by}]\n"
-                  f"  signature {launch.signature}\n  constexprs {launch.constexprs}\n"
-                  f"  attrs {launch.attrs}\n  options {launch.options}\n"
-                  f"  {type(error).__name__}: {error}", flush=True)
-            continue
-        spilled += bool(stores or loads)
-        print(f"{launch.name:<32} {dtype:<5} {warps:>5} {registers:>4} {f'{stores}/{loads}':>13}  "
-              f"{launch.reached_by:<{width}}  {constexprs}", flush=True)
+    workers = len(os.sched_getaffinity(0))
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for launch, (report, error) in zip(launches, pool.map(_compile_reported, launches)):
+            dtype, constexprs = describe(launch)
+            warps = launch.options.get("num_warps", 4)
+            if error is not None:
+                failures += 1
+                print(f"FAILED {launch.module}.{launch.name} [{launch.reached_by}]\n"
+                      f"  signature {launch.signature}\n  constexprs {launch.constexprs}\n"
+                      f"  attrs {launch.attrs}\n  options {launch.options}\n  {error}", flush=True)
+                continue
+            registers, stores, loads = report
+            spilled += bool(stores or loads)
+            print(f"{launch.name:<32} {dtype:<5} {warps:>5} {registers:>4} "
+                  f"{f'{stores}/{loads}':>13}  {launch.reached_by:<{width}}  {constexprs}",
+                  flush=True)
     return failures, spilled
 
 
