@@ -343,9 +343,17 @@ def test_bce_refuses_what_torch_refuses(bad, launches):
     assert launches == []
 
 
-@pytest.mark.cpu_tensors  # a failed device assert poisons a CUDA process: the interpreter's flags
-@pytest.mark.skipif(not _backend.interpreting(), reason="CPU tensors run the kernels only through the interpreter")
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy logs of bad values
+def refused_by_the_kernel(test):
+    """A test of bad input refused by the kernel's queued check: on CPU tensors (a failed device
+    assert poisons a CUDA process), which run the kernels only through the interpreter, whose
+    numpy warns about the logs of bad values."""
+    test = pytest.mark.cpu_tensors(test)
+    test = pytest.mark.filterwarnings("ignore::RuntimeWarning")(test)
+    return pytest.mark.skipif(not _backend.interpreting(),
+                              reason="CPU tensors run the kernels through the interpreter only")(test)
+
+
+@refused_by_the_kernel
 @pytest.mark.parametrize("bad", BAD_PROBABILITIES, ids=str)
 def test_bce_check_queued_by_its_kernel_fires_in_any_block(bad, launches):
     """On the device path (CUDA, compiled graphs) no check runs before the kernel: its flags
@@ -392,9 +400,7 @@ def test_only_bce_on_probabilities_compiles_the_range_check(launches):
                        for launch in launches), name
 
 
-@pytest.mark.cpu_tensors
-@pytest.mark.skipif(not _backend.interpreting(), reason="CPU tensors run the kernels only through the interpreter")
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@refused_by_the_kernel
 def test_compiled_bce_checks_in_its_kernel_alone(launches):
     """Traced, the call queues no check of its own: the graph holds the loss's op, whose kernel
     (run when the graph runs) records the check and refuses the bad probability."""
