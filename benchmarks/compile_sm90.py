@@ -8,7 +8,10 @@ Two steps, each in its own process:
            for an sm_90 target, turns its arguments into the specialisation a GPU launch would
            compile (argument types, ints equal to 1 or divisible by 16, 16-byte aligned
            pointers, constexpr values, num_warps), and the launch is skipped. Outputs therefore
-           hold garbage, which nothing here reads.
+           hold garbage, which nothing here reads. The calls run as on CUDA, every value check
+           queued on the device (which reaches the kernels' device-path variants: BCE's range
+           check inside its kernel); the queued asserts are skipped too, as they would read
+           the skipped launches' garbage.
   compile  each distinct specialisation is compiled for sm_90 with the real JITFunction, in
            processes without the interpreter (so the kernels' globals are the GPU's), a worker
            per core, and the report of the ptxas run triton makes gives registers and spill
@@ -237,7 +240,9 @@ def record(launch_all, examples):
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction, create_function_from_signature
 
-    from fusedloss import functional
+    import torch
+
+    from fusedloss import _args, functional
     from fusedloss.testing.compare import run_with_gradients
 
     backend = make_backend(_target())
@@ -263,9 +268,10 @@ def record(launch_all, examples):
     copyreg.pickle(InterpretedFunction,
                    lambda jit: (_jit_function, (jit.fn.__module__, jit.fn.__name__)))
     calls = _fuzz_calls(examples) if launch_all else _realistic_calls()
+    torch._assert_async = lambda *args, **kwargs: None  # this process only records (module header)
     for label, name, args, kwargs in calls:
         current[0] = label
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _args.checks_queued_as_on_cuda():
             warnings.simplefilter("ignore")  # torch's broadcast warnings on fuzzed calls
             try:
                 run_with_gradients(getattr(functional, name), args, kwargs, grad_seed=0)

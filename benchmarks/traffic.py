@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
 import fusedloss.functional as F  # noqa: E402
+from fusedloss import _args  # noqa: E402
 import lce_memory  # noqa: E402
 
 
@@ -230,6 +231,16 @@ def _pointwise(fn, numel, dtype, probabilities=False):
     return build
 
 
+def _checks_queued(fn):
+    """`fn` with every value check on CUDA's path (_args.checks_queued_as_on_cuda): a CUDA call
+    cannot read a verdict on the host without a sync, so it queues its checks on the device;
+    this counts that path on the CPU."""
+    def queued(*inputs):
+        with _args.checks_queued_as_on_cuda():
+            return fn(*inputs)
+    return queued
+
+
 # cross entropy fwd+bwd in 8 launches + torch ops: the CPU's target check (bucketize and
 # bincount: ignore_index -100 lies apart from the classes), the gradient, the reduction's partials
 # and the loss allocations, the row kernel (mean divisor and reduction inside), autograd's
@@ -246,9 +257,15 @@ CASES = [
          3.0, 3.0, 12),
     Case("mse_loss fp32", _pointwise(F.mse_loss, 1 << 16, torch.float32), 3.0, 3.0, 12),
     Case("smooth_l1_loss bf16", _pointwise(F.smooth_l1_loss, 1 << 16, torch.bfloat16), 3.0, 3.0, 14),
-    # the CPU's probability check is one aminmax pass over the input (queued on the device on CUDA)
+    # the CPU's probability check is one aminmax pass over the input before the kernel; on CUDA
+    # the kernel records it as it reads the input, one int8 flag per program (16 bytes here), and
+    # the assert is queued on them: three ops (the flags' allocation, their `all`, the assert)
+    # where the CPU has its one aminmax
     Case("binary_cross_entropy fp32 (probabilities)",
          _pointwise(F.binary_cross_entropy, 1 << 16, torch.float32, probabilities=True), 3.0, 4.0, 13),
+    Case("binary_cross_entropy fp32 (probabilities, checks queued as on CUDA)",
+         _pointwise(_checks_queued(F.binary_cross_entropy), 1 << 16, torch.float32,
+                    probabilities=True), 3.0, 3.0, 15),
 ]
 
 

@@ -4,6 +4,7 @@ kernels take (`kernels_take`, the dispatcher's one rule) and the promotion torch
 
 Nothing here validates with `assert`: a user's mistake must survive `python -O`.
 """
+import contextlib
 import functools
 
 import torch
@@ -34,6 +35,9 @@ def check_floating(op, tensor):
     check_computable(op, tensor.dtype)
 
 
+_queued_everywhere = False  # checks_queued_as_on_cuda() is in force
+
+
 def checks_on_host(device):
     """Whether a value check reads its verdict on the host: on the CPU that is a memory read; on
     CUDA it would wait for the device (a host sync), so there the check is queued on the device
@@ -41,7 +45,39 @@ def checks_on_host(device):
     traces, no value can be read on the host (a data-dependent branch is a graph break): the
     check is queued in the graph on every device and fails when the graph runs, with a
     RuntimeError carrying the same message (on the CPU eagerly: the error type torch raises)."""
-    return device.type != "cuda" and not torch.compiler.is_compiling()
+    return (device.type != "cuda" and not torch.compiler.is_compiling()
+            and not _queued_everywhere)
+
+
+@contextlib.contextmanager
+def checks_queued_as_on_cuda():
+    """Every value check in the block takes CUDA's path on any device (queued asserts, which
+    torch._assert_async raises at once on the CPU): benchmarks/ count and compile on the CPU
+    what a CUDA call runs."""
+    global _queued_everywhere
+    previous, _queued_everywhere = _queued_everywhere, True
+    try:
+        yield
+    finally:
+        _queued_everywhere = previous
+
+
+def _queue_check(accepted, message):
+    """A device assert, queued without a host sync, that every element of the bool tensor
+    `accepted` is true; it fails with RuntimeError(message) when the device reaches it."""
+    torch._assert_async(accepted.all(), message)
+
+
+def _check_values(values, in_range_on_host, accepted, refusal, queued_message):
+    """The one split of every value check (checks_on_host): on the host, raise refusal() unless
+    in_range_on_host() (the check's one cheap pass) holds; elsewhere queue the assert that
+    accepted() (a bool tensor over the values) holds everywhere."""
+    if values.numel() == 0:
+        return
+    if not checks_on_host(values.device):
+        _queue_check(accepted(), queued_message)
+    elif not in_range_on_host():
+        raise refusal()
 
 
 def check_class_indices(target, num_classes, ignore_index):
@@ -53,19 +89,17 @@ def check_class_indices(target, num_classes, ignore_index):
     """
     if target.dtype not in (torch.int64, torch.uint8):
         raise RuntimeError(f"expected target dtype to be Long or Byte (class indices), got {target.dtype}")
-    if target.numel() == 0:
-        return
-    if checks_on_host(target.device) and _class_indices_in_range(target, num_classes, ignore_index):
-        return
-    bad = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad &= target != ignore_index
-    if not checks_on_host(target.device):
-        torch._assert_async(~bad.any(), f"target out of bounds for {num_classes} classes")
-    elif bool(bad.any()):
-        value = int(target[bad].flatten()[0])
-        raise IndexError(f"Target {value} is out of bounds (expected a class index in "
-                         f"[0, {num_classes}) or ignore_index={ignore_index}).")
+
+    def accepted():
+        classes = (target >= 0) & (target < num_classes)
+        return classes if ignore_index is None else classes | (target == ignore_index)
+
+    def refusal():
+        value = int(target[~accepted()].flatten()[0])
+        return IndexError(f"Target {value} is out of bounds (expected a class index in "
+                          f"[0, {num_classes}) or ignore_index={ignore_index}).")
+    _check_values(target, lambda: _class_indices_in_range(target, num_classes, ignore_index),
+                  accepted, refusal, f"target out of bounds for {num_classes} classes")
 
 
 def _class_indices_in_range(target, num_classes, ignore_index):
@@ -95,19 +129,26 @@ def check_in_range(values, low, high, error, message):
 def check_within(values, low, high, error, message):
     """Raise error(message) unless every one of `values` lies in [low, high], NaN refused.
 
-    As check_class_indices: on CUDA the check is queued on the device (no host synchronisation),
-    on the CPU it raises before anything runs, after one aminmax pass. The values are read
-    detached: a check needs no autograd (forward mode has no aminmax on every torch).
+    On the host after one aminmax pass, before anything runs; elsewhere (CUDA, torch.compile)
+    queued on the device with the same message (_check_values). The values are read detached:
+    a check needs no autograd (forward mode has no aminmax on every torch).
     """
-    if values.numel() == 0:
-        return
     values = values.detach()
-    if not checks_on_host(values.device):
-        torch._assert_async(((values >= low) & (values <= high)).all(), message)
-        return
-    smallest, largest = torch.aminmax(values)
-    if not (low <= smallest.tolist() and largest.tolist() <= high):
-        raise error(message)
+
+    def in_range_on_host():
+        smallest, largest = torch.aminmax(values)
+        return low <= smallest.tolist() and largest.tolist() <= high
+    _check_values(values, in_range_on_host, lambda: _within(values, low, high),
+                  lambda: error(message), message)
+
+
+def queue_within(values, low, high, message):
+    """check_within's device path alone, for a call told that the check is its to queue."""
+    _queue_check(_within(values.detach(), low, high), message)
+
+
+def _within(values, low, high):
+    return (values >= low) & (values <= high)  # NaN compares false: refused
 
 
 def check_class_weight(weight, num_classes, dtype, name="weight"):

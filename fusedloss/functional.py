@@ -285,12 +285,17 @@ def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor,
                           "input size ({input}) is deprecated. Please ensure they have the same size.")
     _args.check_same_dtype("target", target, input.dtype)
     _args.check_computable("binary_cross_entropy", input.dtype)
-    _args.check_within(input, 0, 1, RuntimeError, "all elements of input should be between 0 and 1")
+    range_error = "all elements of input should be between 0 and 1"
+    # on the host: torch's error before anything runs. Elsewhere the check is the call's to
+    # queue: the kernel records it while it reads the probabilities (no pass of its own)
+    queued = not _args.checks_on_host(input.device)
+    if not queued:
+        _args.check_within(input, 0, 1, RuntimeError, range_error)
     if weight is not None and weight.shape != input.shape:
         weight = weight.expand(torch.broadcast_shapes(target.shape, weight.shape))
     (weight,) = _args.promote(input.dtype, weight)  # torch scales by the weight in the input's dtype
     return call("binary_cross_entropy", input.device, input, target, weight=weight,
-                reduction=reduction)
+                reduction=reduction, queued_range_error=range_error if queued else None)
 
 
 def _check_focal_alpha(alpha):

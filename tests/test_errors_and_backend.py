@@ -6,6 +6,7 @@ import torch.nn.functional as TF
 
 import fusedloss
 import fusedloss.functional as F
+from fusedloss import _args
 
 # CPU tensors on every test device: bad input on CUDA ends in a device-side assert that poisons the process
 pytestmark = pytest.mark.cpu_tensors
@@ -76,6 +77,35 @@ def test_probabilities_refuse_an_explicit_ignore_index():
     with pytest.raises(RuntimeError, match="ignore_index cannot be specified when target "
                                            "contains probabilities"):
         F.linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 4), probabilities, ignore_index=-100)
+
+
+QUEUED_CASES = [  # (call, error on the host, the queued assert's message or None: accepted)
+    (lambda: F.cross_entropy(x, torch.tensor([0, 4, 5])), IndexError, "out of bounds for 5 classes"),
+    (lambda: F.cross_entropy(x, torch.tensor([0, -100, 4])), None, None),
+    (lambda: F.cross_entropy(x, torch.tensor([0, 2, -1]), ignore_index=2), IndexError,
+     "out of bounds for 5 classes"),
+    (lambda: F.cross_entropy(x, torch.tensor([0, 7, 4]), ignore_index=7), None, None),
+    (lambda: F.binary_cross_entropy(torch.tensor([0.0, 1.0, 1.5]), torch.ones(3)), RuntimeError,
+     "between 0 and 1"),
+    (lambda: F.binary_cross_entropy(torch.tensor([0.0, 1.0, 0.5]), torch.ones(3)), None, None),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_queued_checks_refuse_what_the_host_refuses(backend):
+    """The device path of the value checks (_args.checks_queued_as_on_cuda; torch._assert_async
+    raises at once on the CPU) refuses and accepts what the host path does, on either backend."""
+    with fusedloss.use_backend(backend):
+        for call, host_error, queued_message in QUEUED_CASES:
+            if host_error is None:
+                call()
+                with _args.checks_queued_as_on_cuda():
+                    call()
+                continue
+            with pytest.raises(host_error):
+                call()
+            with _args.checks_queued_as_on_cuda(), pytest.raises(RuntimeError, match=queued_message):
+                call()
 
 
 @pytest.mark.parametrize("alpha", [1.5, -0.5, 2.0])

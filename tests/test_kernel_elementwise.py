@@ -15,8 +15,9 @@ import torch.nn.functional as TF
 from hypothesis import given, settings, strategies as st
 
 import fusedloss.functional as F
-from fusedloss import _backend, _dispatch
+from fusedloss import _args, _backend, _dispatch
 from fusedloss.testing import assert_close_to_reference
+from fusedloss.triton_kernels._common import ELEMENTWISE_BLOCK as BLOCK
 
 DEVICE = "cuda" if torch.cuda.is_available() and not _backend.interpreting() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -326,11 +327,97 @@ def test_grad_output_is_read_not_assumed():
     torch.testing.assert_close(x.grad, 3.0 * 2 * (x - y).detach() / 50)
 
 
+BAD_PROBABILITIES = [float("nan"), -0.1, -1e-3, 1.1]
+RANGE_ERROR = "^all elements of input should be between 0 and 1$"
+
+
 @pytest.mark.cpu_tensors
-@pytest.mark.parametrize("bad", [float("nan"), 1.5, -1e-3], ids=str)
-def test_bce_refuses_what_torch_refuses(bad):
-    """The CPU's one-pass (aminmax) probability check raises torch's error, NaN included."""
+@pytest.mark.parametrize("bad", BAD_PROBABILITIES, ids=str)
+def test_bce_refuses_what_torch_refuses(bad, launches):
+    """The CPU's one-pass (aminmax) probability check raises torch's error, NaN included, before
+    any launch."""
     target = torch.tensor([0.0, 1.0, 0.5])
     for fn in (TF.binary_cross_entropy, F.binary_cross_entropy):
-        with pytest.raises(RuntimeError, match="between 0 and 1"):
+        with pytest.raises(RuntimeError, match=RANGE_ERROR):
             fn(torch.tensor([0.5, bad, 0.25]), target)
+    assert launches == []
+
+
+def refused_by_the_kernel(test):
+    """A test of bad input refused by the kernel's queued check: on CPU tensors (a failed device
+    assert poisons a CUDA process), which run the kernels only through the interpreter, whose
+    numpy warns about the logs of bad values."""
+    test = pytest.mark.cpu_tensors(test)
+    test = pytest.mark.filterwarnings("ignore::RuntimeWarning")(test)
+    return pytest.mark.skipif(not _backend.interpreting(),
+                              reason="CPU tensors run the kernels through the interpreter only")(test)
+
+
+@refused_by_the_kernel
+@pytest.mark.parametrize("bad", BAD_PROBABILITIES, ids=str)
+def test_bce_check_queued_by_its_kernel_fires_in_any_block(bad, launches):
+    """On the device path (CUDA, compiled graphs) no check runs before the kernel: its flags
+    refuse a bad probability in a middle program and in the ragged last one, with torch's message."""
+    n = 3 * BLOCK + 5
+    for position in (BLOCK + 7, n - 1):
+        p = torch.full((n,), 0.5)
+        p[position] = bad
+        launches.clear()
+        with _args.checks_queued_as_on_cuda(), pytest.raises(RuntimeError, match=RANGE_ERROR):
+            F.binary_cross_entropy(p.requires_grad_(), torch.zeros(n))
+        assert [launch["A_IN_UNIT"] for launch in launches] == [True]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_check_in_its_kernel_changes_no_bit(reduction, launches):
+    """Good probabilities, 0 and 1 exactly among them, over several programs: the flagged kernel
+    passes them and gives the unflagged one's loss and gradients bit for bit."""
+    from fusedloss.triton_kernels import binary
+    maker = Maker(torch.float32, seed=4)
+    p, y = maker.uniform((3 * BLOCK + 5,), grad=False), maker.uniform((3 * BLOCK + 5,), grad=False)
+    p[0], p[BLOCK + 1], p[-1] = 0.0, 1.0, 1.0
+    weight = maker.uniform(p.shape, 0.5, 2.0, grad=False)
+    runs = []
+    for queued in (None, "all elements of input should be between 0 and 1"):
+        leaves = [p.clone().requires_grad_(), y.clone().requires_grad_()]
+        loss = binary.binary_cross_entropy(*leaves, weight=weight, reduction=reduction,
+                                           queued_range_error=queued)
+        grad_output = torch.linspace(0.5, 1.5, loss.numel(), device=DEVICE).reshape(loss.shape)
+        runs.append([loss.detach(), *torch.autograd.grad(loss, leaves, grad_output)])
+    assert [launch["A_IN_UNIT"] for launch in launches] == [False, True]
+    for unflagged, flagged in zip(*runs):
+        assert torch.equal(unflagged, flagged)
+
+
+def test_only_bce_on_probabilities_compiles_the_range_check(launches):
+    with _args.checks_queued_as_on_cuda():
+        for name in LOSSES:
+            launches.clear()
+            args, kwargs = build(name, 0, (2, 3), torch.float32)
+            getattr(F, name)(*args, **kwargs)
+            assert launches or name == "dice_loss", name  # dice has a kernel of its own
+            assert all(launch["A_IN_UNIT"] == (name == "binary_cross_entropy")
+                       for launch in launches), name
+
+
+@refused_by_the_kernel
+def test_compiled_bce_checks_in_its_kernel_alone(launches):
+    """Traced, the call queues no check of its own: the graph holds the loss's op, whose kernel
+    (run when the graph runs) records the check and refuses the bad probability."""
+    graphs = []
+
+    def keep_graph(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(F.binary_cross_entropy, fullgraph=True, backend=keep_graph)
+        with pytest.raises(RuntimeError, match=RANGE_ERROR):
+            compiled(torch.tensor([0.5, 1.5]), torch.zeros(2))
+    finally:
+        torch._dynamo.reset()
+    targets = [str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"]
+    assert "fusedloss.binary_cross_entropy.default" in targets, targets
+    assert not any("assert" in target for target in targets), targets
+    assert [launch["A_IN_UNIT"] for launch in launches] == [True]

@@ -2,6 +2,7 @@
 import torch
 import torch.nn.functional as F
 
+from .. import _args
 from .._reduction import reduce
 
 
@@ -16,8 +17,12 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     return reduce(loss, reduction)
 
 
-def binary_cross_entropy(input, target, weight=None, reduction="mean"):
-    """-w * [y * log p + (1 - y) * log(1 - p)], each log clamped at -100 as torch does."""
+def binary_cross_entropy(input, target, weight=None, reduction="mean", queued_range_error=None):
+    """-w * [y * log p + (1 - y) * log(1 - p)], each log clamped at -100 as torch does.
+    queued_range_error: where functional.py left the probability check to the call (CUDA,
+    torch.compile), its message, queued on the device here."""
+    if queued_range_error is not None:
+        _args.queue_within(input, 0, 1, queued_range_error)
     loss = -(target * torch.log(input).clamp(min=-100) + (1 - target) * torch.log1p(-input).clamp(min=-100))
     if weight is not None:
         loss = loss * weight

@@ -16,6 +16,11 @@ finish with a torch sum of the partials: no atomics, so the same input gives the
 backward only multiplies the saved gradients by grad_output (scalar or elementwise;
 _precomputed_gradient.py).
 
+Range check (A_IN_UNIT, compiled into BCE on probabilities alone, where the check is queued on
+the device): each program also writes one int8 flag, whether every `a` it loaded lies in
+[0, 1] (NaN does not), and the launcher queues one device assert on all the flags: the check
+reads what the loss reads anyway, and its only traffic is a byte per program.
+
 Broadcasting: an operand whose broadcast only repeats a contiguous block along leading
 dimensions (pos_weight (C,) against (N, C)) is read in place with `offset % period`; other
 non-contiguous operands are copied once. The gradient of a broadcast operand is kept in the
@@ -49,6 +54,7 @@ def _elementwise_loss_kernel(
     c_period, w_period,              # c and w repeat every `period` elements when *_REPEATS
     loss_ptr,                        # per-element loss, or one partial sum per program (REDUCE)
     weight_sum_ptr,                  # one partial sum of the weight per program (WEIGHT_SUM)
+    a_in_unit_ptr,                   # one int8 per program: every a it read is in [0, 1] (A_IN_UNIT)
     ga_ptr, gb_ptr, gc_ptr, gw_ptr,  # gradients; gw holds the unweighted loss
     n,                               # element count
     p0_hi, p0_lo, p1_hi, p1_lo,      # the loss's two scalar parameters, each an fp32 pair hi + lo
@@ -56,7 +62,7 @@ def _elementwise_loss_kernel(
     LOSS: tl.constexpr,              # the loss's jit math (module header)
     HAS_C: tl.constexpr, HAS_W: tl.constexpr,
     C_REPEATS: tl.constexpr, W_REPEATS: tl.constexpr,
-    REDUCE: tl.constexpr, MEAN: tl.constexpr, WEIGHT_SUM: tl.constexpr,
+    REDUCE: tl.constexpr, MEAN: tl.constexpr, WEIGHT_SUM: tl.constexpr, A_IN_UNIT: tl.constexpr,
     GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr, GRAD_W: tl.constexpr,
     ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -69,6 +75,8 @@ def _elementwise_loss_kernel(
         c = _load(c_ptr, offsets, mask, c_period, C_REPEATS, ACC)
     else:  # only pos_weight is optional, and its neutral value is 1
         c = tl.full([BLOCK], 1.0, ACC)
+    if A_IN_UNIT:  # masked-off lanes loaded 0, which passes; NaN fails both comparisons
+        tl.store(a_in_unit_ptr + pid, tl.min(((a >= 0) & (a <= 1)).to(tl.int8), axis=0))
     p0 = tl.full([BLOCK], p0_hi, ACC) + p0_lo
     p1 = tl.full([BLOCK], p1_hi, ACC) + p1_lo
     loss, da, db, dc = LOSS(a, b, c, p0, p1)
@@ -112,7 +120,7 @@ def _repeating(t):
     return t.contiguous().reshape(-1), max(t.numel(), 1)
 
 
-def _sweep(loss_math, reduction, p0, p1, weighted_mean, needs, a, b, c, w):
+def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, needs, a, b, c, w):
     """Loss and gradients in one launch (module header), as a `Sweep` for the backward."""
     operands = (a, b, c, w)
     present = [t for t in operands if t is not None]
@@ -130,6 +138,8 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, needs, a, b, c, w):
     loss = torch.empty(grid[0] if partial_sums else n, device=a.device,
                        dtype=acc if partial_sums else out_dtype)
     weight_sum = torch.empty(grid[0], device=a.device, dtype=acc) if weighted_mean else loss
+    checked = unit_interval_error is not None and n > 0
+    a_in_unit = torch.empty(grid[0], device=a.device, dtype=torch.int8) if checked else loss
     # keep in the accumulation dtype what backward sums (a broadcast operand's gradient) or
     # cancels (the weighted mean's weight gradient l_i - mean)
     in_acc = [t is not None and t.shape != shape for t in operands]
@@ -138,15 +148,17 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, needs, a, b, c, w):
              for t, need, keep in zip(operands, needs, in_acc)]
     if n > 0:
         _elementwise_loss_kernel[grid](
-            a_flat, b_flat, c_flat, w_flat, c_period, w_period, loss, weight_sum,
+            a_flat, b_flat, c_flat, w_flat, c_period, w_period, loss, weight_sum, a_in_unit,
             *[loss if g is None else g for g in grads], n, *fp32_pair(p0), *fp32_pair(p1),
             LOSS=loss_math, HAS_C=c is not None, HAS_W=w is not None,
             C_REPEATS=c_period != n, W_REPEATS=w_period != n,
             REDUCE=partial_sums, MEAN=reduction == "mean" and not weighted_mean,
-            WEIGHT_SUM=weighted_mean,
+            WEIGHT_SUM=weighted_mean, A_IN_UNIT=checked,
             GRAD_A=needs[0], GRAD_B=needs[1], GRAD_C=needs[2], GRAD_W=needs[3],
             ACC=triton_accumulation(acc), BLOCK=ELEMENTWISE_BLOCK,
             num_warps=row_warps(ELEMENTWISE_BLOCK))
+    if checked:  # queued: no host sync (the CPU raises at once)
+        torch._assert_async(a_in_unit.all(), unit_interval_error)
 
     if weighted_mean:
         weight_sum = weight_sum.sum()
@@ -166,12 +178,15 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, needs, a, b, c, w):
 
 
 def elementwise_loss(loss_math, operands, weight=None, reduction="mean", p0=0.0, p1=0.0,
-                     weighted_mean=False):
+                     weighted_mean=False, unit_interval_error=None):
     """Run the jit function `loss_math` through the kernel. operands: 2 or 3 tensors in the
     loss's signature order (broadcast together with the weight); `weighted_mean`: 'mean' divides
-    by the weight sum (l1 and mse) instead of the element count."""
+    by the weight sum (l1 and mse) instead of the element count; `unit_interval_error`: a
+    message, where the first operand's range check is the call's (module header's A_IN_UNIT),
+    the queued assert's."""
     a, b, c = (list(operands) + [None])[:3]
     sweep = functools.partial(_sweep, loss_math, reduction, float(p0), float(p1),
                               weighted_mean and reduction == "mean" and weight is not None,
+                              unit_interval_error,
                               wanted_gradients(a, b, c, weight))
     return PrecomputedGradient.apply(sweep, a, b, c, weight)

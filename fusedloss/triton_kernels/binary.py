@@ -52,8 +52,11 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     return elementwise_loss(bce_with_logits, (input, target, pos_weight), weight, reduction)
 
 
-def binary_cross_entropy(input, target, weight=None, reduction="mean"):
-    return elementwise_loss(bce, (input, target), weight, reduction)
+def binary_cross_entropy(input, target, weight=None, reduction="mean", queued_range_error=None):
+    """queued_range_error: where the probability check is the call's (CUDA, torch.compile), its
+    message: the kernel records the check as it reads the probabilities and the assert is queued."""
+    return elementwise_loss(bce, (input, target), weight, reduction,
+                            unit_interval_error=queued_range_error)
 
 
 def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
