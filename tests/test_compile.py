@@ -84,6 +84,10 @@ def _backward_call(code):
     return code[code.index("def call("):code.index("runner = ")]
 
 
+# Inductor's CPU code unvectorised: the probe of the vector ISAs starts a Python per ISA (about
+# 35 s on torch 2.11, 2 cores); this test reads the wrapper code, and a product's bits do not
+# depend on the vector width
+@torch._inductor.config.patch({"cpp.vec_isa_ok": False})
 def test_inductor_scales_the_saved_gradient_in_place_with_eagers_bits(device):
     """The compiled backward of a fused loss is one pass that scales each saved gradient in its
     own buffer (Inductor reuses the donated buffer: nothing allocated, no copy; fusedloss/_ops.py
