@@ -17,15 +17,26 @@ graph runs it). A decline (KernelDeclined) inside the op runs the reference ther
 Autograd (register_autograd), two paths:
 - fused, when the loss is reduced ('mean'/'sum', the training case) and a gradient is wanted:
   the op returns the loss, its extras (lse) and d loss / d tensors for grad_output = 1, which
-  the kernel's forward sweep computes anyway (its backward at grad_output 1 moves nothing); the
-  backward is grad_output * gradient, a torch mul. Bytes moved: eager's one sweep, plus one
-  read and write of each gradient for the mul even at grad_output 1 (where eager's backward
-  moves nothing), unless Inductor fuses it into the ops that consume the gradient.
+  the kernel's forward sweep computes anyway; the backward is grad_output * gradient, a torch
+  mul. Bytes moved: eager's one sweep, plus one read and one write of each gradient, at every
+  grad_output, 1 included (where eager's backward moves nothing). Under Inductor that is one
+  fused kernel writing each product into its saved gradient's own buffer (a saved tensor the
+  backward alone uses is donated to it: no gradient-sized allocation), or nothing extra where
+  Inductor fuses the mul into a pointwise consumer of the gradient; under aot_eager the mul
+  allocates a new gradient. An in-place scale op (a custom op mutating the saved gradient, run
+  by the shared kernel that returns at once at grad_output 1) would not move less: to AOT
+  autograd the saved gradient is an input of the backward graph, functionalization turns the
+  mutation into auto_functionalized, and re-inplacing keeps a mutated graph input's clone when
+  no copy back into it follows (none does for a saved tensor), so the gradient is copied before
+  the op runs: into a new buffer under aot_eager, into its own donated buffer under Inductor
+  (still a read and a write), on torch 2.11 and 2.13 alike; and being opaque, it would stop
+  Inductor fusing the scale into the gradient's consumers.
 - recomputed, otherwise (reduction 'none', crf_marginals): the forward op runs the kernel
   without gradients, and `fusedloss::<loss>_backward(tensors, floats, layout, grad_outputs)`
   runs it again with them and applies the given grad_outputs: a second forward sweep's reads
   on top of eager's traffic, in exchange for keeping nothing but the inputs.
-Both costs follow from the construction; benchmarks/traffic.py counts eager calls only.
+Both costs follow from the construction (tests/test_compile.py checks the Inductor backward's
+code); benchmarks/traffic.py counts eager calls only.
 
 The fake implementation (shapes and dtypes for tracing) is the reference run on the fake
 tensors: it is plain torch, its outputs have the kernels' shapes and dtypes, and every
