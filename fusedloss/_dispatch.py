@@ -184,10 +184,14 @@ def _recorded(tensors):
 def call(name, device, *args, **kwargs):
     """Run loss `name` on the backend chosen for tensors on `device`."""
     if _backend.resolve(device) == "triton" and _args.kernels_take([*args, *kwargs.values()]):
+        if torch.compiler.is_compiling():
+            # registers the ops on first use (torch.compile imports triton); _ops' own table,
+            # not _kernel_table, whose first fill inside a trace would make dynamo recompile
+            from . import _ops
+            if name in _ops.OPS:
+                return _ops.call(name, args, kwargs)
+            return _reference(name, device, args, kwargs)
         kernel = _kernel_table().get(name)
-        if kernel is not None and torch.compiler.is_compiling():
-            from . import _ops  # registers the ops on first use (torch.compile imports triton)
-            return _ops.call(name, args, kwargs)
         if kernel is not None:
             try:
                 normalised = _Call(name, torch.device(device), args, kwargs)

@@ -106,7 +106,6 @@ def test_inductor_scales_the_saved_gradient_in_place_with_eagers_bits(device):
         grad_outputs = [torch.tensor(g, dtype=loss.dtype) for g, loss in zip(grad_outputs, losses)]
         return [*losses, *torch.autograd.grad(losses, leaves, grad_outputs)]
 
-    # eager first (it also loads the kernel table, which the compiled call then finds loaded);
     # run_and_get_code resets dynamo and compiles; the second compiled call reuses its graphs
     eager = [values_and_gradients(_two_dtypes, g) for g in ((1.0, 3.0), (3.0, 1.0))]
     first, codes = run_and_get_code(values_and_gradients, compiled, (1.0, 3.0))
@@ -119,6 +118,19 @@ def test_inductor_scales_the_saved_gradient_in_place_with_eagers_bits(device):
     assert len(kernels) == 1 and "_mul_" in kernels[0], backward  # both products in one pass
     assert backward.count("# reuse") == 2, backward  # each written into its saved gradient
     assert not re.search(r"empty_strided|copy|clone|torch\.ops\.", backward), backward
+
+
+def test_first_compiled_call_compiles_once(device, monkeypatch):
+    """A process whose first fused loss is a compiled one: tracing it must not fill the
+    dispatcher's kernel table (a global written inside a trace makes dynamo recompile)."""
+    from fusedloss import _dispatch
+    monkeypatch.setattr(_dispatch, "_kernels", None)
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    logits, target = _logits_and_target(device)
+    compiled = torch.compile(F.cross_entropy, fullgraph=True, backend="aot_eager")
+    first, second = compiled(logits, target), compiled(logits, target)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert _dispatch._kernels is None
 
 
 # Values only the device knows are checked in the graph while compiling; they raise when the
