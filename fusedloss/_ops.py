@@ -12,7 +12,10 @@ triton_kernels.KERNELS, all of the same schema, built from the normalised call:
 everything else, constants dynamo folds into the graph: where each value goes, the other
 constants (ints, bools, None, strings), which tensors want a gradient, the path below and
 whether autocast was on (the op runs the kernel under the same autocast state, wherever the
-graph runs it). A decline (KernelDeclined) inside the op runs the reference there.
+graph runs it). A decline (KernelDeclined) inside the op runs the reference there. The layout
+also carries fusedloss's version: torch's on-disk compile caches (AOT autograd, Inductor) key a
+graph by its forward and hand back the backward compiled with it, so a graph compiled by another
+release of fusedloss, whose ops may differentiate differently, must not match.
 
 Autograd (register_autograd), two paths:
 - fused, when the loss is reduced ('mean'/'sum', the training case) and a gradient is wanted:
@@ -51,7 +54,7 @@ import functools
 
 import torch
 
-from . import _dispatch
+from . import __version__, _dispatch
 from .triton_kernels import KERNELS
 from .triton_kernels._declined import KernelDeclined
 
@@ -62,7 +65,7 @@ class _Layout:
     """A parsed layout string: how to rebuild the normalised call, and the call's options."""
 
     def __init__(self, layout):
-        (self.num_args, self.keys, self.entries, self.wanted, self.fused,
+        (_version, self.num_args, self.keys, self.entries, self.wanted, self.fused,
          self.autocast) = ast.literal_eval(layout)
 
     def rebuild(self, tensors, floats):
@@ -83,7 +86,7 @@ def layout_of(args, kwargs, wanted, fused, autocast):
     entries = tuple(_TENSOR if isinstance(value, torch.Tensor) else
                     _FLOAT if isinstance(value, float) else (value,)
                     for value in (*args, *kwargs.values()))
-    return repr((len(args), tuple(kwargs), entries, tuple(wanted), fused, autocast))
+    return repr((__version__, len(args), tuple(kwargs), entries, tuple(wanted), fused, autocast))
 
 
 @contextlib.contextmanager
