@@ -544,7 +544,7 @@ def _crf_transition_kernel(
     num_tiles = (num_tags + TILE - 1) // TILE
     row_tile = tl.program_id(0) // num_tiles
     col_tile = tl.program_id(0) % num_tiles
-    program = tl.program_id(1).to(tl.int64)
+    program = tl.program_id(1)
     k = tl.arange(0, TILE)
     rows = row_tile * TILE + k
     cols = col_tile * TILE + k
@@ -556,7 +556,8 @@ def _crf_transition_kernel(
     acc = tl.full((TILE, TILE), 0, dtype=ACC)
     begin = program * share
     end = tl.minimum(begin + share, batch * sequence_span)
-    for b in range(begin // sequence_span, (end - 1) // sequence_span + 1):
+    for sequence in range(begin // sequence_span, (end - 1) // sequence_span + 1):
+        b = tl.cast(sequence, tl.int64)
         alpha_row = state_ptr + b * num_steps * num_tags
         carry_row = carry_ptr + b * num_steps * num_tags
         first = tl.maximum(begin - b * sequence_span, 1)  # no transition enters step 0
@@ -599,7 +600,7 @@ def _crf_transition_kernel(
             expected_t += 1
             tags_t += stride_gt
     weight = tl.cast(weight_hi, ACC) + weight_lo
-    partial = partial_ptr + program * num_tags * num_tags
+    partial = partial_ptr + program.to(tl.int64) * num_tags * num_tags
     tl.store(partial + rows[:, None] * num_tags + cols[None, :], acc * weight,
              mask=rvalid[:, None] & cvalid[None, :])
 
