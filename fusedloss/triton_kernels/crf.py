@@ -106,9 +106,9 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 MAX_TAG_TILE = 128
 # Elements of (row, tag) per program of the marginals kernel.
 _MARGINAL_ELEMENTS = 2048 if GPU_LAUNCH_PARAMS else 64
-# Programs the transition-gradient kernel aims for on a GPU (two per SM of an sm_90 GPU); under
-# the interpreter it takes two time chunks per sequence, so that the partials' sum has several
-# to combine.
+# Programs the transition-gradient kernel aims for on a GPU over all its tile pairs (two per SM
+# of an sm_90 GPU); under the interpreter two per tile pair ('none': two time chunks per
+# sequence), so that programs cross sequences and the partials' sum has several to combine.
 _TRANSITION_PROGRAMS = 264
 
 
