@@ -18,9 +18,11 @@ logsumexp over the from-tag tiles (a running max and a rescaled sum).
 Prefetch. What a step reads that does not depend on the state is loaded one step ahead, during
 the previous step's reductions, and carried in registers (`_step_ahead`): the step's mask bit,
 alpha's gold shift (trans[g_{t-1}, g_t], emit_t[g_t]; the gold tags those loads index by run one
-step further ahead) and, with one tile, the whole emission row (and the tangent's row). With
-several tiles a row of K does not fit in registers: each column tile loads its emissions (and
-tangent) before its from-tile reductions, which stream the transitions from L2. Viterbi does the
+step further ahead) and, with one tile, the whole emission row. The tangent's row (the
+marginals' backward) loads where it is used, after the reductions: that sweep sits at 255
+registers on triton 3.6, and carried a step ahead or loaded before the reductions it spilled. With several tiles a row of K
+does not fit in registers: each column tile loads its emissions (and tangent) before its
+from-tile reductions, which stream the transitions from L2. Viterbi does the
 same with its mask bit and emission row. Loads only move: every value is the same bit for bit
 (the tests run the one-tile code and the tiled code on the same K and compare exactly).
 
@@ -158,16 +160,15 @@ def _tile_lse(x, carry, AXIS: tl.constexpr, TANGENT: tl.constexpr):
 
 
 @triton.jit
-def _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tangent_t,
-                tangent_step, tangent_cols, tags_t, stride_gt, gold, next_gold, transitions_ptr,
-                stride_ti, stride_tj, stride_ek, num_tags, ACC: tl.constexpr,
-                TILE: tl.constexpr, HAS_TAGS: tl.constexpr, SINGLE_TILE: tl.constexpr,
-                TANGENT: tl.constexpr):
+def _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tags_t,
+                stride_gt, gold, next_gold, transitions_ptr, stride_ti, stride_tj, stride_ek,
+                num_tags, ACC: tl.constexpr, TILE: tl.constexpr, HAS_TAGS: tl.constexpr,
+                SINGLE_TILE: tl.constexpr):
     """What step s + 1 of a sweep reads that does not depend on the state, loaded during step s
     (pointers at step s, moved by their steps): its mask bit; alpha's gold shift
     trans[g_s, g_{s+1}] and emit_{s+1}[g_{s+1}], whose loads depend on the gold tags, so the
     tags run one step further ahead (returns g_{s+1} and g_{s+2} as the next gold pair); with
-    one tile its emission row and tangent row. Past the last step nothing is loaded."""
+    one tile its emission row. Past the last step nothing is loaded."""
     live = s < last
     step_mask = tl.load(mask_t + mask_step, mask=live, other=0)
     emit_next = emit_t + emit_step
@@ -181,14 +182,10 @@ def _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_col
         emit_gold = tl.load(emit_next + next_gold * stride_ek, mask=gold_live, other=0.0).to(ACC)
         after_gold = tl.load(tags_t + 2 * stride_gt, mask=forward & (s + 2 <= last), other=0)
     emit = tl.full((TILE,), 0, dtype=ACC)
-    g = tl.full((TILE,), 0, dtype=ACC)
     if SINGLE_TILE:
-        row_live = tl.where(live, tl.arange(0, TILE) < num_tags, False)
-        emit = tl.load(emit_next + emit_cols, mask=row_live, other=float("-inf")).to(ACC)
-        if TANGENT:
-            g = tl.load(tangent_t + tangent_step + tangent_cols, mask=row_live,
-                        other=0.0).to(ACC)
-    return step_mask, trans_gold, emit_gold, next_gold, after_gold, emit, g
+        emit = tl.load(emit_next + emit_cols, mask=tl.where(live, tl.arange(0, TILE) < num_tags,
+                                                            False), other=float("-inf")).to(ACC)
+    return step_mask, trans_gold, emit_gold, next_gold, after_gold, emit
 
 
 @triton.jit
@@ -295,11 +292,10 @@ def _crf_sweep_kernel(
     if HAS_TAGS:
         gold = first_gold
         ahead_gold = tl.load(tags_t + stride_gt, mask=forward & (last >= 1), other=0)
-    ahead_mask, ahead_trans_gold, ahead_emit_gold, gold, ahead_gold, ahead_emit, ahead_g = \
-        _step_ahead(0, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tangent_t,
-                    tangent_step, tangent_cols, tags_t, stride_gt, gold, ahead_gold,
-                    transitions_ptr, stride_ti, stride_tj, stride_ek, num_tags,
-                    ACC, TILE, HAS_TAGS, SINGLE_TILE, TANGENT)
+    ahead_mask, ahead_trans_gold, ahead_emit_gold, gold, ahead_gold, ahead_emit = _step_ahead(
+        0, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tags_t, stride_gt,
+        gold, ahead_gold, transitions_ptr, stride_ti, stride_tj, stride_ek, num_tags,
+        ACC, TILE, HAS_TAGS, SINGLE_TILE)
     for s in range(1, last + 1):
         t = tl.where(forward, s, last - s)
         mask_t += mask_step
@@ -317,13 +313,11 @@ def _crf_sweep_kernel(
         trans_gold = ahead_trans_gold
         emit_gold = ahead_emit_gold
         emit = ahead_emit
-        g = ahead_g
         # step s + 1's inputs, in flight during this step's reductions
-        ahead_mask, ahead_trans_gold, ahead_emit_gold, gold, ahead_gold, ahead_emit, ahead_g = \
-            _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols,
-                        tangent_t, tangent_step, tangent_cols, tags_t, stride_gt, gold,
-                        ahead_gold, transitions_ptr, stride_ti, stride_tj, stride_ek, num_tags,
-                        ACC, TILE, HAS_TAGS, SINGLE_TILE, TANGENT)
+        ahead_mask, ahead_trans_gold, ahead_emit_gold, gold, ahead_gold, ahead_emit = \
+            _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tags_t,
+                        stride_gt, gold, ahead_gold, transitions_ptr, stride_ti, stride_tj,
+                        stride_ek, num_tags, ACC, TILE, HAS_TAGS, SINGLE_TILE)
         if STORE_ALL:
             state_at = state_t
         else:
@@ -385,6 +379,8 @@ def _crf_sweep_kernel(
             if STORE_ALL or not SINGLE_TILE:
                 tl.store(state_at + cols, value, mask=tl.where(forward | on, cvalid, False))
             if TANGENT:
+                if SINGLE_TILE:  # loaded where it is used (module header)
+                    g = tl.load(tangent_t + tangent_cols, mask=valid, other=0.0).to(ACC)
                 new_carry = g + tl.where(total_exp > 0, weighted / total_exp, 0.0)
                 if SINGLE_TILE:
                     old_carry = carry
