@@ -239,6 +239,44 @@ def test_tiled_decode_ties_across_tiles_go_to_the_lowest_tag(tiles_of):
     assert (best == 0).all()
 
 
+def _every_output(emissions, tags, transitions, start, end, mask):
+    """The NLL ('none', a grad_output per sequence) and the marginals with all their gradients,
+    and the decoding."""
+    params = (emissions, transitions, start, end)
+    nll = F.crf_nll(emissions, tags, transitions, start, end, mask, reduction="none")
+    outputs = [nll, *torch.autograd.grad(nll, params, torch.linspace(0.5, 1.5, len(nll)))]
+    marginals = F.crf_marginals(*params, mask=mask)
+    outputs += [marginals, *torch.autograd.grad(marginals, params, torch.cos(marginals))]
+    return [*outputs, *F.crf_decode(*[x.detach() for x in params], mask=mask)]
+
+
+def test_registers_and_tiled_sweeps_agree_bit_for_bit(monkeypatch):
+    # with one tile the sweeps keep the state in registers and load each step's inputs one step
+    # ahead; the tiled code, forced onto the same single tile, reads the state back from its
+    # buffer and loads each step's inputs inside the step. Both add the same numbers in the same
+    # order, so the prefetch (which only moves loads) leaves every bit of every output as it was
+    emissions, tags, transitions, start, end, mask = _crf_inputs(2, 4, 3, TILED_MASK)
+    in_registers = _every_output(emissions, tags, transitions, start, end, mask)
+    monkeypatch.setattr(crf_kernels, "_in_registers", lambda num_tags: False)
+    tiled = _every_output(emissions, tags, transitions, start, end, mask)
+    for a, b in zip(in_registers, tiled, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_transition_partials_do_not_grow_with_the_batch(monkeypatch):
+    # the GPU's split of kernel 3: for 'mean'/'sum' at most ~264 programs over all tile pairs
+    # (K = 64: one pair; K = 1024: 256 pairs of 64) share every step of the batch once, whatever
+    # B; for 'none' one partial per sequence (its own grad_output scales it), never per chunk
+    # once B x tile pairs fills the GPU
+    monkeypatch.setattr(crf_kernels, "GPU_LAUNCH_PARAMS", True)
+    for tile_pairs in (1, 256):
+        for batch in (64, 4096):
+            programs, share, span = crf_kernels._transition_work(batch, 512, tile_pairs, False)
+            assert programs <= -(-264 // tile_pairs) and span == 512
+            assert (programs - 1) * share < batch * 512 <= programs * share
+    assert crf_kernels._transition_work(64, 512, 256, True) == (64, 512, 512)
+
+
 def test_many_tags_run_the_kernels():
     # above the old 128-tag limit (five GPU tiles of 64): the kernels take it, nothing declines
     num_tags = 2 * crf_kernels.MAX_TAG_TILE + 3

@@ -15,6 +15,17 @@ tiles of 64: each step reads the previous state back from its buffer tile by til
 two slots of it when no gradient is wanted) and the transitions from L2, with an online
 logsumexp over the from-tag tiles (a running max and a rescaled sum).
 
+Prefetch. What a step reads that does not depend on the state is loaded one step ahead, during
+the previous step's reductions, and carried in registers (`_step_ahead`): the step's mask bit,
+alpha's gold shift (trans[g_{t-1}, g_t], emit_t[g_t]; the gold tags those loads index by run one
+step further ahead) and, with one tile, the whole emission row. The tangent's row (the
+marginals' backward) loads where it is used, after the reductions: that sweep sits at 255
+registers on triton 3.6, and carried a step ahead or loaded before the reductions it spilled. With several tiles a row of K
+does not fit in registers: each column tile loads its emissions (and tangent) before its
+from-tile reductions, which stream the transitions from L2. Viterbi does the
+same with its mask bit and emission row. Loads only move: every value is the same bit for bit
+(the tests run the one-tile code and the tiled code on the same K and compare exactly).
+
 Algorithm: three kernels, each filling the GPU on its own axis.
 
   1. sweeps, grid (B, 2): alpha (direction 0) and beta (direction 1) run at once, one program
@@ -38,11 +49,20 @@ Algorithm: three kernels, each filling the GPU on its own axis.
      the emission gradient p_t - onehot(g_t); the start gradient is row 0 of it (start[j] enters
      a path's score exactly when emit_0[j] does), the end gradient P(last = j) - onehot(g_{L-1})
      at t = last; both per sequence. It stores Q_t = logsumexp_j(u_t + beta_t) + enter_t.
-  3. transitions, grid (tile pairs, B, time chunks), only when their gradient is wanted: each
-     program sums the pairwise marginals of its tile over its steps,
+  3. transitions, grid (tile pairs, P), only when their gradient is wanted: each program sums
+     the pairwise marginals of its tile over a contiguous share of the batch's steps, taken in
+     order (b, t) across sequence boundaries,
                 xi_t[i, j] = exp(u_{t-1}[i] + trans[i, j] + emit_t[j] + beta_t[j] - Q_t),
-     less the observed transition counts, into one partial per program; torch sums the partials
-     in a fixed order (deterministic, no atomics).
+     less the observed transition counts, into one K x K partial per program; torch sums the
+     partials in a fixed order (deterministic, no atomics). For 'mean' and 'sum' P is fixed by
+     the GPU (about 264 programs over all tile pairs, at least 8 steps each), not by B: at
+     B = 64, T = 512, K = 1024 (256 tile pairs of 64) P = 2, 8 MiB of fp32 partials, where one
+     partial per sequence took 256 MiB. reduction='none' scales each sequence's gradient by its
+     own grad_output, unknown when this kernel runs (in the forward), so there each program
+     takes one time chunk of one sequence and the partials stay per sequence (B x chunks, one
+     chunk per sequence once B x tile pairs fills the GPU: 256 MiB at that size, the least
+     without deferring the kernel to the backward, which would keep the (2, B, T, K) states
+     alive instead, as large at that size and larger whenever 2T > K).
   tangent       the marginals' backward. p = d log Z / d emit, so the gradient of <g, p> is the
                 log-partition's Hessian times g: Cov(G, feature) with G(y) = sum_t g_t[y_t]. Each
                 sweep also carries the expectation of g along its chain: alpha
@@ -61,9 +81,10 @@ Algorithm: three kernels, each filling the GPU on its own axis.
 
 The NLL's backward is the shared one (_precomputed_gradient.py): the kernels write the gradients
 already multiplied by the reduction's 1/B, the emission gradient in the emissions' dtype, the
-parameters' as per-sequence (and per-chunk) fp32 partials; a grad_output of exactly 1 then moves
-nothing, any other scales in place, and the partials are summed over the batch last (a
-per-sequence grad_output of reduction='none' scales each sequence's partial first).
+parameters' as fp32 partials (per sequence for the start/end rows and for reduction='none');
+a grad_output of exactly 1 then moves nothing, any other scales in place, and the partials are
+summed last (a per-sequence grad_output of reduction='none' scales each sequence's partials
+first).
 
 Accumulation is fp32 (fp64 for fp64 inputs); every load is cast right after it (the interpreter
 keeps bf16 as raw bits). crf_marginals is once-differentiable; crf_decode's outputs are not
@@ -87,9 +108,9 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 MAX_TAG_TILE = 128
 # Elements of (row, tag) per program of the marginals kernel.
 _MARGINAL_ELEMENTS = 2048 if GPU_LAUNCH_PARAMS else 64
-# Programs the transition-gradient kernel aims for on a GPU (two per SM of an sm_90 GPU); under
-# the interpreter it takes two time chunks per sequence, so that the partials' sum has several
-# to combine.
+# Programs the transition-gradient kernel aims for on a GPU over all its tile pairs (two per SM
+# of an sm_90 GPU); under the interpreter two per tile pair ('none': two time chunks per
+# sequence), so that programs cross sequences and the partials' sum has several to combine.
 _TRANSITION_PROGRAMS = 264
 
 
@@ -98,6 +119,12 @@ def _tag_tile(num_tags):
     GPU: streamed from L2 every step, 128 x 128 tiles spilled when compiled for sm_90)."""
     whole = triton.next_power_of_2(max(num_tags, 1))
     return whole if whole <= MAX_TAG_TILE else max(1, MAX_TAG_TILE // 2)
+
+
+def _in_registers(num_tags):
+    """Whether one tile covers K, so the sweeps keep the state and transitions in registers and
+    prefetch whole rows (tests turn it off to run the tiled code on the same K)."""
+    return _tag_tile(num_tags) >= num_tags
 
 
 def _tag_warps(tile):
@@ -118,6 +145,47 @@ def _merge_lse(m, total, weighted, x, carry, AXIS: tl.constexpr, TANGENT: tl.con
     if TANGENT:
         weighted = weighted * rescale + tl.sum(e * carry, axis=AXIS)
     return m_new, total, weighted
+
+
+@triton.jit
+def _tile_lse(x, carry, AXIS: tl.constexpr, TANGENT: tl.constexpr):
+    """_merge_lse of one tile into an empty one (max -inf, sums 0), without the rescaling that
+    multiplies those sums by 0: the same bits."""
+    m = tl.max(x, axis=AXIS)
+    e = tl.exp(x - tl.expand_dims(tl.where(m == float("-inf"), 0.0, m), AXIS))
+    weighted = 0.0
+    if TANGENT:
+        weighted = tl.sum(e * carry, axis=AXIS)
+    return m, tl.sum(e, axis=AXIS), weighted
+
+
+@triton.jit
+def _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tags_t,
+                stride_gt, gold, next_gold, transitions_ptr, stride_ti, stride_tj, stride_ek,
+                num_tags, ACC: tl.constexpr, TILE: tl.constexpr, HAS_TAGS: tl.constexpr,
+                SINGLE_TILE: tl.constexpr):
+    """What step s + 1 of a sweep reads that does not depend on the state, loaded during step s
+    (pointers at step s, moved by their steps): its mask bit; alpha's gold shift
+    trans[g_s, g_{s+1}] and emit_{s+1}[g_{s+1}], whose loads depend on the gold tags, so the
+    tags run one step further ahead (returns g_{s+1} and g_{s+2} as the next gold pair); with
+    one tile its emission row. Past the last step nothing is loaded."""
+    live = s < last
+    step_mask = tl.load(mask_t + mask_step, mask=live, other=0)
+    emit_next = emit_t + emit_step
+    trans_gold = tl.full([], 0, dtype=ACC)
+    emit_gold = tl.full([], 0, dtype=ACC)
+    after_gold = next_gold
+    if HAS_TAGS:
+        gold_live = forward & live
+        trans_gold = tl.load(transitions_ptr + gold * stride_ti + next_gold * stride_tj,
+                             mask=gold_live, other=0.0).to(ACC)
+        emit_gold = tl.load(emit_next + next_gold * stride_ek, mask=gold_live, other=0.0).to(ACC)
+        after_gold = tl.load(tags_t + 2 * stride_gt, mask=forward & (s + 2 <= last), other=0)
+    emit = tl.full((TILE,), 0, dtype=ACC)
+    if SINGLE_TILE:
+        emit = tl.load(emit_next + emit_cols, mask=tl.where(live, tl.arange(0, TILE) < num_tags,
+                                                            False), other=float("-inf")).to(ACC)
+    return step_mask, trans_gold, emit_gold, next_gold, after_gold, emit
 
 
 @triton.jit
@@ -218,26 +286,38 @@ def _crf_sweep_kernel(
     tags_t = tags_row  # alpha's gold tag at t
     emit_cols = k * stride_ek
     tangent_cols = k * stride_uk
+    # step 1's inputs (prefetch: module header); the gold tags run one step further ahead
+    gold = tl.full([], 0, dtype=tl.int64)
+    ahead_gold = gold
+    if HAS_TAGS:
+        gold = first_gold
+        ahead_gold = tl.load(tags_t + stride_gt, mask=forward & (last >= 1), other=0)
+    ahead_mask, ahead_trans_gold, ahead_emit_gold, gold, ahead_gold, ahead_emit = _step_ahead(
+        0, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tags_t, stride_gt,
+        gold, ahead_gold, transitions_ptr, stride_ti, stride_tj, stride_ek, num_tags,
+        ACC, TILE, HAS_TAGS, SINGLE_TILE)
     for s in range(1, last + 1):
         t = tl.where(forward, s, last - s)
         mask_t += mask_step
         emit_t += emit_step
-        tangent_t += tangent_step
-        state_t += state_step
-        carry_t += state_step
-        tags_t += stride_gt
-        step_mask = tl.load(mask_t)
-        on = step_mask != 0
-        off = step_mask == 0
-        trans_gold = tl.full([], 0, dtype=ACC)
-        emit_gold = tl.full([], 0, dtype=ACC)
+        if TANGENT:
+            tangent_t += tangent_step
+            carry_t += state_step
+        if STORE_ALL:
+            state_t += state_step
         if HAS_TAGS:
-            if forward:
-                prev_gold = tl.load(tags_t - stride_gt)
-                this_gold = tl.load(tags_t)
-                trans_gold = tl.load(transitions_ptr + prev_gold * stride_ti
-                                     + this_gold * stride_tj).to(ACC)
-                emit_gold = tl.load(emit_t + this_gold * stride_ek).to(ACC)
+            tags_t += stride_gt
+        on = ahead_mask != 0
+        if not SINGLE_TILE:
+            off = ahead_mask == 0
+        trans_gold = ahead_trans_gold
+        emit_gold = ahead_emit_gold
+        emit = ahead_emit
+        # step s + 1's inputs, in flight during this step's reductions
+        ahead_mask, ahead_trans_gold, ahead_emit_gold, gold, ahead_gold, ahead_emit = \
+            _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_cols, tags_t,
+                        stride_gt, gold, ahead_gold, transitions_ptr, stride_ti, stride_tj,
+                        stride_ek, num_tags, ACC, TILE, HAS_TAGS, SINGLE_TILE)
         if STORE_ALL:
             state_at = state_t
         else:
@@ -250,22 +330,23 @@ def _crf_sweep_kernel(
         for jt in range(0, num_tiles):
             if SINGLE_TILE:
                 cols = k
-                emit_tile = emit_cols
-                tangent_tile = tangent_cols
             else:
                 cols = jt * TILE + k
-                emit_tile = cols * stride_ek
-                tangent_tile = cols * stride_uk
             cvalid = cols < num_tags
-            m = tl.full((TILE,), float("-inf"), dtype=ACC)
-            total_exp = tl.full((TILE,), 0, dtype=ACC)
-            weighted = tl.full((TILE,), 0, dtype=ACC)
-            for it in range(0, num_tiles):
-                if SINGLE_TILE:
-                    prev = state
-                    prev_carry = carry
-                    block = trans
-                else:
+            if not SINGLE_TILE:  # the column tile's rows, loaded before its reductions
+                emit = tl.load(emit_t + cols * stride_ek, mask=cvalid,
+                               other=float("-inf")).to(ACC)
+                if TANGENT:
+                    g = tl.load(tangent_t + cols * stride_uk, mask=cvalid, other=0.0).to(ACC)
+            # subtract before adding up: on a gold path the entry is exactly the state's
+            if SINGLE_TILE:
+                m, total_exp, weighted = _tile_lse(state[:, None] + (trans - trans_gold),
+                                                   carry[:, None], 0, TANGENT)
+            else:
+                m = tl.full((TILE,), float("-inf"), dtype=ACC)
+                total_exp = tl.full((TILE,), 0, dtype=ACC)
+                weighted = tl.full((TILE,), 0, dtype=ACC)
+                for it in range(0, num_tiles):
                     rows = it * TILE + k
                     rvalid = rows < num_tags
                     prev = tl.load(previous_at + rows, mask=rvalid, other=float("-inf"))
@@ -281,12 +362,10 @@ def _crf_sweep_kernel(
                                     + cols[None, :] * stride_to,
                                     mask=rvalid[:, None] & cvalid[None, :],
                                     other=float("-inf")).to(ACC)
-                # subtract before adding up: on a gold path the entry is exactly the state's
-                m, total_exp, weighted = _merge_lse(m, total_exp, weighted,
-                                                    prev[:, None] + (block - trans_gold),
-                                                    prev_carry[:, None], 0, TANGENT)
+                    m, total_exp, weighted = _merge_lse(m, total_exp, weighted,
+                                                        prev[:, None] + (block - trans_gold),
+                                                        prev_carry[:, None], 0, TANGENT)
             column = tl.where(m == float("-inf"), 0.0, m) + tl.log(total_exp)
-            emit = tl.load(emit_t + emit_tile, mask=cvalid, other=float("-inf")).to(ACC)
             new_state = column + (emit - emit_gold)
             value = tl.where(forward, new_state, column)
             if SINGLE_TILE:
@@ -300,7 +379,8 @@ def _crf_sweep_kernel(
             if STORE_ALL or not SINGLE_TILE:
                 tl.store(state_at + cols, value, mask=tl.where(forward | on, cvalid, False))
             if TANGENT:
-                g = tl.load(tangent_t + tangent_tile, mask=cvalid, other=0.0).to(ACC)
+                if SINGLE_TILE:  # loaded where it is used (module header)
+                    g = tl.load(tangent_t + tangent_cols, mask=valid, other=0.0).to(ACC)
                 new_carry = g + tl.where(total_exp > 0, weighted / total_exp, 0.0)
                 if SINGLE_TILE:
                     old_carry = carry
@@ -450,16 +530,17 @@ def _crf_transition_kernel(
     tags_ptr, stride_gb, stride_gt,  # when HAS_TAGS
     mask_ptr, stride_mb, stride_mt, last_ptr,
     pair_shift_ptr, expected_ptr,  # (B, T): Q_t, and E[G] when TANGENT
-    partial_ptr,  # (B, CHUNKS, K, K) contiguous: this program's sum over its steps
+    partial_ptr,  # (programs, K, K) contiguous: each program's sum over its steps
     weight_hi, weight_lo,
-    batch, num_steps, num_tags, chunk_steps,
+    batch, num_steps, num_tags,
+    share,  # steps per program, of the batch's steps in order (b, t)
+    sequence_span,  # steps a sequence takes in that order: T, or T rounded up to whole shares
     ACC: tl.constexpr, TILE: tl.constexpr, HAS_TAGS: tl.constexpr, TANGENT: tl.constexpr,
 ):
     num_tiles = (num_tags + TILE - 1) // TILE
     row_tile = tl.program_id(0) // num_tiles
     col_tile = tl.program_id(0) % num_tiles
-    b = tl.program_id(1).to(tl.int64)
-    chunk = tl.program_id(2)
+    program = tl.program_id(1)
     k = tl.arange(0, TILE)
     rows = row_tile * TILE + k
     cols = col_tile * TILE + k
@@ -468,51 +549,54 @@ def _crf_transition_kernel(
     block = tl.load(transitions_ptr + rows[:, None] * stride_ti + cols[None, :] * stride_tj,
                     mask=rvalid[:, None] & cvalid[None, :], other=float("-inf")).to(ACC)
     num_cells = batch * num_steps * num_tags
-    alpha_row = state_ptr + b * num_steps * num_tags
-    carry_row = carry_ptr + b * num_steps * num_tags
-    last = tl.load(last_ptr + b)
     acc = tl.full((TILE, TILE), 0, dtype=ACC)
-    first = tl.maximum(chunk * chunk_steps, 1)
-    # pointers at step t (and t - 1), moved by one step each iteration
-    mask_t = mask_ptr + b * stride_mb + first * stride_mt
-    prev_t = alpha_row + (first - 1) * num_tags + rows
-    beta_t = alpha_row + num_cells + first * num_tags + cols
-    emit_t = emissions_ptr + b * stride_eb + first * stride_et + cols * stride_ek
-    carry_prev_t = carry_row + (first - 1) * num_tags + rows
-    carry_t = carry_row + num_cells + first * num_tags + cols
-    shift_t = pair_shift_ptr + b * num_steps + first
-    expected_t = expected_ptr + b * num_steps + first
-    tags_t = tags_ptr + b * stride_gb + first * stride_gt
-    for t in range(first, tl.minimum((chunk + 1) * chunk_steps, last + 1)):
-        on = tl.load(mask_t) != 0
-        rlive = tl.where(on, rvalid, False)
-        clive = tl.where(on, cvalid, False)
-        prev = tl.load(prev_t, mask=rlive, other=float("-inf"))
-        ahead = (tl.load(beta_t, mask=clive, other=float("-inf"))
-                 + tl.load(emit_t, mask=clive, other=float("-inf")).to(ACC))
-        pair_shift = tl.load(shift_t, mask=on, other=0.0)
-        xi = tl.exp(prev[:, None] + block + ahead[None, :] - pair_shift)
-        if TANGENT:
-            expected = tl.load(expected_t, mask=on, other=0.0)
-            before = tl.load(carry_prev_t, mask=rlive, other=0.0)
-            after = tl.load(carry_t, mask=clive, other=0.0)
-            xi *= before[:, None] + after[None, :] - expected
-        if HAS_TAGS:
-            prev_gold = tl.load(tags_t - stride_gt, mask=on, other=-1)
-            this_gold = tl.load(tags_t, mask=on, other=-1)
-            xi -= ((rows[:, None] == prev_gold) & (cols[None, :] == this_gold)).to(ACC)
-        acc += tl.where(on, xi, 0.0)
-        mask_t += stride_mt
-        prev_t += num_tags
-        beta_t += num_tags
-        emit_t += stride_et
-        carry_prev_t += num_tags
-        carry_t += num_tags
-        shift_t += 1
-        expected_t += 1
-        tags_t += stride_gt
+    begin = program * share
+    end = tl.minimum(begin + share, batch * sequence_span)
+    for sequence in range(begin // sequence_span, (end - 1) // sequence_span + 1):
+        b = tl.cast(sequence, tl.int64)
+        alpha_row = state_ptr + b * num_steps * num_tags
+        carry_row = carry_ptr + b * num_steps * num_tags
+        first = tl.maximum(begin - b * sequence_span, 1)  # no transition enters step 0
+        # pointers at step t (and t - 1), moved by one step each iteration
+        mask_t = mask_ptr + b * stride_mb + first * stride_mt
+        prev_t = alpha_row + (first - 1) * num_tags + rows
+        beta_t = alpha_row + num_cells + first * num_tags + cols
+        emit_t = emissions_ptr + b * stride_eb + first * stride_et + cols * stride_ek
+        carry_prev_t = carry_row + (first - 1) * num_tags + rows
+        carry_t = carry_row + num_cells + first * num_tags + cols
+        shift_t = pair_shift_ptr + b * num_steps + first
+        expected_t = expected_ptr + b * num_steps + first
+        tags_t = tags_ptr + b * stride_gb + first * stride_gt
+        for t in range(first, tl.minimum(end - b * sequence_span, tl.load(last_ptr + b) + 1)):
+            on = tl.load(mask_t) != 0
+            rlive = tl.where(on, rvalid, False)
+            clive = tl.where(on, cvalid, False)
+            prev = tl.load(prev_t, mask=rlive, other=float("-inf"))
+            ahead = (tl.load(beta_t, mask=clive, other=float("-inf"))
+                     + tl.load(emit_t, mask=clive, other=float("-inf")).to(ACC))
+            pair_shift = tl.load(shift_t, mask=on, other=0.0)
+            xi = tl.exp(prev[:, None] + block + ahead[None, :] - pair_shift)
+            if TANGENT:
+                expected = tl.load(expected_t, mask=on, other=0.0)
+                before = tl.load(carry_prev_t, mask=rlive, other=0.0)
+                after = tl.load(carry_t, mask=clive, other=0.0)
+                xi *= before[:, None] + after[None, :] - expected
+            if HAS_TAGS:
+                prev_gold = tl.load(tags_t - stride_gt, mask=on, other=-1)
+                this_gold = tl.load(tags_t, mask=on, other=-1)
+                xi -= ((rows[:, None] == prev_gold) & (cols[None, :] == this_gold)).to(ACC)
+            acc += tl.where(on, xi, 0.0)
+            mask_t += stride_mt
+            prev_t += num_tags
+            beta_t += num_tags
+            emit_t += stride_et
+            carry_prev_t += num_tags
+            carry_t += num_tags
+            shift_t += 1
+            expected_t += 1
+            tags_t += stride_gt
     weight = tl.cast(weight_hi, ACC) + weight_lo
-    partial = partial_ptr + (b * tl.num_programs(2) + chunk) * num_tags * num_tags
+    partial = partial_ptr + program.to(tl.int64) * num_tags * num_tags
     tl.store(partial + rows[:, None] * num_tags + cols[None, :], acc * weight,
              mask=rvalid[:, None] & cvalid[None, :])
 
@@ -557,15 +641,28 @@ def _crf_viterbi_kernel(
             tl.store(scores_row + cols, score, mask=cvalid)
     if not SINGLE_TILE:
         tl.debug_barrier()
+    # step t + 1's mask bit (and with one tile its emission row) load during step t, as in the
+    # sweeps; a tile of a wider K loads its emissions before its reductions
+    ahead_mask = tl.load(mask_row + stride_mt, mask=last >= 1, other=0)
+    if SINGLE_TILE:
+        ahead_emit = tl.load(emit_row + stride_et + k * stride_ek,
+                             mask=tl.where(last >= 1, valid, False), other=float("-inf")).to(ACC)
     for t in range(1, last + 1):
-        on = tl.load(mask_row + t * stride_mt) != 0
+        on = ahead_mask != 0
+        live = t < last
+        ahead_mask = tl.load(mask_row + (t + 1) * stride_mt, mask=live, other=0)
+        if SINGLE_TILE:
+            emit = ahead_emit
+            ahead_emit = tl.load(emit_row + (t + 1) * stride_et + k * stride_ek,
+                                 mask=tl.where(live, valid, False), other=float("-inf")).to(ACC)
         scores_in = scores_row + ((t - 1) % 2) * num_tags
         new_score = score
         for jt in range(0, num_tiles):
             cols = jt * TILE + k
             cvalid = cols < num_tags
-            emit = tl.load(emit_row + t * stride_et + cols * stride_ek, mask=cvalid,
-                           other=float("-inf")).to(ACC)
+            if not SINGLE_TILE:
+                emit = tl.load(emit_row + t * stride_et + cols * stride_ek, mask=cvalid,
+                               other=float("-inf")).to(ACC)
             best = tl.full((TILE,), float("-inf"), dtype=ACC)
             previous = tl.full((TILE,), 0, dtype=tl.int32)
             for it in range(0, num_tiles):
@@ -678,7 +775,7 @@ class _Problem:
 
     @property
     def single_tile(self):
-        return self.tile >= self.shape[2]
+        return _in_registers(self.shape[2])
 
     def buffer(self, *shape, dtype=None):
         return torch.empty(shape, dtype=dtype or self.acc, device=self.emissions.device)
@@ -740,38 +837,61 @@ def _marginals(problem, swept, out, weight, pairs, edges, tangent=None):
 
 
 def _transition_chunks(batch, num_steps, tile_pairs):
-    """Time chunks per sequence for kernel 3: enough programs to fill the GPU, each summing at
-    least 8 steps (its partial costs a K x K store and a read in the final sum)."""
+    """Time chunks per sequence for kernel 3 with per-sequence partials: enough programs to fill
+    the GPU, each summing at least 8 steps (its partial costs a K x K store and a read in the
+    final sum)."""
     if not GPU_LAUNCH_PARAMS:
         return min(2, num_steps)
     wanted = triton.cdiv(_TRANSITION_PROGRAMS, max(batch * tile_pairs, 1))
     return max(1, min(wanted, triton.cdiv(num_steps, 8)))
 
 
-def _transition_partials(problem, swept, pair_shift, expected, weight, tangent=False):
-    """Kernel 3: (B, chunks * K, K) partial sums of the transition gradient."""
+def _transition_work(batch, num_steps, tile_pairs, per_sequence):
+    """Kernel 3's split of the batch's steps, taken in order (b, t): (programs per tile pair,
+    steps per program, steps per sequence in that order). Per sequence (reduction='none', whose
+    grad_output scales each sequence's partial) a program takes one time chunk of one sequence,
+    B x chunks partials; otherwise a fixed number of programs (about two per SM over all tile
+    pairs; two under the interpreter, so the tests cross sequences) shares all the steps, so the
+    partials do not grow with B."""
+    if per_sequence:
+        chunks = _transition_chunks(batch, num_steps, tile_pairs)
+        share = triton.cdiv(num_steps, chunks)
+        return batch * chunks, share, share * chunks
+    steps = batch * num_steps
+    wanted = triton.cdiv(_TRANSITION_PROGRAMS, tile_pairs) if GPU_LAUNCH_PARAMS else 2
+    share = max(1, triton.cdiv(steps, max(1, min(wanted, triton.cdiv(steps, 8)))))
+    return triton.cdiv(steps, share), share, num_steps
+
+
+def _transition_partials(problem, swept, pair_shift, expected, weight, per_sequence,
+                         tangent=False):
+    """Kernel 3: partial sums of the transition gradient, (B, chunks * K, K) per sequence,
+    else (programs, K, K)."""
     batch, num_steps, num_tags = problem.shape
     _, state, _, carry = swept
     tile = problem.tile
     tiles = triton.cdiv(num_tags, tile)
-    chunks = _transition_chunks(batch, num_steps, tiles * tiles)
-    partials = problem.buffer(batch, chunks * num_tags, num_tags)
+    programs, share, sequence_span = _transition_work(batch, num_steps, tiles * tiles,
+                                                      per_sequence)
+    partials = problem.buffer(programs, num_tags, num_tags)
     if batch > 0:
         e, t, steps = problem.emissions, problem.transitions, problem.steps
         tags, stride_gb, stride_gt, _ = problem.tag_args()
-        _crf_transition_kernel[(tiles * tiles, batch, chunks)](
+        _crf_transition_kernel[(tiles * tiles, programs)](
             e, *e.stride(), t, *t.stride(), state, carry, tags, stride_gb, stride_gt,
             steps.mask, *steps.mask.stride(), steps.last, pair_shift,
             pair_shift if expected is None else expected, partials,
-            *fp32_pair(weight), batch, num_steps, num_tags, triton.cdiv(num_steps, chunks),
+            *fp32_pair(weight), batch, num_steps, num_tags, share, sequence_span,
             ACC=triton_accumulation(problem.acc), TILE=tile, HAS_TAGS=problem.tags is not None,
             TANGENT=tangent, num_warps=_tag_warps(tile))
+    if per_sequence:  # as the per-sequence grad_output broadcasts against it
+        return partials.view(batch, programs // max(batch, 1) * num_tags, num_tags)
     return partials
 
 
 def _summed_tiles(partials, dtype):
-    """The transition gradient from its (B, chunks * K, K) partials, summed in torch's fixed
-    order, then cast."""
+    """The transition gradient from its partials (..., K, K), summed in torch's fixed order,
+    then cast."""
     num_tags = partials.shape[2]
     return partials.reshape(-1, num_tags, num_tags).sum(0).to(dtype)
 
@@ -821,7 +941,8 @@ def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, ma
                 problem, swept, emissions_grad, weight, pairs=needs[1], edges=needs[2] or needs[3])
             transitions_grad = None
             if needs[1]:
-                transitions_grad = _transition_partials(problem, swept, pair_shift, None, weight)
+                transitions_grad = _transition_partials(problem, swept, pair_shift, None, weight,
+                                                        per_sequence=reduction == "none")
             grads = [emissions_grad if needs[0] else None, transitions_grad,
                      start_grad if needs[2] else None, end_grad if needs[3] else None]
         loss = reduce(nll, reduction).to(loss_dtype(dtype, nll.device))
@@ -863,7 +984,8 @@ class _CRFMarginals(torch.autograd.Function):
         transitions_grad = None
         if needs[1]:
             transitions_grad = _summed_tiles(_transition_partials(
-                problem, swept, pair_shift, expected, 1.0, tangent=True), transitions.dtype)
+                problem, swept, pair_shift, expected, 1.0, per_sequence=False, tangent=True),
+                transitions.dtype)
         return (emissions_grad if needs[0] else None, transitions_grad,
                 _summed_rows(start_grad, start.dtype) if needs[2] else None,
                 _summed_rows(end_grad, end.dtype) if needs[3] else None, None)
@@ -883,7 +1005,7 @@ def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=
     best_tags = torch.empty((batch, num_steps), dtype=torch.int64, device=device)
     if batch > 0:
         tile = _tag_tile(num_tags)
-        single_tile = tile >= num_tags
+        single_tile = _in_registers(num_tags)
         steps = _Steps.of(emissions, mask)
         running = torch.empty((batch, 2, num_tags) if not single_tile else (0,), dtype=acc,
                               device=device)

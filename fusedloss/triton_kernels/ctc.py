@@ -26,10 +26,14 @@ Three launches, each as parallel as its work allows:
             frame's barrier.
   gradient  `_gradient_kernel`, fully parallel over (time, batch): a program takes
             GRADIENT_FRAMES frames of one sequence (reading its sorted states once for all).
-            Every class of a frame's gradient row is written in one dense sweep (0, or the
-            softmax for logits, times the reduction's factor), then the label classes
-            overwritten with -(sum of the posteriors of the states of that class) (softmax -
-            that sum for logits: the chain rule through log_softmax). Several states
+            Each element of a frame's gradient row is written once: a dense sweep writes the
+            classes no state owns (0, or the softmax for logits, times the reduction's factor;
+            every class for frames outside the input), skipping the states' classes by a
+            (N, C + 1) byte map scattered from the extended labels in the launcher (read once
+            per program when the row fits one block), and each state's class gets
+            -(sum of the posteriors of the states of that class) (softmax - that sum for
+            logits: the chain rule through log_softmax); the two sets are disjoint, so no
+            barrier orders them. Several states
             share a class (every blank, repeated labels) and the sum must be deterministic,
             without atomics: the states are sorted by class once per sequence (a stable
             torch.sort in the launcher, no sync), each frame gathers alpha, beta and the emission
@@ -315,11 +319,13 @@ def _gradient_kernel(
     history_ptr,  # (2, N, T, W) alpha, then beta
     emission_max_ptr,  # (N, T)
     order_ptr, sorted_ptr,  # (N, W) states sorted by class, stable; their classes (C past 2L+1)
+    state_classes_ptr,  # (N, C + 1) uint8: 1 where a class is some state's (the last column: none)
     input_lengths_ptr, target_lengths_ptr, loss_ptr,  # (N,)
     grad_ptr, grad_stride_t, grad_stride_n,  # (T, N, C), class stride 1
     batch, num_frames_max, num_classes, width,
     ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, FRAMES: tl.constexpr,
-    SINGLE_TILE: tl.constexpr, LOGITS: tl.constexpr, MEAN: tl.constexpr,
+    SINGLE_TILE: tl.constexpr, ONE_CLASS_BLOCK: tl.constexpr, LOGITS: tl.constexpr,
+    MEAN: tl.constexpr,
 ):
     # FRAMES consecutive frames of one sequence: its sorted states are read once for all
     first_frame = tl.program_id(0).to(tl.int64) * FRAMES
@@ -335,6 +341,10 @@ def _gradient_kernel(
     if SINGLE_TILE:
         order, classes, is_label, run_start, run_end = _sorted_states(order_row, sorted_row, q,
                                                                       width, num_classes)
+    state_classes_row = state_classes_ptr + n * (num_classes + 1)
+    if ONE_CLASS_BLOCK:  # which classes the states own, read once for all the frames
+        cols = tl.arange(0, BLOCK_C)
+        owned = tl.load(state_classes_row + cols, mask=cols < num_classes, other=0) != 0
     for t in range(first_frame, tl.minimum(first_frame + FRAMES, num_frames_max)):
         inside = (t < num_frames) & feasible
         x_frame = x_ptr + t * x_stride_t + n * x_stride_n
@@ -343,18 +353,20 @@ def _gradient_kernel(
         if LOGITS:
             stats = stats_ptr + 2 * (t * batch + n)
             log_softmax_shift = tl.load(stats).to(ACC) + tl.load(stats + 1).to(ACC)
-        # every class once: 0, or weight * softmax for logits; label classes rewritten below
+        # every class no state owns: 0, or weight * softmax for logits (all classes outside the
+        # input); the states' classes get their sums below, so each element is written once
         for start in range(0, num_classes, BLOCK_C):
-            cols = start + tl.arange(0, BLOCK_C)
+            if not ONE_CLASS_BLOCK:
+                cols = start + tl.arange(0, BLOCK_C)
+                owned = tl.load(state_classes_row + cols, mask=cols < num_classes, other=0) != 0
+            dense = tl.where(inside, owned == 0, True) & (cols < num_classes)
             value = tl.zeros([BLOCK_C], ACC)
             if LOGITS:
-                read = cols < tl.where(inside, num_classes, 0)
+                read = tl.where(inside, dense, False)
                 z = tl.load(x_frame + cols * x_stride_c, mask=read, other=float("-inf")).to(ACC)
                 value = tl.where(inside, tl.exp(z - log_softmax_shift) * weight, 0.0)
-            tl.store(grad_row + cols, round_to(value, grad_ptr.dtype.element_ty),
-                     mask=cols < num_classes)
+            tl.store(grad_row + cols, round_to(value, grad_ptr.dtype.element_ty), mask=dense)
         if inside:
-            tl.debug_barrier()  # the dense row stored before its label classes are rewritten
             alpha_row = history_ptr + (n * num_frames_max + t) * width
             beta_row = history_ptr + ((batch + n) * num_frames_max + t) * width
             emission_max = tl.load(emission_max_ptr + n * num_frames_max + t)
@@ -473,14 +485,18 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compu
         return loss, None
 
     sorted_classes, order = torch.sort(extended, dim=1, stable=True)
+    # the classes some state owns (blank included; padding states land in column C)
+    state_classes = torch.zeros((batch, num_classes + 1), dtype=torch.uint8,
+                                device=device).scatter_(1, extended, 1)
     grad = torch.empty(x.shape, dtype=x.dtype, device=device)
     block_c = row_block(num_classes)
     _gradient_kernel[(triton.cdiv(num_frames, GRADIENT_FRAMES), batch)](
-        x, *x.stride(), stats, history, emission_max, order, sorted_classes, input_lengths,
-        target_lengths, loss, grad, num_classes * batch, num_classes,
+        x, *x.stride(), stats, history, emission_max, order, sorted_classes, state_classes,
+        input_lengths, target_lengths, loss, grad, num_classes * batch, num_classes,
         batch, num_frames, num_classes, width,
         ACC=ACC, BLOCK_S=block_s, BLOCK_C=block_c, FRAMES=GRADIENT_FRAMES,
-        SINGLE_TILE=width <= block_s, LOGITS=logits, MEAN=mean, num_warps=row_warps(block_c))
+        SINGLE_TILE=width <= block_s, ONE_CLASS_BLOCK=num_classes <= block_c, LOGITS=logits,
+        MEAN=mean, num_warps=row_warps(block_c))
     return loss, grad
 
 
