@@ -234,6 +234,12 @@ def _jit_function(module, name):
     return getattr(importlib.import_module(module), name)
 
 
+def _by_name(jit):
+    """copyreg's reduction of a jit function (interpreted or not): _jit_function of its name, so
+    every process unpickles the one its own imports made."""
+    return _jit_function, (jit.fn.__module__, jit.fn.__name__)
+
+
 def record(launch_all, examples):
     """Run the calls with every kernel launch intercepted; the distinct specialisations."""
     from triton.compiler import make_backend
@@ -265,8 +271,7 @@ def record(launch_all, examples):
         launches.setdefault(launch.key(), launch)
 
     InterpretedFunction.run = intercept
-    copyreg.pickle(InterpretedFunction,
-                   lambda jit: (_jit_function, (jit.fn.__module__, jit.fn.__name__)))
+    copyreg.pickle(InterpretedFunction, _by_name)
     calls = _fuzz_calls(examples) if launch_all else _realistic_calls()
     torch._assert_async = lambda *args, **kwargs: None  # this process only records (module header)
     for label, name, args, kwargs in calls:
@@ -348,7 +353,7 @@ def compile_all(launches):
     from triton.runtime.jit import JITFunction
     knobs.nvidia.dump_ptxas_log = True
     knobs.compilation.always_compile = True  # a cache hit would skip ptxas and its report
-    copyreg.pickle(JITFunction, lambda jit: (_jit_function, (jit.fn.__module__, jit.fn.__name__)))
+    copyreg.pickle(JITFunction, _by_name)  # the workers' arguments
     width = max(len(launch.reached_by) for launch in launches)
     print(f"{'kernel':<32} {'dtype':<5} {'warps':>5} {'regs':>4} {'spill st/ld B':>13}  "
           f"{'reached by':<{width}}  constexprs", flush=True)
