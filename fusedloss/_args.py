@@ -64,8 +64,32 @@ def checks_queued_as_on_cuda():
 
 def _queue_check(accepted, message):
     """A device assert, queued without a host sync, that every element of the bool tensor
-    `accepted` is true; it fails with RuntimeError(message) when the device reaches it."""
+    `accepted` is true; it fails with RuntimeError(message) when the device reaches it.
+    Not while torch.compile traces a torch.func transform: the assert has no vmap rule, and the
+    wrapped values cannot be unwrapped in a trace (_physical); the reference that runs there
+    is left to refuse a bad index as torch's own composition would."""
+    if torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return
     torch._assert_async(accepted.all(), message)
+
+
+def _physical(values):
+    """The values under torch.func's wrappers: a vmapped tensor's whole batch, which a check
+    reads at once (a host read of a batched tensor is refused), or the tensor a grad transform
+    tracks; plain tensors as they are (and always while torch.compile traces, where no
+    transform wraps a tensor and dynamo cannot call the functorch query)."""
+    if torch.compiler.is_compiling():
+        return values
+    while torch._C._functorch.is_functorch_wrapped_tensor(values):
+        values = torch._C._functorch.get_unwrapped(values)
+    return values
+
+
+def transformed(*tensors):
+    """Whether any of `tensors` is wrapped by a torch.func transform (vmap's batched tensors
+    among them): a check must then read it through _physical, not as one host list."""
+    return not torch.compiler.is_compiling() and any(
+        torch.is_tensor(t) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def _check_values(values, in_range_on_host, accepted, refusal, queued_message):
@@ -89,6 +113,7 @@ def check_class_indices(target, num_classes, ignore_index):
     """
     if target.dtype not in (torch.int64, torch.uint8):
         raise RuntimeError(f"expected target dtype to be Long or Byte (class indices), got {target.dtype}")
+    target = _physical(target)
 
     def accepted():
         classes = (target >= 0) & (target < num_classes)
@@ -133,7 +158,7 @@ def check_within(values, low, high, error, message):
     queued on the device with the same message (_check_values). The values are read detached:
     a check needs no autograd (forward mode has no aminmax on every torch).
     """
-    values = values.detach()
+    values = _physical(values.detach())
 
     def in_range_on_host():
         smallest, largest = torch.aminmax(values)
@@ -144,7 +169,7 @@ def check_within(values, low, high, error, message):
 
 def queue_within(values, low, high, message):
     """check_within's device path alone, for a call told that the check is its to queue."""
-    _queue_check(_within(values.detach(), low, high), message)
+    _queue_check(_within(_physical(values.detach()), low, high), message)
 
 
 def _within(values, low, high):

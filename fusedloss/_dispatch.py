@@ -24,6 +24,13 @@ refuses a second backward (triton_kernels/_precomputed_gradient.py).
 While torch.compile traces a call, the kernel is reached through its custom op (_ops.py has
 the design), which keeps the loss inside the graph; the reference backend is plain torch that
 dynamo traces as it is.
+
+Under torch.func's transforms (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap: per-sample
+gradients, functional training loops) the call runs the reference, whose torch operations every
+transform differentiates and batches as it does torch's own losses: a kernel launch takes plain
+tensors (vmap's batched tensors have no storage to point it at), and the fused backward is
+autograd's, not a transform's. The values are the reference's, which the kernels are tested
+against; the speed is that of the torch composition.
 """
 import dataclasses
 
@@ -158,7 +165,10 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
             pairs = [(v, tangents[i]) for v, i in zip(vjps, moving) if v is not None]
             jvps = torch.autograd.grad([v for v, _ in pairs], cotangents, [t for _, t in pairs],
                                        allow_unused=True) if pairs else [None] * len(outputs)
-        jvps = iter(torch.zeros_like(o) if j is None else j for o, j in zip(outputs, jvps))
+        # a NaN value has a NaN tangent, as in torch's formulas: a 'mean' over nothing is 0/0 in
+        # value and in tangent there, where J t (a sum over no elements) would say 0
+        jvps = iter(torch.where(o.isnan(), o, 0 if j is None else j).detach()
+                    for o, j in zip(outputs, jvps))
         result = [next(jvps) if d else None for d in ctx.differentiable]
         return result[0] if len(result) == 1 else tuple(result)
 
@@ -188,10 +198,12 @@ def call(name, device, *args, **kwargs):
             # registers the ops on first use (torch.compile imports triton); _ops' own table,
             # not _kernel_table, whose first fill inside a trace would make dynamo recompile
             from . import _ops
-            if name in _ops.OPS:
+            if name in _ops.OPS and not torch._C._are_functorch_transforms_active():
                 return _ops.call(name, args, kwargs)
             return _reference(name, device, args, kwargs)
-        kernel = _kernel_table().get(name)
+        # torch.func's transforms take the reference (module header)
+        kernel = (None if torch._C._are_functorch_transforms_active()
+                  else _kernel_table().get(name))
         if kernel is not None:
             try:
                 normalised = _Call(name, torch.device(device), args, kwargs)

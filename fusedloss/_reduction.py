@@ -51,7 +51,8 @@ def reduce(loss, reduction, denominator=None):
     """Apply a reduction; 'mean' divides the sum by `denominator` (default: the element count).
 
     A mean over nothing (zero elements, or every target ignored or weighted 0) is NaN with a zero
-    gradient, as torch gives it.
+    gradient, as torch gives it. Of zero elements it is torch's plain 0/0, so that forward mode
+    gives torch's NaN tangent too (there is no gradient to keep at 0).
     """
     if reduction == "none":
         return loss
@@ -60,5 +61,7 @@ def reduce(loss, reduction, denominator=None):
         return total
     denominator = torch.as_tensor(loss.numel() if denominator is None else denominator,
                                   dtype=total.dtype, device=total.device)
+    if loss.numel() == 0:
+        return total / denominator
     nonzero = denominator != 0
     return torch.where(nonzero, total / torch.where(nonzero, denominator, 1), torch.nan)

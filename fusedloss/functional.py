@@ -505,7 +505,7 @@ def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reducti
         raise RuntimeError("Expected targets to be a real tensor of 1 to 2 dimensions, but got a "
                            f"{targets.dim()}-dimensional {targets.dtype} tensor")
     targets = targets.long()
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _args.transformed(input_lengths, target_lengths):
         return _ctc_checked_in_graph(targets, input_lengths, target_lengths, num_frames,
                                      num_classes, blank, unbatched, batch)
 
@@ -553,7 +553,9 @@ def _ctc_checked_in_graph(targets, input_lengths, target_lengths, num_frames, nu
                           unbatched, batch):
     """_check_ctc's length checks while torch.compile traces, where no length can be read on the
     host: each is queued in the graph (_args.check_in_range), and concatenated targets become
-    rows as wide as all of them together (the longest target is a value, not a shape)."""
+    rows as wide as all of them together (the longest target is a value, not a shape). Lengths
+    that torch.func.vmap maps over take this path too: each example has its own lengths, which
+    these checks read per example, where one host list of them would mix the examples."""
     _args.check_in_range(input_lengths, 0, num_frames + 1, RuntimeError,
                          f"Expected input_lengths to have values in [0, {num_frames}]")
     if unbatched and targets.dim() == 1:  # exactly the labels, as torch reads it

@@ -155,6 +155,22 @@ def test_bad_values_raise_under_compile(case):
         torch.compile(function, fullgraph=True, backend="aot_eager")(*arguments())
 
 
+@pytest.mark.parametrize("transform", ["grad", "vmap of grad"])
+def test_compiled_torch_func_transform_matches_eager(transform, device):
+    # inside a transform the reference runs, also while dynamo traces (no custom op, whose
+    # fake tensors a transform's wrappers cannot enter)
+    logits, target = _logits_and_target(device)
+
+    def per_sample(row, label):
+        return F.cross_entropy(row[None], label[None], label_smoothing=0.1)
+    if transform == "grad":
+        function = torch.func.grad(lambda z, t: F.cross_entropy(z, t, label_smoothing=0.1))
+    else:
+        function = torch.func.vmap(torch.func.grad(per_sample))
+    compiled = torch.compile(function, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(logits, target), function(logits, target))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_a_captured_cuda_graph_replays_a_compiled_loss():
     logits, target = _logits_and_target("cuda")

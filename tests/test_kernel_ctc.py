@@ -151,6 +151,16 @@ def test_large_logits_magnitudes(name):
                               torch.tensor([3, 2]), reduction="sum")
 
 
+
+def test_softmax_of_logits_near_1e4_keeps_its_precision():
+    # the gradient's softmax is exp((z - max) - log sum): exp(z - (max + log sum)) rounds
+    # max + log sum at 1e4's fp32 ulp (~1e-3) and was 2e-4 off here (found by a random fuzz)
+    x = torch.tensor([[[1e4, 1e4, -3e4]], [[1e4 + 1, 1e4 - 1, 2e4]]]).requires_grad_(True)
+    assert_close_to_reference("ctc_loss_with_logits", x, torch.tensor([[1]]), torch.tensor([2]),
+                              torch.tensor([1]), reduction="sum")
+    assert_close_to_reference("ctc_loss_with_logits", x[:1].detach().requires_grad_(True),
+                              torch.tensor([[1]])[:, :0], torch.tensor([1]), torch.tensor([0]))
+
 @pytest.mark.parametrize("name", NAMES)
 def test_values_without_grad(name):
     rows, input_lengths = _batch()

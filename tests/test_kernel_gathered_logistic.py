@@ -105,6 +105,26 @@ def test_rows_of_many_pieces(reduction):
     assert_close_to_reference("nce_loss", *args, reduction=reduction)
 
 
+
+@pytest.mark.parametrize("loss", ["hsigmoid_loss", "nce_loss"])
+@pytest.mark.parametrize("layout", ["summed", "strided"])
+def test_per_sample_backward_reads_grad_output_by_stride(loss, layout):
+    # loss.sum().backward() hands 'none' an expanded grad_output (stride 0), which the scatter
+    # once indexed as contiguous (past its one element); the truth: 'sum' has those gradients
+    args, kwargs = MAKERS[loss](torch.float64, seed=3, features=5)
+    leaves = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a) and a.requires_grad]
+    per_sample = getattr(F, loss)(*args, reduction="none", **kwargs)
+    if layout == "summed":
+        grads = torch.autograd.grad(per_sample.sum(), leaves)
+        expected = torch.autograd.grad(getattr(F, loss)(*args, reduction="sum", **kwargs), leaves)
+    else:
+        scale = torch.rand(per_sample.shape[0], 2, dtype=torch.float64).to(DEVICE)
+        grads = torch.autograd.grad(per_sample, leaves, scale[:, 0])
+        expected = torch.autograd.grad((getattr(F, loss)(*args, reduction="none", **kwargs)
+                                        * scale[:, 0].contiguous()).sum(), leaves)
+    for grad, truth in zip(grads, expected):
+        torch.testing.assert_close(grad, truth, rtol=1e-12, atol=1e-12)
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_hsigmoid_default_tree(dtype, reduction):

@@ -1,7 +1,9 @@
 """What a real training step asks of every fused loss beyond its value and gradient, one
 parametrised test over the catalog per property: the in-place option never yields a silently
 wrong number; under autocast the loss comes back in torch's dtype on both backends and an fp16
-GradScaler step goes through."""
+GradScaler step goes through; double backward, a second backward and forward mode equal
+torch's; torch.func's transforms (vmap of grad: per-sample gradients; jvp) equal the kernels'
+eager autograd."""
 import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
@@ -256,3 +258,117 @@ def test_forward_mode_equals_torchs(loss, data, device):
         return
     torch.testing.assert_close(tangent_of(info.function), _or_reference(tangent_of, info, call),
                                rtol=1e-6, atol=1e-8, equal_nan=True, msg=repr(call))
+
+
+# --- torch.func ----------------------------------------------------------------------------
+
+def _with_tensors(call, tensors):
+    """(args, kwargs) of `call` with its tensors replaced, in order, by `tensors`."""
+    replacements = iter(tensors)
+    args = [next(replacements) if torch.is_tensor(a) else a for a in call.args]
+    kwargs = {k: next(replacements) if torch.is_tensor(v) else v for k, v in call.kwargs.items()}
+    return args, kwargs
+
+
+def _summed_loss(info, call):
+    """The call's loss output summed, as a function of all its tensors in order."""
+    def summed(*tensors):
+        args, kwargs = _with_tensors(call, tensors)
+        return _first_output(info.function(*args, **kwargs)).sum()
+    return summed
+
+
+def _second_example(tensor):
+    """Another example for vmap: a differentiable tensor moved (0.5 x + 0.1 stays inside every
+    loss's domain: probabilities, logits, emissions), anything else as it is."""
+    return tensor.detach() * 0.5 + 0.1 if tensor.requires_grad else tensor
+
+
+@_for_each_loss(examples=DERIVATIVE_EXAMPLES, names=DIFFERENTIATED)
+def test_torch_func_transforms_equal_eager_kernels(loss, data, device):
+    """vmap(grad) over a batch of two calls (every tensor mapped: targets, lengths, weights)
+    gives each call's value and gradients as the kernels give them in eager autograd, and
+    torch.func.jvp gives the eager gradient's inner product with the tangent."""
+    info, call, leaves = _drawn(loss, data, device)
+    assume(leaves)
+    tensors = [t for t in (*call.args, *call.kwargs.values()) if torch.is_tensor(t)]
+    positions = tuple(i for i, t in enumerate(tensors) if t.requires_grad)
+    examples = [[t.detach() for t in tensors], [_second_example(t).detach() for t in tensors]]
+
+    def eager(example):
+        copies = [t.clone().requires_grad_(i in positions) for i, t in enumerate(example)]
+        value = _summed_loss(info, call)(*copies)
+        grads = torch.autograd.grad(value, [copies[i] for i in positions], allow_unused=True)
+        return value.detach(), [torch.zeros_like(example[i]) if g is None else g
+                                for i, g in zip(positions, grads)]
+    stacked = [torch.stack(pair) for pair in zip(*examples)]
+    grads, values = torch.func.vmap(torch.func.grad_and_value(_summed_loss(info, call),
+                                                              argnums=positions))(*stacked)
+    for b, example in enumerate(examples):
+        value, expected = eager(example)
+        torch.testing.assert_close(values[b], value, rtol=1e-6, atol=1e-8, equal_nan=True,
+                                   msg=repr(call))
+        for grad, truth in zip(grads, expected):
+            torch.testing.assert_close(grad[b], truth, rtol=1e-6, atol=1e-8, equal_nan=True,
+                                       msg=repr(call))
+
+    tangents = _seeded_like([examples[0][i] for i in positions], seed=4)
+    primals = examples[0]
+    _, tangent = torch.func.jvp(
+        lambda *moving: _summed_loss(info, call)(*_replaced(primals, positions, moving)),
+        tuple(primals[i] for i in positions), tuple(tangents))
+    value, expected = eager(primals)
+    # d loss = Re <conj(grad), dx>: torch's gradient of a real loss of complex inputs is conjugate
+    inner = sum((g.conj() * t).real.double().sum() for g, t in zip(expected, tangents))
+    # a 'mean' over nothing: torch's tangent is 0/0 like the value, its gradient 0
+    inner = torch.where(value.isnan(), value.double(), inner)
+    torch.testing.assert_close(tangent.double(), inner, rtol=1e-6, atol=1e-8, equal_nan=True,
+                               msg=repr(call))
+
+
+def _replaced(tensors, positions, moving):
+    tensors = list(tensors)
+    for i, t in zip(positions, moving):
+        tensors[i] = t
+    return tensors
+
+
+def test_per_sample_gradients_of_a_model_equal_eager_ones(device):
+    """The per-sample-gradient recipe (functional_call, then vmap of grad over the batch) with
+    fusedloss.nn.CrossEntropyLoss gives every example's parameter gradients as an eager backward
+    through the kernel does, one example at a time."""
+    generator = torch.Generator().manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 11))
+    model = model.double().to(device)
+    inputs = torch.randn(4, 6, generator=generator, dtype=torch.float64).to(device)
+    targets = torch.tensor([3, 0, 10, -100], device=device)
+    criterion = fusedloss.nn.CrossEntropyLoss(label_smoothing=0.1)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def example_loss(params, x, t):
+        logits = torch.func.functional_call(model, params, (x.unsqueeze(0),))
+        return criterion(logits, t.unsqueeze(0))
+    per_sample = torch.func.vmap(torch.func.grad(example_loss), in_dims=(None, 0, 0))(
+        params, inputs, targets)
+    for b in range(len(targets)):
+        model.zero_grad()
+        criterion(model(inputs[b:b + 1]), targets[b:b + 1]).backward()
+        for name, p in model.named_parameters():
+            # the ignored example's loss is 0/0: NaN gradients in torch's and in eager ours
+            torch.testing.assert_close(per_sample[name][b], p.grad, rtol=1e-6, atol=1e-8,
+                                       equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy_with_logits",
+                                  "mse_loss", "nll_loss"])
+def test_forward_mode_of_an_empty_mean_is_torchs_nan(loss):
+    """The 'mean' of no elements is 0/0 in value and in tangent, as torch computes both."""
+    empty = torch.zeros(0, 5, dtype=torch.float64)
+    other = torch.zeros(0, dtype=torch.long) if loss in ("cross_entropy", "nll_loss") else empty
+
+    def tangent_of(fn):
+        with torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(empty, torch.ones_like(empty))
+            return torch.autograd.forward_ad.unpack_dual(fn(dual, other)).tangent
+    ours, torchs = tangent_of(getattr(F, loss)), tangent_of(torch_function(loss))
+    assert torch.isnan(torchs) and torch.isnan(ours), (ours, torchs)

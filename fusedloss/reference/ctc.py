@@ -39,6 +39,14 @@ def _padded_targets(targets, target_lengths):
     return padded
 
 
+def _interleave(blank_state, label_states):
+    """(N, 2S+1) states from (N, S) label_states at the odd states and one value broadcast to
+    every even state. Built out of place, so that torch.func.vmap can batch it."""
+    rows, width = label_states.shape
+    pairs = torch.stack([blank_state.expand(rows, width), label_states], dim=2)
+    return torch.cat([pairs.reshape(rows, 2 * width), blank_state.expand(rows, 1)], dim=1)
+
+
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
              zero_infinity=False):
     """torch.nn.functional.ctc_loss: log_probs (T, N, C) or (T, C), lengths as int64 tensors.
@@ -63,17 +71,17 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     # so every index is a valid class; those states never reach the end states that are read).
     position = torch.arange(width, device=targets.device)
     labels = torch.where(position < target_lengths.unsqueeze(1), targets, blank)
-    extended = torch.full((batch, 2 * width + 1), blank, dtype=torch.long, device=targets.device)
-    extended[:, 1::2] = labels
+    extended = _interleave(targets.new_full((1, 1), blank), labels)
     # The skip s-2 -> s is allowed into a label state whose label differs from the previous label.
-    can_skip = torch.zeros_like(extended, dtype=torch.bool)
-    can_skip[:, 3::2] = labels[:, 1:] != labels[:, :-1]
+    differs = torch.cat([torch.zeros_like(labels[:, :1], dtype=torch.bool),
+                         labels[:, 1:] != labels[:, :-1]], dim=1)
+    can_skip = _interleave(torch.zeros((1, 1), dtype=torch.bool, device=targets.device), differs)
 
     neg_inf = log_probs.new_tensor(-torch.inf)
     # Before the first frame all probability sits on the leading blank state: alpha_0 then comes
     # out of the ordinary recursion (start on the blank, or step to the first label).
-    alpha = torch.full(extended.shape, -torch.inf, dtype=log_probs.dtype, device=log_probs.device)
-    alpha[:, 0] = 0
+    first_state = torch.arange(2 * width + 1, device=log_probs.device) == 0
+    alpha = torch.where(first_state, log_probs.new_zeros(()), neg_inf).expand(batch, -1)
     for t in range(num_frames):
         stay = alpha
         step = torch.nn.functional.pad(alpha, (1, 0), value=-torch.inf)[:, :-1]  # from s - 1

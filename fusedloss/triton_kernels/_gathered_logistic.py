@@ -463,7 +463,8 @@ class _PerSampleGatheredLogistic(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         input, rows, dz, dlogb, grad_x = ctx.saved_tensors
-        scale = grad_output.to(ctx.acc).reshape(-1)
+        # the kernels index it by sample: a sum's expanded grad_output (stride 0) made whole
+        scale = grad_output.to(ctx.acc).reshape(-1).contiguous()
         grad_x = scale_gradient(grad_x, scale.view(-1, 1), ctx.x_dtype) if ctx.needs[0] else None
         grad_w, grad_b, grad_q = (None if spec is None else
                                   torch.empty(spec[0], dtype=spec[1], device=rows.device)

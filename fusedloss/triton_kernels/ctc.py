@@ -296,14 +296,14 @@ def _scores(alpha_row, beta_row, x_frame, x_stride_c, emission_max, order, class
 
 @triton.jit
 def _store_class_sums(score, score_max, score_sum, emit, classes, run_start, run_end, carry,
-                      grad_row, weight, log_softmax_shift, LOGITS: tl.constexpr):
+                      grad_row, weight, frame_max, log_sum, LOGITS: tl.constexpr):
     """Sum the posteriors of each run of a class (the run open at the tile's start continues
     `carry`), store its gradient at the run's end; returns the carry into the next tile."""
     posterior = tl.exp(score - score_max) / score_sum
     occupancy, _ = tl.associative_scan((posterior, run_start), 0, _segmented_add)
     occupancy = tl.where(tl.cumsum(run_start, 0) == 0, occupancy + carry, occupancy)
     if LOGITS:  # softmax - occupancy
-        grad = tl.exp(emit - log_softmax_shift) - occupancy
+        grad = tl.exp((emit - frame_max) - log_sum) - occupancy
     else:
         grad = -occupancy
     tl.store(grad_row + classes, round_to(grad * weight, grad_row.dtype.element_ty),
@@ -349,10 +349,13 @@ def _gradient_kernel(
         inside = (t < num_frames) & feasible
         x_frame = x_ptr + t * x_stride_t + n * x_stride_n
         grad_row = grad_ptr + t * grad_stride_t + n * grad_stride_n
-        log_softmax_shift = 0.0
+        # softmax = exp((z - max) - log sum): max + log sum would round at the logits' scale
+        frame_max = 0.0
+        log_sum = 0.0
         if LOGITS:
             stats = stats_ptr + 2 * (t * batch + n)
-            log_softmax_shift = tl.load(stats).to(ACC) + tl.load(stats + 1).to(ACC)
+            frame_max = tl.load(stats).to(ACC)
+            log_sum = tl.load(stats + 1).to(ACC)
         # every class no state owns: 0, or weight * softmax for logits (all classes outside the
         # input); the states' classes get their sums below, so each element is written once
         for start in range(0, num_classes, BLOCK_C):
@@ -364,7 +367,7 @@ def _gradient_kernel(
             if LOGITS:
                 read = tl.where(inside, dense, False)
                 z = tl.load(x_frame + cols * x_stride_c, mask=read, other=float("-inf")).to(ACC)
-                value = tl.where(inside, tl.exp(z - log_softmax_shift) * weight, 0.0)
+                value = tl.where(inside, tl.exp((z - frame_max) - log_sum) * weight, 0.0)
             tl.store(grad_row + cols, round_to(value, grad_ptr.dtype.element_ty), mask=dense)
         if inside:
             alpha_row = history_ptr + (n * num_frames_max + t) * width
@@ -376,7 +379,7 @@ def _gradient_kernel(
                 score_max = _finite_max(score)
                 score_sum = tl.sum(tl.exp(score - score_max), axis=0)
                 _store_class_sums(score, score_max, score_sum, emit, classes, run_start, run_end,
-                                  0.0, grad_row, weight, log_softmax_shift, LOGITS)
+                                  0.0, grad_row, weight, frame_max, log_sum, LOGITS)
             else:
                 # the normaliser over every tile (online max and sum), then the posteriors
                 score_max = tl.full([], float("-inf"), ACC)
@@ -400,7 +403,7 @@ def _gradient_kernel(
                                           order, classes, is_label, ACC)
                     carry = _store_class_sums(score, score_max, score_sum, emit, classes,
                                               run_start, run_end, carry, grad_row, weight,
-                                              log_softmax_shift, LOGITS)
+                                              frame_max, log_sum, LOGITS)
 
 @triton.jit
 def _frame_stats_kernel(
