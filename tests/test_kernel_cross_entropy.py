@@ -312,6 +312,12 @@ def test_empty_batch():
     assert torch.isnan(F.cross_entropy(x, target))
     assert F.cross_entropy(x, target, reduction="sum") == 0
     assert F.cross_entropy(x, target, reduction="none").shape == (0,)
+    # nothing was written into the logits: their version is untouched, so a use saved before the
+    # loss (a checkpoint's recomputation, here) still differentiates
+    assert x._version == 0
+    scaled = x * 2
+    F.cross_entropy(x, target, reduction="sum").backward()
+    scaled.sum().backward()
 
 
 # --- memory options and extra outputs -------------------------------------------------------

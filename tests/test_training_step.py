@@ -3,7 +3,7 @@ parametrised test over the catalog per property: the in-place option never yield
 wrong number; under autocast the loss comes back in torch's dtype on both backends and an fp16
 GradScaler step goes through; double backward, a second backward and forward mode equal
 torch's; torch.func's transforms (vmap of grad: per-sample gradients; jvp) equal the kernels'
-eager autograd."""
+eager autograd; activation checkpointing (both of torch's modes) changes no gradient."""
 import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
@@ -372,3 +372,29 @@ def test_forward_mode_of_an_empty_mean_is_torchs_nan(loss):
             return torch.autograd.forward_ad.unpack_dual(fn(dual, other)).tangent
     ours, torchs = tangent_of(getattr(F, loss)), tangent_of(torch_function(loss))
     assert torch.isnan(torchs) and torch.isnan(ours), (ours, torchs)
+
+
+# --- activation checkpointing ----------------------------------------------------------------
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@_for_each_loss(examples=DERIVATIVE_EXAMPLES, names=DIFFERENTIATED)
+def test_checkpointed_loss_gives_the_plain_gradients(loss, data, device, reentrant):
+    """torch.utils.checkpoint reruns the loss's forward in the backward: the kernels' gradients
+    are those of the plain backward, bit for bit."""
+    info, call, leaves = _drawn(loss, data, device)
+    assume(leaves and not _overwrites_its_logits(call))
+    tensors = [t for t in (*call.args, *call.kwargs.values()) if torch.is_tensor(t)]
+
+    def gradients(checkpointed):
+        copies = [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
+        summed = _summed_loss(info, call)
+        value = (torch.utils.checkpoint.checkpoint(summed, *copies, use_reentrant=reentrant)
+                 if checkpointed else summed(*copies))
+        if not value.requires_grad:
+            return []
+        value.backward()
+        return [c.grad for c in copies if c.requires_grad]
+    for grad, plain in zip(gradients(True), gradients(False)):
+        assert (grad is None) == (plain is None)
+        if grad is not None:
+            torch.testing.assert_close(grad, plain, rtol=0, atol=0, equal_nan=True, msg=repr(call))

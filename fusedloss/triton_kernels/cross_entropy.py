@@ -642,7 +642,10 @@ def _softmax_loss(input, target, weight, options):
         # made here (grad mode off) could not be scaled in place by the backward
         loss, lse, grads = _softmax_loss_forward(input.detach(), target, weight, **options)
         per_token = options["reduction"] == "none" and input.dim() > 1
-        overwritten = grads[0] is not None and grads[0].data_ptr() == input.data_ptr()
+        # the gradient in the logits' storage (not in a copy _as_tokens made); an empty tensor's
+        # data_ptr is 0 whoever owns it, and nothing of it is overwritten
+        overwritten = (options["inplace"] and input.numel() > 0
+                       and grads[0].data_ptr() == input.data_ptr())
         return Sweep((loss,) if lse is None else (loss, lse), [*grads, None],
                      shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output,
                      overwritten=0 if overwritten else None)
