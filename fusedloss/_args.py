@@ -87,9 +87,12 @@ def _physical(values):
 
 def transformed(*tensors):
     """Whether any of `tensors` is wrapped by a torch.func transform (vmap's batched tensors
-    among them): a check must then read it through _physical, not as one host list."""
+    among them) or batched by autograd's own vmap (is_grads_batched=True): a check must then
+    read it through _physical, not as one host list, and no kernel can take it."""
     return not torch.compiler.is_compiling() and any(
-        torch.is_tensor(t) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+        torch.is_tensor(t) and (torch._C._functorch.is_functorch_wrapped_tensor(t)
+                                or torch._C._functorch.is_legacy_batchedtensor(t))
+        for t in tensors)
 
 
 def _check_values(values, in_range_on_host, accepted, refusal, queued_message):

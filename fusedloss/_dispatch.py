@@ -16,7 +16,8 @@ A kernel's backward is fused and first-order: it scales the gradient its forward
 backward cannot give is computed through the reference instead, from the same inputs: a
 backward asked to build a graph (`create_graph=True`: double backward, Hessian-vector
 products), a second backward through a retained graph (the first one scaled the fused
-gradient in place), and forward-mode AD. The first plain backward stays the fused one. The
+gradient in place), a backward of batched grad_outputs (autograd's vmap: is_grads_batched,
+which no kernel launch takes), and forward-mode AD. The first plain backward stays the fused one. The
 inputs are kept for that until the graph is freed, as torch's own losses keep theirs (or their
 log-softmax); `inplace_backward=True`, whose logits hold the gradient, keeps nothing and
 refuses a second backward (triton_kernels/_precomputed_gradient.py).
@@ -137,9 +138,10 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
         pairs = [(i, g) for i, (g, d) in enumerate(zip(grad_outputs, ctx.differentiable))
                  if d and g is not None]
         fused, ctx.fused = ctx.fused, None  # its buffers are scaled in place: used once
-        if fused is not None and not torch.is_grad_enabled():
+        if fused is not None and not torch.is_grad_enabled() and not _args.transformed(*grad_outputs):
             outputs, inputs = fused
-        else:  # a graph of the backward wanted, or a second backward: the reference's
+        else:  # a graph of the backward wanted, a second backward, or a backward under vmap
+            # (batched grad_outputs: is_grads_batched, jacobian(vectorize=True)): the reference's
             create_graph = torch.is_grad_enabled()
             inputs = [t if create_graph else t.detach().requires_grad_(w)
                       for t, w in zip(ctx.saved_tensors, wanted)]

@@ -3,7 +3,8 @@ parametrised test over the catalog per property: the in-place option never yield
 wrong number; under autocast the loss comes back in torch's dtype on both backends and an fp16
 GradScaler step goes through; double backward, a second backward and forward mode equal
 torch's; torch.func's transforms (vmap of grad: per-sample gradients; jvp) equal the kernels'
-eager autograd; activation checkpointing (both of torch's modes) changes no gradient."""
+eager autograd; activation checkpointing (both of torch's modes) changes no gradient; batched
+grad_outputs (is_grads_batched) give one backward's gradients each."""
 import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
@@ -398,3 +399,25 @@ def test_checkpointed_loss_gives_the_plain_gradients(loss, data, device, reentra
         assert (grad is None) == (plain is None)
         if grad is not None:
             torch.testing.assert_close(grad, plain, rtol=0, atol=0, equal_nan=True, msg=repr(call))
+
+
+# --- batched grad_outputs --------------------------------------------------------------------
+
+@_for_each_loss(examples=DERIVATIVE_EXAMPLES, names=DIFFERENTIATED)
+def test_batched_grad_outputs_equal_one_backward_each(loss, data, device):
+    """is_grads_batched=True (what jacobian(vectorize=True) runs: the backward under autograd's
+    vmap) gives, per grad_output, the gradients of one plain backward through the kernels."""
+    info, call, leaves = _drawn(loss, data, device)
+    value = _first_output(info.function(*call.args, **call.kwargs))
+    assume(leaves and value.requires_grad and not _overwrites_its_logits(call))
+    grad_outputs = _seeded_like([value, value], seed=5)
+    batched = torch.autograd.grad(value, leaves, torch.stack(grad_outputs), allow_unused=True,
+                                  is_grads_batched=True)
+    for b, grad_output in enumerate(grad_outputs):
+        single = torch.autograd.grad(_first_output(info.function(*call.args, **call.kwargs)),
+                                     leaves, grad_output, allow_unused=True)
+        for many, one, leaf in zip(batched, single, leaves):
+            one = torch.zeros_like(leaf) if one is None else one
+            many = torch.zeros_like(leaf) if many is None else many[b]
+            torch.testing.assert_close(many, one, rtol=1e-6, atol=1e-8, equal_nan=True,
+                                       msg=repr(call))
