@@ -16,7 +16,9 @@ Two steps, each in its own process:
            processes without the interpreter (so the kernels' globals are the GPU's), a worker
            per core, and the report of the ptxas run triton makes gives registers and spill
            bytes.
-It exits 1 when a specialisation fails to compile (naming kernel and specialisation) or when a
+Each row also gives the widest global load and store in bytes per thread (from the PTX): 16 is
+a 128-bit vector access. It exits 1 when a specialisation fails to compile (naming kernel and
+specialisation), when a flat kernel (VECTOR_KERNELS) is not vectorised to 16 bytes, or when a
 kernel that fusedloss/triton_kernels/*.py launches (`kernel[grid](...)`) was never reached.
 
     python benchmarks/compile_sm90.py        # realistic training shapes, every dtype (CI)
@@ -130,6 +132,9 @@ def _realistic_calls():
                    randint(2, *shape).to(dtype), reduction="sum")
         for name in ("smooth_l1_loss", "huber_loss", "mse_loss"):
             yield call(name, name, randn(*shape, grad=True), randn(*shape))
+        # an element count that is no multiple of 16: only the last block may be masked
+        yield call("mse_loss 1000x4097", "mse_loss", randn(1000, 4097, grad=True),
+                   randn(1000, 4097))
         yield call("l1_loss weight", "l1_loss", randn(*shape, grad=True), randn(*shape),
                    weight=uniform(*shape))
         yield call("margin_ranking_loss", "margin_ranking_loss", randn(262144, grad=True),
@@ -305,21 +310,41 @@ def launched_kernels():
     return found
 
 
+def global_access_bytes(ptx):
+    """(widest global load, widest global store) in bytes per thread and instruction, read from
+    the PTX (ld.global[.qualifiers][.v2|.v4].<type><bits>): 16 is a 128-bit vector access."""
+    widest = {}
+    for op, suffix in re.findall(r"\b(ld|st)\.global((?:\.[\w:]+)+)", ptx):
+        parts = suffix.split(".")
+        lanes = next((int(part[1:]) for part in parts if part in ("v2", "v4", "v8")), 1)
+        bits = re.fullmatch(r"[bfsu](\d+)", parts[-1])
+        if bits:
+            widest[op] = max(widest.get(op, 0), lanes * int(bits.group(1)) // 8)
+    return widest.get("ld", 0), widest.get("st", 0)
+
+
+# Kernels whose accesses are flat contiguous runs: every specialisation must compile to 16-byte
+# vector loads and stores (scalar ones cost a GPU a large share of its bandwidth), whatever the
+# element count; the row kernels' rows are only as aligned as their length allows.
+VECTOR_KERNELS = ("_elementwise_loss_kernel", "_scale_kernel")
+
+
 def compile_launch(launch):
-    """(registers, spill store bytes, spill load bytes) of the launch compiled for sm_90."""
+    """(registers, spill store bytes, spill load bytes, widest global load bytes, widest global
+    store bytes) of the launch compiled for sm_90."""
     import triton
     from triton.compiler import ASTSource
     kernel = getattr(importlib.import_module(launch.module), launch.name)
     source = ASTSource(kernel, launch.signature, launch.constexprs, launch.attrs)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # triton prints its ptxas -v report (dump_ptxas_log)
-        triton.compile(source, target=_target(), options=launch.options)
+        compiled = triton.compile(source, target=_target(), options=launch.options)
     report = log.getvalue()
     found = [re.search(pattern, report) for pattern in (
         r"Used (\d+) registers", r"(\d+) bytes spill stores", r"(\d+) bytes spill loads")]
     if not all(found):
         raise RuntimeError(f"no ptxas resource report in triton's output:\n{report[-400:]}")
-    return tuple(int(match.group(1)) for match in found)
+    return (*(int(match.group(1)) for match in found), *global_access_bytes(compiled.asm["ptx"]))
 
 
 def describe(launch):
@@ -355,8 +380,8 @@ def compile_all(launches):
     knobs.compilation.always_compile = True  # a cache hit would skip ptxas and its report
     copyreg.pickle(JITFunction, _by_name)  # the workers' arguments
     width = max(len(launch.reached_by) for launch in launches)
-    print(f"{'kernel':<32} {'dtype':<5} {'warps':>5} {'regs':>4} {'spill st/ld B':>13}  "
-          f"{'reached by':<{width}}  constexprs", flush=True)
+    print(f"{'kernel':<32} {'dtype':<5} {'warps':>5} {'regs':>4} {'spill st/ld B':>13} "
+          f"{'ld/st B':>7}  {'reached by':<{width}}  constexprs", flush=True)
     failures = spilled = 0
     workers = len(os.sched_getaffinity(0))
     with concurrent.futures.ProcessPoolExecutor(
@@ -370,11 +395,16 @@ def compile_all(launches):
                       f"  signature {launch.signature}\n  constexprs {launch.constexprs}\n"
                       f"  attrs {launch.attrs}\n  options {launch.options}\n  {error}", flush=True)
                 continue
-            registers, stores, loads = report
+            registers, stores, loads, load_bytes, store_bytes = report
             spilled += bool(stores or loads)
             print(f"{launch.name:<32} {dtype:<5} {warps:>5} {registers:>4} "
-                  f"{f'{stores}/{loads}':>13}  {launch.reached_by:<{width}}  {constexprs}",
-                  flush=True)
+                  f"{f'{stores}/{loads}':>13} {f'{load_bytes}/{store_bytes}':>7}  "
+                  f"{launch.reached_by:<{width}}  {constexprs}", flush=True)
+            if launch.name in VECTOR_KERNELS and (load_bytes, store_bytes) != (16, 16):
+                failures += 1
+                print(f"FAILED {launch.module}.{launch.name} [{launch.reached_by}]: widest "
+                      f"global load/store {load_bytes}/{store_bytes} bytes, not 16-byte vectors",
+                      flush=True)
     return failures, spilled
 
 

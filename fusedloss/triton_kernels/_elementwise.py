@@ -41,11 +41,74 @@ from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 
 
 @triton.jit
-def _load(ptr, offsets, mask, period, REPEATS: tl.constexpr, ACC: tl.constexpr):
+def _load(ptr, offsets, mask, period, REPEATS: tl.constexpr, ACC: tl.constexpr,
+          MASKED: tl.constexpr):
     if REPEATS:  # a broadcast operand: its contiguous block repeats every `period` elements
         offsets = offsets % period
     # cast right after the load: the interpreter would compute on raw bf16 bits
-    return tl.load(ptr + offsets, mask=mask, other=0).to(ACC)
+    if MASKED:
+        value = tl.load(ptr + offsets, mask=mask, other=0)
+    else:
+        value = tl.load(ptr + offsets)
+    return value.to(ACC)
+
+
+@triton.jit
+def _store(ptr, offsets, value, mask, MASKED: tl.constexpr):
+    value = round_to(value, ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(ptr + offsets, value, mask=mask)
+    else:
+        tl.store(ptr + offsets, value)
+
+
+@triton.jit
+def _elementwise_block(
+    a_ptr, b_ptr, c_ptr, w_ptr, c_period, w_period, loss_ptr, weight_sum_ptr, a_in_unit_ptr,
+    ga_ptr, gb_ptr, gc_ptr, gw_ptr, n, p0_hi, p0_lo, p1_hi, p1_lo, pid, offsets, mask,
+    LOSS: tl.constexpr, HAS_C: tl.constexpr, HAS_W: tl.constexpr,
+    C_REPEATS: tl.constexpr, W_REPEATS: tl.constexpr,
+    REDUCE: tl.constexpr, MEAN: tl.constexpr, WEIGHT_SUM: tl.constexpr, A_IN_UNIT: tl.constexpr,
+    GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr, GRAD_W: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr,
+):
+    """One program's block; MASKED only for the last, partial one (the kernel says why)."""
+    a = _load(a_ptr, offsets, mask, n, False, ACC, MASKED)
+    b = _load(b_ptr, offsets, mask, n, False, ACC, MASKED)
+    if HAS_C:
+        c = _load(c_ptr, offsets, mask, c_period, C_REPEATS, ACC, MASKED)
+    else:  # only pos_weight is optional, and its neutral value is 1
+        c = tl.full([BLOCK], 1.0, ACC)
+    if A_IN_UNIT:  # masked-off lanes loaded 0, which passes; NaN fails both comparisons
+        tl.store(a_in_unit_ptr + pid, tl.min(((a >= 0) & (a <= 1)).to(tl.int8), axis=0))
+    p0 = tl.full([BLOCK], p0_hi, ACC) + p0_lo
+    p1 = tl.full([BLOCK], p1_hi, ACC) + p1_lo
+    loss, da, db, dc = LOSS(a, b, c, p0, p1)
+
+    # 'mean' over the element count folds 1/n into the gradient here; a weighted mean's
+    # denominator (the weight sum) is only known after the sweep and is applied in backward
+    scale = tl.full([BLOCK], 1.0, ACC)
+    if MEAN:
+        scale = scale / n
+    if GRAD_W:
+        _store(gw_ptr, offsets, loss * scale, mask, MASKED)
+    if HAS_W:
+        w = _load(w_ptr, offsets, mask, w_period, W_REPEATS, ACC, MASKED)
+        loss = loss * w
+        scale = scale * w
+    if GRAD_A:
+        _store(ga_ptr, offsets, da * scale, mask, MASKED)
+    if GRAD_B:
+        _store(gb_ptr, offsets, db * scale, mask, MASKED)
+    if GRAD_C:
+        _store(gc_ptr, offsets, dc * scale, mask, MASKED)
+
+    if REDUCE:
+        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+        if WEIGHT_SUM:
+            tl.store(weight_sum_ptr + pid, tl.sum(tl.where(mask, w, 0.0), axis=0))
+    else:
+        _store(loss_ptr, offsets, loss, mask, MASKED)
 
 
 @triton.jit
@@ -69,42 +132,16 @@ def _elementwise_loss_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offsets = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
-    a = _load(a_ptr, offsets, mask, n, False, ACC)
-    b = _load(b_ptr, offsets, mask, n, False, ACC)
-    if HAS_C:
-        c = _load(c_ptr, offsets, mask, c_period, C_REPEATS, ACC)
-    else:  # only pos_weight is optional, and its neutral value is 1
-        c = tl.full([BLOCK], 1.0, ACC)
-    if A_IN_UNIT:  # masked-off lanes loaded 0, which passes; NaN fails both comparisons
-        tl.store(a_in_unit_ptr + pid, tl.min(((a >= 0) & (a <= 1)).to(tl.int8), axis=0))
-    p0 = tl.full([BLOCK], p0_hi, ACC) + p0_lo
-    p1 = tl.full([BLOCK], p1_hi, ACC) + p1_lo
-    loss, da, db, dc = LOSS(a, b, c, p0, p1)
-
-    # 'mean' over the element count folds 1/n into the gradient here; a weighted mean's
-    # denominator (the weight sum) is only known after the sweep and is applied in backward
-    scale = tl.full([BLOCK], 1.0, ACC)
-    if MEAN:
-        scale = scale / n
-    if GRAD_W:
-        tl.store(gw_ptr + offsets, round_to(loss * scale, gw_ptr.dtype.element_ty), mask=mask)
-    if HAS_W:
-        w = _load(w_ptr, offsets, mask, w_period, W_REPEATS, ACC)
-        loss = loss * w
-        scale = scale * w
-    if GRAD_A:
-        tl.store(ga_ptr + offsets, round_to(da * scale, ga_ptr.dtype.element_ty), mask=mask)
-    if GRAD_B:
-        tl.store(gb_ptr + offsets, round_to(db * scale, gb_ptr.dtype.element_ty), mask=mask)
-    if GRAD_C:
-        tl.store(gc_ptr + offsets, round_to(dc * scale, gc_ptr.dtype.element_ty), mask=mask)
-
-    if REDUCE:
-        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
-        if WEIGHT_SUM:
-            tl.store(weight_sum_ptr + pid, tl.sum(tl.where(mask, w, 0.0), axis=0))
-    else:
-        tl.store(loss_ptr + offsets, round_to(loss, loss_ptr.dtype.element_ty), mask=mask)
+    # a whole block goes unmasked: a mask against an n not known to be a multiple of 16 would
+    # make every access of the launch scalar; only the last, partial block is masked. The block
+    # is compiled twice (MASKED a constexpr of the static loop) and each program runs one.
+    for masked in tl.static_range(2):
+        if (masked == 1) == ((pid + 1) * BLOCK > n):
+            _elementwise_block(a_ptr, b_ptr, c_ptr, w_ptr, c_period, w_period, loss_ptr,
+                               weight_sum_ptr, a_in_unit_ptr, ga_ptr, gb_ptr, gc_ptr, gw_ptr, n,
+                               p0_hi, p0_lo, p1_hi, p1_lo, pid, offsets, mask, LOSS, HAS_C,
+                               HAS_W, C_REPEATS, W_REPEATS, REDUCE, MEAN, WEIGHT_SUM, A_IN_UNIT,
+                               GRAD_A, GRAD_B, GRAD_C, GRAD_W, ACC, BLOCK, masked == 1)
 
 
 def _repeating(t):
@@ -134,7 +171,9 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
     a_flat, b_flat = (t.expand(shape).contiguous().reshape(-1) for t in (a, b))
     c_flat, c_period = _repeating(c.expand(shape)) if c is not None else (a_flat, n)
     w_flat, w_period = _repeating(w.expand(shape)) if w is not None else (a_flat, n)
-    grid = (triton.cdiv(n, ELEMENTWISE_BLOCK),)
+    # fp64 takes half a block on the same threads: its operands need twice the registers
+    block = ELEMENTWISE_BLOCK // 2 if acc == torch.float64 else ELEMENTWISE_BLOCK
+    grid = (triton.cdiv(n, block),)
     loss = torch.empty(grid[0] if partial_sums else n, device=a.device,
                        dtype=acc if partial_sums else out_dtype)
     weight_sum = torch.empty(grid[0], device=a.device, dtype=acc) if weighted_mean else loss
@@ -155,8 +194,7 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
             REDUCE=partial_sums, MEAN=reduction == "mean" and not weighted_mean,
             WEIGHT_SUM=weighted_mean, A_IN_UNIT=checked,
             GRAD_A=needs[0], GRAD_B=needs[1], GRAD_C=needs[2], GRAD_W=needs[3],
-            ACC=triton_accumulation(acc), BLOCK=ELEMENTWISE_BLOCK,
-            num_warps=row_warps(ELEMENTWISE_BLOCK))
+            ACC=triton_accumulation(acc), BLOCK=block, num_warps=row_warps(ELEMENTWISE_BLOCK))
     if checked:  # queued: no host sync (the CPU raises at once)
         torch._assert_async(a_in_unit.all(), unit_interval_error)
 

@@ -52,13 +52,23 @@ def scale_gradient(grad, grad_output, dtype):
 
 
 @triton.jit
+def _scale_block(grad_ptr, offsets, mask, scale, ACC: tl.constexpr):
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(ACC)
+    tl.store(grad_ptr + offsets, round_to(grad * scale, grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _scale_kernel(grad_ptr, grad_output_ptr, numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
     scale = tl.load(grad_output_ptr).to(ACC)
     if scale != 1.0:
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offsets < numel
-        grad = tl.load(grad_ptr + offsets, mask=mask).to(ACC)
-        tl.store(grad_ptr + offsets, round_to(grad * scale, grad_ptr.dtype.element_ty), mask=mask)
+        start = tl.program_id(0).to(tl.int64) * BLOCK
+        offsets = start + tl.arange(0, BLOCK)
+        # a whole block unmasked: a mask against a numel not known to be a multiple of 16 (an
+        # odd vocabulary's gradient) would make every access scalar; the last block is masked
+        if start + BLOCK <= numel:
+            _scale_block(grad_ptr, offsets, None, scale, ACC)
+        else:
+            _scale_block(grad_ptr, offsets, offsets < numel, scale, ACC)
 
 
 def scale_in_place(grad, grad_output):
