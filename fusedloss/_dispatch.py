@@ -195,17 +195,17 @@ def _recorded(tensors):
 
 def call(name, device, *args, **kwargs):
     """Run loss `name` on the backend chosen for tensors on `device`."""
-    if _backend.resolve(device) == "triton" and _args.kernels_take([*args, *kwargs.values()]):
+    # torch.func's transforms take the reference (module header), compiled or not
+    if (_backend.resolve(device) == "triton" and _args.kernels_take([*args, *kwargs.values()])
+            and not torch._C._are_functorch_transforms_active()):
         if torch.compiler.is_compiling():
             # registers the ops on first use (torch.compile imports triton); _ops' own table,
             # not _kernel_table, whose first fill inside a trace would make dynamo recompile
             from . import _ops
-            if name in _ops.OPS and not torch._C._are_functorch_transforms_active():
+            if name in _ops.OPS:
                 return _ops.call(name, args, kwargs)
             return _reference(name, device, args, kwargs)
-        # torch.func's transforms take the reference (module header)
-        kernel = (None if torch._C._are_functorch_transforms_active()
-                  else _kernel_table().get(name))
+        kernel = _kernel_table().get(name)
         if kernel is not None:
             try:
                 normalised = _Call(name, torch.device(device), args, kwargs)

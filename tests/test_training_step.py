@@ -263,6 +263,11 @@ def test_forward_mode_equals_torchs(loss, data, device):
 
 # --- torch.func ----------------------------------------------------------------------------
 
+def _tensors(call):
+    """The call's tensors in argument order (what _with_tensors puts back)."""
+    return [t for t in (*call.args, *call.kwargs.values()) if torch.is_tensor(t)]
+
+
 def _with_tensors(call, tensors):
     """(args, kwargs) of `call` with its tensors replaced, in order, by `tensors`."""
     replacements = iter(tensors)
@@ -292,7 +297,7 @@ def test_torch_func_transforms_equal_eager_kernels(loss, data, device):
     torch.func.jvp gives the eager gradient's inner product with the tangent."""
     info, call, leaves = _drawn(loss, data, device)
     assume(leaves)
-    tensors = [t for t in (*call.args, *call.kwargs.values()) if torch.is_tensor(t)]
+    tensors = _tensors(call)
     positions = tuple(i for i, t in enumerate(tensors) if t.requires_grad)
     examples = [[t.detach() for t in tensors], [_second_example(t).detach() for t in tensors]]
 
@@ -384,7 +389,7 @@ def test_checkpointed_loss_gives_the_plain_gradients(loss, data, device, reentra
     are those of the plain backward, bit for bit."""
     info, call, leaves = _drawn(loss, data, device)
     assume(leaves and not _overwrites_its_logits(call))
-    tensors = [t for t in (*call.args, *call.kwargs.values()) if torch.is_tensor(t)]
+    tensors = _tensors(call)
 
     def gradients(checkpointed):
         copies = [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
