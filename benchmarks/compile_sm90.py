@@ -18,8 +18,9 @@ Two steps, each in its own process:
            bytes.
 Each row also gives the widest global load and store in bytes per thread (from the PTX): 16 is
 a 128-bit vector access. It exits 1 when a specialisation fails to compile (naming kernel and
-specialisation), when a flat kernel (VECTOR_KERNELS) is not vectorised to 16 bytes, or when a
-kernel that fusedloss/triton_kernels/*.py launches (`kernel[grid](...)`) was never reached.
+specialisation), when a kernel that must be vectorised to 16 bytes (must_vectorise) is not,
+or when a kernel that fusedloss/triton_kernels/*.py launches (`kernel[grid](...)`) was never
+reached.
 
     python benchmarks/compile_sm90.py        # realistic training shapes, every dtype (CI)
     python benchmarks/compile_sm90.py --all  # every specialisation the fuzzer's calls reach:
@@ -102,6 +103,12 @@ def _realistic_calls():
                        randint(vocab, 4))
         yield call("cross_entropy V=128256 every option", "cross_entropy",
                    randn(4, 128256, grad=True), randint(128256, 4), weight=uniform(128256),
+                   label_smoothing=0.1, z_loss=1e-4, softcap=30.0, return_lse=True)
+        yield call("cross_entropy V=50257 every option", "cross_entropy",
+                   randn(4, 50257, grad=True), randint(50257, 4), weight=uniform(50257),
+                   label_smoothing=0.1, z_loss=1e-4, softcap=30.0, return_lse=True)
+        yield call("cross_entropy V=50257 soft labels every option", "cross_entropy",
+                   randn(4, 50257, grad=True), randn(4, 50257).float().softmax(-1).to(dtype),
                    label_smoothing=0.1, z_loss=1e-4, softcap=30.0, return_lse=True)
         yield call("cross_entropy V=128256 eval", "cross_entropy", randn(4, 128256),
                    randint(128256, 4), reduction="none")
@@ -325,8 +332,22 @@ def global_access_bytes(ptx):
 
 # Kernels whose accesses are flat contiguous runs: every specialisation must compile to 16-byte
 # vector loads and stores (scalar ones cost a GPU a large share of its bandwidth), whatever the
-# element count; the row kernels' rows are only as aligned as their length allows.
+# element count.
 VECTOR_KERNELS = ("_elementwise_loss_kernel", "_scale_kernel")
+
+
+def must_vectorise(launch):
+    """Whether the launch must compile to 16-byte loads and stores: the flat kernels always; the
+    softmax row kernel when it writes a gradient of contiguous 16- or 32-bit classes without
+    class weights, whatever the row length (it splits unaligned rows at 16-byte boundaries:
+    cross_entropy._aligned_vector)."""
+    if launch.name in VECTOR_KERNELS:
+        return True
+    names = list(launch.signature)
+    constexprs = {names[index]: value for (index, *_), value in launch.constexprs.items()}
+    return (launch.name == "_softmax_loss_kernel" and constexprs.get("COMPUTE_GRAD") is True
+            and constexprs.get("HAS_WEIGHT") is not True and constexprs.get("logits_stride_c") == 1
+            and describe(launch)[0] in ("fp32", "fp16", "bf16"))
 
 
 def compile_launch(launch):
@@ -400,7 +421,7 @@ def compile_all(launches):
             print(f"{launch.name:<32} {dtype:<5} {warps:>5} {registers:>4} "
                   f"{f'{stores}/{loads}':>13} {f'{load_bytes}/{store_bytes}':>7}  "
                   f"{launch.reached_by:<{width}}  {constexprs}", flush=True)
-            if launch.name in VECTOR_KERNELS and (load_bytes, store_bytes) != (16, 16):
+            if must_vectorise(launch) and (load_bytes, store_bytes) != (16, 16):
                 failures += 1
                 print(f"FAILED {launch.module}.{launch.name} [{launch.reached_by}]: widest "
                       f"global load/store {load_bytes}/{store_bytes} bytes, not 16-byte vectors",

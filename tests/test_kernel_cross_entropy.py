@@ -320,6 +320,63 @@ def test_empty_batch():
     scaled.sum().backward()
 
 
+# --- rows split at 16-byte boundaries -------------------------------------------------------
+
+def _row_vector(x, weight=None, **launch_tensors):
+    from fusedloss.triton_kernels.cross_entropy import _aligned_vector, _as_tokens
+    return _aligned_vector(_as_tokens(x), weight,
+                           *(_as_tokens(t) for t in launch_tensors.values()))
+
+
+def test_rows_split_only_where_the_compiler_cannot_prove_them_aligned():
+    odd = torch.zeros(4, 1029)
+    assert _row_vector(odd) == 4 and _row_vector(odd.bfloat16()) == 8
+    assert _row_vector(odd, grad=torch.empty_like(odd)) == 4
+    assert _row_vector(torch.zeros(4, 1024)) == 1  # a multiple of 16: already vectorised
+    assert _row_vector(odd.double()) == 1  # fp64 rows stay whole
+    assert _row_vector(odd, weight=torch.ones(1029)) == 1  # so do weighted ones
+    assert _row_vector(torch.zeros(1029, 4).t()) == 1  # classes not contiguous
+    assert _row_vector(torch.zeros(4 * 1029 + 1)[1:].view(4, 1029)) == 1  # start not aligned
+    assert _row_vector(odd, grad=torch.zeros(4, 2048)[:, :1029]) == 1  # other strides
+
+
+SPLIT_CASES = {
+    "hard, every option": dict(label_smoothing=0.1, z_loss=1e-2, softcap=2.5, return_lse=True),
+    "hard, none": dict(reduction="none"),
+    "soft": dict(soft=True, label_smoothing=0.2),
+    "focal": dict(focal=True),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+@pytest.mark.parametrize("num_classes", [3, 13, 1029])  # under a vector, one block, two blocks
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_split_at_16_byte_boundaries(dtype, num_classes, case):
+    """Rows of 16- and 32-bit logits whose length is no multiple of 16 bytes run as an unaligned
+    head, a vectorised body and a tail: 9 rows take every head length in both dtypes, and the
+    rows of 3 classes lie inside their head (no body at all)."""
+    options = dict(SPLIT_CASES[case])
+    soft, focal = options.pop("soft", False), options.pop("focal", False)
+    x = _logits((9, num_classes), dtype=dtype)
+    target = _probabilities((9, num_classes), dtype) if soft else _labels((9,), num_classes)
+    assert _row_vector(x) == 16 // x.element_size()
+    name = "softmax_focal_loss" if focal else "cross_entropy"
+    assert_close_to_reference(name, x, target, **options)
+
+
+def test_split_rows_inplace_backward_and_ignored_rows():
+    """inplace_backward writes the split rows into the logits' storage; an ignored row's zeros
+    reach its head and tail too."""
+    x = _logits((9, 1029))
+    target = _labels((9,), 1029)
+    expected = x.detach().clone().requires_grad_()
+    torch_F.cross_entropy(expected, target).backward()
+    F.cross_entropy(x, target, inplace_backward=True).backward()
+    assert x.grad.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(x.grad, expected.grad)
+    assert torch.equal(x.grad[1::3], torch.zeros(3, 1029))
+
+
 # --- memory options and extra outputs -------------------------------------------------------
 
 @pytest.mark.parametrize("shape,reduction", [((4, BIG_V), "mean"), ((2, 6, 3), "none")])

@@ -28,6 +28,15 @@ evict_last and pass 2 with evict_first, and both block loops are software-pipeli
 for 16-bit logits (and fp32 focal loss), 1 for fp32 and fp64, the most that compile for sm_90
 without register spills (`_num_stages` has the measurements).
 
+Access width: a block's loads and stores compile to 16-byte vectors only where the compiler can
+prove the row's start 16-byte aligned and its length whole vectors, which a row stride that is
+no multiple of 16 elements (V = 50257) hides. Such rows of contiguous 16- or 32-bit classes are
+split (VEC > 1, _row_split): the body, from the row's first 16-byte boundary for whole vectors,
+is swept as above with both facts told to the compiler (tl.multiple_of), and the head and tail
+(under 16 bytes each) are one small block of 2 VEC lanes, reduced into the statistics before the
+body's loop and read again in pass 2 (holding it through the loops spilled registers). Columns
+then count from the body's first, so targets and class weights are shifted by the head.
+
 Vocabulary chunks (linear_cross_entropy's blocks, a vocabulary-parallel rank's slice): with
 PARTIAL_STATS a launch runs pass 1 on the chunk's columns and merges its statistics (m, s, the
 two sums, and the target logit where the target lies in the chunk) into per-token running ones
@@ -60,13 +69,25 @@ def _load_block(logits_row, logits_stride_c, target_row, target_stride_c, weight
                 ACC: tl.constexpr, BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
                 HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 EVICTION: tl.constexpr):
-    """One block of a row: (cols, mask, capped logits z with -inf padding, class factor v, w).
+    """The block of columns [start, start + BLOCK) of a row of num_classes: _load_columns."""
+    cols = start + tl.arange(0, BLOCK)
+    return _load_columns(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr,
+                         cols, cols < num_classes, total_classes, label_smoothing, softcap, ACC,
+                         SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, EVICTION)
+
+
+@triton.jit
+def _load_columns(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, cols,
+                  mask, total_classes, label_smoothing, softcap, ACC: tl.constexpr,
+                  SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                  HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                  EVICTION: tl.constexpr):
+    """Columns `cols` of a row where `mask`: (cols, mask, capped logits z with -inf padding,
+    class factor v, w).
 
     w is the class weight (1 without weights, 0 on padding); v is w for hard labels and w * q
     with q the (smoothed) target probability for soft labels.
     """
-    cols = start + tl.arange(0, BLOCK)
-    mask = cols < num_classes
     # cast right after the load: the interpreter keeps bf16 as raw bits
     z = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
                 other=float("-inf"), eviction_policy=EVICTION).to(ACC)
@@ -171,6 +192,41 @@ def _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index, ACC: tl.
 
 
 @triton.jit
+def _row_split(row_offset, num_classes, VEC: tl.constexpr):
+    """A row that starts row_offset elements past a 16-byte-aligned base, as head columns
+    [0, head), body [head, head + body) and tail [head + body, num_classes): the body starts on a
+    16-byte boundary (VEC elements to 16 bytes) and is whole vectors long, and the compiler is
+    told both, so its loads and stores compile to 128-bit ones whatever the row length (rows of
+    50257 classes compile to scalar ones otherwise). Returns head, body and the body's offset
+    from the base."""
+    head = (VEC - row_offset % VEC) % VEC
+    body = tl.maximum(num_classes - head, 0) // VEC * VEC
+    return head, tl.multiple_of(body, VEC), tl.multiple_of(row_offset + head, VEC)
+
+
+@triton.jit
+def _edge_columns(head, body, num_classes, VEC: tl.constexpr):
+    """A split row's head and tail (under VEC columns each) as one block of 2 VEC lanes:
+    (cols, mask), the columns counted from the body's first (the head's are negative)."""
+    lane = tl.arange(0, 2 * VEC)
+    in_head = lane < VEC
+    cols = tl.where(in_head, lane - head, body + (lane - VEC))
+    return cols, (cols < num_classes - head) & tl.where(in_head, lane < head, True)
+
+
+@triton.jit
+def _load_edge(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, head, body,
+               num_classes, total_classes, label_smoothing, softcap, ACC: tl.constexpr,
+               VEC: tl.constexpr, SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+               HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, EVICTION: tl.constexpr):
+    """_load_columns of a split row's head and tail (_edge_columns)."""
+    cols, mask = _edge_columns(head, body, num_classes, VEC)
+    return _load_columns(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr,
+                         cols, mask, total_classes, label_smoothing, softcap, ACC, SOFT_LABELS,
+                         HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, EVICTION)
+
+
+@triton.jit
 def _zero_row(grad_row, grad_stride_c, num_classes, BLOCK: tl.constexpr):
     """An ignored token's gradient: zeros, written without reading its logits."""
     for start in range(0, num_classes, BLOCK):
@@ -181,25 +237,34 @@ def _zero_row(grad_row, grad_stride_c, num_classes, BLOCK: tl.constexpr):
 
 @triton.jit
 def _row_sweep(
-    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, target, num_classes,
-    total_classes, label_smoothing, softcap,
+    logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, target, body, head,
+    num_classes, total_classes, label_smoothing, softcap,
     ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
-    SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
+    VEC: tl.constexpr, SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
 ):
-    """Pass 1 over the row's (or chunk's) columns: the first block (a one-block row keeps it in
-    registers for pass 2) and the online statistics (m, s, a1, a2), m = -inf for a row of -inf."""
+    """Pass 1 over the row's (or chunk's) columns: the body's first block (a one-block row keeps
+    it in registers for pass 2) and the online statistics (m, s, a1, a2) of the body's blocks
+    and, with VEC > 1, of the head and tail (_row_split); m = -inf for a row of -inf."""
     # the first block peeled so the running statistics start with the accumulation dtype
     cols, mask, z, v, w = _load_block(logits_row, logits_stride_c, target_row, target_stride_c,
-                                   weight_ptr, 0, num_classes, total_classes, label_smoothing,
+                                   weight_ptr, 0, body, total_classes, label_smoothing,
                                    softcap, ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
                                    HAS_SOFTCAP, "evict_last")
     m, s, a1, a2 = _block_stats(cols, mask, z, v, target, SOFT_LABELS, HAS_SMOOTHING, FOCAL)
+    if VEC > 1:  # merged before the loop: only the four statistics are live through it
+        e_cols, e_mask, e_z, e_v, e_w = _load_edge(
+            logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, head, body,
+            num_classes, total_classes, label_smoothing, softcap, ACC, VEC, SOFT_LABELS,
+            HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_last")
+        e_m, e_s, e_a1, e_a2 = _block_stats(e_cols, e_mask, e_z, e_v, target, SOFT_LABELS,
+                                            HAS_SMOOTHING, FOCAL)
+        m, s, a1, a2 = _merge_stats(m, s, a1, a2, e_m, e_s, e_a1, e_a2, FOCAL)
     if not SINGLE_BLOCK:  # a single block keeps z live for pass 2: no second copy
-        for start in tl.range(BLOCK, num_classes, BLOCK, num_stages=NUM_STAGES):
+        for start in tl.range(BLOCK, body, BLOCK, num_stages=NUM_STAGES):
             b_cols, b_mask, b_z, b_v, b_w = _load_block(
                 logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
-                num_classes, total_classes, label_smoothing, softcap,
+                body, total_classes, label_smoothing, softcap,
                 ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_last")
             b_m, b_s, b_a1, b_a2 = _block_stats(b_cols, b_mask, b_z, b_v, target, SOFT_LABELS,
                                                 HAS_SMOOTHING, FOCAL)
@@ -309,6 +374,7 @@ def _softmax_loss_kernel(
     ignore_index,
     label_smoothing, label_smoothing_lo, z_loss, z_loss_lo, softcap, softcap_lo, gamma, gamma_lo,
     ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
+    VEC: tl.constexpr,  # > 1: rows split into head, 16-byte-aligned body and tail (_row_split)
     TOKEN_BLOCK: tl.constexpr,
     SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
     HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
@@ -338,11 +404,6 @@ def _softmax_loss_kernel(
     for token in range(pid.to(tl.int64), num_tokens, programs):
         n = token // spatial
         s_idx = token % spatial
-        logits_row = logits_ptr + n * logits_stride_n + s_idx * logits_stride_s
-        target_row = target_ptr + n * target_stride_n + s_idx * target_stride_s
-        grad_row = grad_ptr + n * grad_stride_n + s_idx * grad_stride_s
-        target_grad_row = (target_grad_ptr + n * target_grad_stride_n
-                           + s_idx * target_grad_stride_s)
         stats_row = stats_ptr + token * _STATS
         if SOFT_LABELS:
             label = -1
@@ -357,6 +418,24 @@ def _softmax_loss_kernel(
         token_scale = tl.where(kept, row_scale, 0.0)
         if HAS_TOKEN_SCALE:
             token_scale *= tl.load(token_scale_ptr + token).to(ACC)
+        if VEC > 1:
+            # the row addressed from its 16-byte-aligned body (_row_split): the launcher checked
+            # that every row tensor's rows lie at the logits' offsets, so one offset serves all,
+            # and the columns (target, weights) count from the body's first, `head`
+            head, body, offset = _row_split(n * logits_stride_n + s_idx * logits_stride_s,
+                                            num_classes, VEC)
+            logits_row, target_row = logits_ptr + offset, target_ptr + offset
+            grad_row, target_grad_row = grad_ptr + offset, target_grad_ptr + offset
+            row_weight_ptr = chunk_weight_ptr + head
+            target -= head
+        else:
+            head, body = 0, num_classes
+            logits_row = logits_ptr + n * logits_stride_n + s_idx * logits_stride_s
+            target_row = target_ptr + n * target_stride_n + s_idx * target_stride_s
+            grad_row = grad_ptr + n * grad_stride_n + s_idx * grad_stride_s
+            target_grad_row = (target_grad_ptr + n * target_grad_stride_n
+                               + s_idx * target_grad_stride_s)
+            row_weight_ptr = chunk_weight_ptr
         loss = tl.cast(0.0, ACC)
         if kept | RETURN_LSE:  # an ignored token's lse still reads its row
             if FROM_STATS:
@@ -364,10 +443,10 @@ def _softmax_loss_kernel(
                 a1, a2, z_t = tl.load(stats_row + 2), tl.load(stats_row + 3), tl.load(stats_row + 4)
             else:
                 cols, mask, z, v, w, m, s, a1, a2 = _row_sweep(
-                    logits_row, logits_stride_c, target_row, target_stride_c, chunk_weight_ptr,
-                    target, num_classes, total_classes, label_smoothing, softcap, ACC, BLOCK,
-                    SINGLE_BLOCK, NUM_STAGES, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP,
-                    FOCAL)
+                    logits_row, logits_stride_c, target_row, target_stride_c, row_weight_ptr,
+                    target, body, head, num_classes, total_classes, label_smoothing, softcap, ACC,
+                    BLOCK, SINGLE_BLOCK, NUM_STAGES, VEC, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
+                    HAS_SOFTCAP, FOCAL)
                 z_t = _capped_logit(logits_row, logits_stride_c, target, owned, softcap, ACC,
                                     HAS_SOFTCAP)
             if PARTIAL_STATS:  # this chunk's statistics merged into the running ones
@@ -392,6 +471,18 @@ def _softmax_loss_kernel(
                 if COMPUTE_GRAD or TARGET_GRAD:
                     # pass 2: gradients of this token's loss, divided by the mean's denominator
                     z_coef = 2.0 * z_loss * lse
+                    if VEC > 1:  # the head and tail read again (L1-hot): held, they spilled
+                        edge_cols, edge_mask, edge_z, edge_v, edge_w = _load_edge(
+                            logits_row, logits_stride_c, target_row, target_stride_c,
+                            row_weight_ptr, head, body, num_classes, total_classes,
+                            label_smoothing, softcap, ACC, VEC, SOFT_LABELS, HAS_WEIGHT,
+                            HAS_SMOOTHING, HAS_SOFTCAP, "evict_first")
+                        _write_grad(grad_row, grad_stride_c, target_grad_row,
+                                    target_grad_stride_c, edge_cols, edge_mask, edge_z, edge_v,
+                                    edge_w, m, log_s, target, coef,
+                                    label_smoothing / total_classes, a2, z_coef, token_scale,
+                                    softcap, label_smoothing, SOFT_LABELS, HAS_SMOOTHING,
+                                    HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
                     if SINGLE_BLOCK and not FROM_STATS:
                         _write_grad(grad_row, grad_stride_c, target_grad_row,
                                     target_grad_stride_c, cols, mask, z, v, w, m, log_s, target,
@@ -402,13 +493,17 @@ def _softmax_loss_kernel(
                     else:
                         _gradient_sweep(
                             logits_row, logits_stride_c, target_row, target_stride_c,
-                            chunk_weight_ptr, grad_row, grad_stride_c, target_grad_row,
-                            target_grad_stride_c, target, num_classes, total_classes, m, log_s,
+                            row_weight_ptr, grad_row, grad_stride_c, target_grad_row,
+                            target_grad_stride_c, target, body, total_classes, m, log_s,
                             coef, a2, z_coef, token_scale, label_smoothing, softcap, ACC, BLOCK,
                             NUM_STAGES, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_Z_LOSS,
                             HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
         elif COMPUTE_GRAD:
-            _zero_row(grad_row, grad_stride_c, num_classes, BLOCK)
+            _zero_row(grad_row, grad_stride_c, body, BLOCK)
+            if VEC > 1:
+                edge_cols, edge_mask = _edge_columns(head, body, num_classes, VEC)
+                tl.store(grad_row + edge_cols,
+                         tl.zeros(edge_cols.shape, grad_row.dtype.element_ty), mask=edge_mask)
         if REDUCE:
             partial += loss
         elif not PARTIAL_STATS:
@@ -497,7 +592,7 @@ _STATS = tl.constexpr(STATS)
 _TOKEN_BLOCK = 1024
 
 
-def _num_stages(dtype, focal):
+def _num_stages(dtype, focal, split_soft_labels=False):
     """Software-pipelining stages of the block loops (blocks in flight per program), the most
     that compile for sm_90 without register spills on both CI stacks (benchmarks/compile_sm90.py,
     triton 3.9 and 3.6): 2 for 16-bit logits, one block's load in flight beside the block being
@@ -505,10 +600,37 @@ def _num_stages(dtype, focal):
     3 stages spilled in every dtype (fp32 at V = 50257, whose rows are not 16-byte aligned so the
     loads in flight wait in registers: 112 bytes a thread; every option on at V = 128256: 8 to
     16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes).
-    fp32 focal loss is the exception: 1 stage spilled it on triton 3.6 (36 bytes), 2 do not."""
+    fp32 focal loss is the exception: 1 stage spilled it on triton 3.6 (36 bytes), 2 do not.
+    Soft labels in rows split at 16-byte boundaries (_row_split: four vectorised row tensors)
+    take 1: 2 spilled 16-bit logits on triton 3.6 (24 bytes at V = 50257, every option on)."""
+    if split_soft_labels:
+        return 1
     if dtype in (torch.float16, torch.bfloat16) or (focal and dtype == torch.float32):
         return 2
     return 1
+
+
+def _aligned_vector(logits, weight, *rows):
+    """Elements of the logits per 16 bytes when the kernel is to split rows at 16-byte boundaries
+    (_row_split), else 1. It splits 16- and 32-bit rows of contiguous classes whose starts the
+    compiler cannot prove 16-byte aligned (a row stride that is no multiple of 16 elements: 16 is
+    what triton's specialisation of integer arguments tells it), when every row tensor (the
+    gradient, soft targets and their gradient; None ones left out) has the logits' element size
+    and strides and a 16-byte-aligned start, so that its rows sit at the logits' offsets.
+    Rows stay whole (measured with benchmarks/compile_sm90.py) in fp64, where split rows spilled
+    registers and 8-byte accesses lose less, and with class weights, where they spilled on
+    triton 3.6 (52/56 bytes in 16-bit with every option on)."""
+    size = logits.element_size()
+    spatial = logits.shape[2]
+    if logits.stride(1) != 1 or size not in (2, 4) or weight is not None:
+        return 1
+    if logits.stride(0) % 16 == 0 and (spatial == 1 or logits.stride(2) % 16 == 0):
+        return 1  # rows the compiler already knows aligned
+    for row in (logits, *rows):
+        if row is not None and (row.data_ptr() % 16 or row.element_size() != size
+                                or row.stride() != logits.stride()):
+            return 1
+    return 16 // size
 
 
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
@@ -537,6 +659,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     num_rows, num_classes, spatial = logits.shape
     num_tokens = num_rows * spatial
     block = row_block(num_classes)
+    vector = _aligned_vector(logits, weight, grad, *((target, target_grad) if soft else ()))
     programs = (partials.numel() - 1 if partials is not None else
                 persistent_programs(logits.device, num_tokens, num_classes * logits.element_size()))
     _softmax_loss_kernel[(programs,)](
@@ -554,7 +677,8 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
         ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
-        NUM_STAGES=_num_stages(logits.dtype, focal), TOKEN_BLOCK=_TOKEN_BLOCK,
+        NUM_STAGES=_num_stages(logits.dtype, focal, soft and vector > 1), VEC=vector,
+        TOKEN_BLOCK=_TOKEN_BLOCK,
         SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
         HAS_Z_LOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, FOCAL=focal,
