@@ -291,7 +291,10 @@ def record(launch_all, examples):
         with warnings.catch_warnings(), _args.checks_queued_as_on_cuda():
             warnings.simplefilter("ignore")  # torch's broadcast warnings on fuzzed calls
             try:
-                run_with_gradients(getattr(functional, name), args, kwargs, grad_seed=0)
+                # the realistic calls backward a contiguous grad_output, as training does; the
+                # fuzzer's take the comparison's strided one (more specialisations)
+                run_with_gradients(getattr(functional, name), args, kwargs, grad_seed=0,
+                                   strided_grad_output=launch_all)
             except Exception as error:
                 error.add_note(f"compile_sm90: raised by the call '{label}'")
                 raise

@@ -218,3 +218,25 @@ def test_cli_cuda_without_a_device_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["check", "--device", "cuda", "--examples", "1"])
     assert exit_.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_grad_output_strided_or_contiguous_gives_the_same_gradients(monkeypatch):
+    """run_with_gradients hands a strided grad_output by default (the comparison's rule) and a
+    contiguous one on request (the sm_90 compile's realistic calls): the same values either way."""
+    from fusedloss import functional
+    from fusedloss.testing.compare import run_with_gradients
+    handed = []
+    original = torch.autograd.grad
+
+    def grad(outputs, inputs, grad_outputs=None, **kwargs):
+        if torch.is_tensor(grad_outputs):  # run_with_gradients' call
+            handed.append(grad_outputs.is_contiguous())
+        return original(outputs, inputs, grad_outputs, **kwargs)
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+    x = torch.randn(6, 11, requires_grad=True)
+    target = torch.randint(0, 11, (6,))
+    runs = [run_with_gradients(functional.cross_entropy, (x, target), {"reduction": "none"},
+                               grad_seed=0, strided_grad_output=strided)
+            for strided in (True, False)]
+    assert handed == [False, True]
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)

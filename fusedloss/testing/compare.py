@@ -85,14 +85,16 @@ def _outputs(result):
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
-def run_with_gradients(fn, args, kwargs, grad_seed, dtype=None, grad_output_dtype=torch.float64):
+def run_with_gradients(fn, args, kwargs, grad_seed, dtype=None, grad_output_dtype=torch.float64,
+                       strided_grad_output=True):
     """Call fn on fresh copies (floating ones cast to `dtype`), backward a seeded random
     grad_output through the loss output; return (detached outputs, gradients of the inputs that
     require grad, in argument order). grad_output's values are those representable in
     `grad_output_dtype`: every run of one comparison uses the candidate's, so the float64 truth
     differentiates with exactly the grad_output the candidate received. A grad_output of several
     elements comes strided (every other element of a wider tensor), as a backward's often do
-    (a sum's is expanded, stride 0): a kernel that indexes it as if contiguous fails here."""
+    (a sum's is expanded, stride 0): a kernel that indexes it as if contiguous fails here.
+    strided_grad_output=False hands it contiguous instead, as a typical training step does."""
     args = [_copy(a, dtype) for a in args]
     kwargs = {k: _copy(v, dtype) for k, v in kwargs.items()}
     leaves = [a for a in list(args) + list(kwargs.values())
@@ -104,6 +106,8 @@ def run_with_gradients(fn, args, kwargs, grad_seed, dtype=None, grad_output_dtyp
         generator = torch.Generator().manual_seed(grad_seed)
         grad_output = torch.randn((*loss.shape, 2), generator=generator, dtype=torch.float64) + 0.5
         grad_output = grad_output.to(grad_output_dtype).to(loss.dtype)[..., 0]
+        if not strided_grad_output:
+            grad_output = grad_output.contiguous()
         grads = torch.autograd.grad(loss, leaves, grad_output, allow_unused=True)
         grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]
     return [o.detach() if torch.is_tensor(o) else o for o in outputs], list(grads)
