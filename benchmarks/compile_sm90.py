@@ -107,6 +107,12 @@ def _realistic_calls():
         yield call("cross_entropy V=50257 every option", "cross_entropy",
                    randn(4, 50257, grad=True), randint(50257, 4), weight=uniform(50257),
                    label_smoothing=0.1, z_loss=1e-4, softcap=30.0, return_lse=True)
+        yield call("cross_entropy V=50257 weight smoothing", "cross_entropy",
+                   randn(4, 50257, grad=True), randint(50257, 4), weight=uniform(50257),
+                   label_smoothing=0.1)
+        yield call("cross_entropy V=50257 weight z-loss softcap", "cross_entropy",
+                   randn(4, 50257, grad=True), randint(50257, 4), weight=uniform(50257),
+                   z_loss=1e-4, softcap=30.0)
         yield call("cross_entropy V=50257 soft labels every option", "cross_entropy",
                    randn(4, 50257, grad=True), randn(4, 50257).float().softmax(-1).to(dtype),
                    label_smoothing=0.1, z_loss=1e-4, softcap=30.0, return_lse=True)
@@ -121,6 +127,8 @@ def _realistic_calls():
                    randint(21, 4, 64, 64))
         yield call("softmax_focal_loss V=32000", "softmax_focal_loss", randn(8, 32000, grad=True),
                    randint(32000, 8), alpha=uniform(32000), gamma=2.0)
+        yield call("softmax_focal_loss V=50257", "softmax_focal_loss", randn(8, 50257, grad=True),
+                   randint(50257, 8), alpha=uniform(50257), gamma=2.0)
         log_probs = randn(4, 21, 64, 64).float().log_softmax(1).to(dtype).requires_grad_()
         yield call("nll_loss C=21 64x64", "nll_loss", log_probs, randint(21, 4, 64, 64),
                    weight=uniform(21))
@@ -341,16 +349,24 @@ VECTOR_KERNELS = ("_elementwise_loss_kernel", "_scale_kernel")
 
 def must_vectorise(launch):
     """Whether the launch must compile to 16-byte loads and stores: the flat kernels always; the
-    softmax row kernel when it writes a gradient of contiguous 16- or 32-bit classes without
-    class weights, whatever the row length (it splits unaligned rows at 16-byte boundaries:
-    cross_entropy._aligned_vector)."""
+    softmax row kernel when it writes a gradient of contiguous classes with options whose split
+    rows fit the registers (cross_entropy._split_fits_registers), whatever the row length (it
+    splits unaligned rows at 16-byte boundaries)."""
     if launch.name in VECTOR_KERNELS:
         return True
     names = list(launch.signature)
-    constexprs = {names[index]: value for (index, *_), value in launch.constexprs.items()}
-    return (launch.name == "_softmax_loss_kernel" and constexprs.get("COMPUTE_GRAD") is True
-            and constexprs.get("HAS_WEIGHT") is not True and constexprs.get("logits_stride_c") == 1
-            and describe(launch)[0] in ("fp32", "fp16", "bf16"))
+    flags = {names[index]: value for (index, *_), value in launch.constexprs.items()}
+    if not (launch.name == "_softmax_loss_kernel" and flags.get("COMPUTE_GRAD") is True
+            and flags.get("logits_stride_c") == 1):
+        return False
+    import torch
+    from fusedloss.triton_kernels.cross_entropy import _split_fits_registers
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+             "fp64": torch.float64}[describe(launch)[0]]
+    return _split_fits_registers(dtype, flags.get("HAS_WEIGHT") is True,
+                                 float(flags.get("HAS_SMOOTHING") is True),
+                                 float(flags.get("HAS_Z_LOSS") is True),
+                                 1.0 if flags.get("HAS_SOFTCAP") is True else None)
 
 
 def compile_launch(launch):

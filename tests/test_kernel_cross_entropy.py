@@ -322,29 +322,40 @@ def test_empty_batch():
 
 # --- rows split at 16-byte boundaries -------------------------------------------------------
 
-def _row_vector(x, weight=None, **launch_tensors):
+def _row_vector(x, **launch_tensors):
     from fusedloss.triton_kernels.cross_entropy import _aligned_vector, _as_tokens
-    return _aligned_vector(_as_tokens(x), weight,
-                           *(_as_tokens(t) for t in launch_tensors.values()))
+    return _aligned_vector(_as_tokens(x), *(_as_tokens(t) for t in launch_tensors.values()))
 
 
 def test_rows_split_only_where_the_compiler_cannot_prove_them_aligned():
     odd = torch.zeros(4, 1029)
     assert _row_vector(odd) == 4 and _row_vector(odd.bfloat16()) == 8
+    assert _row_vector(odd.double()) == 2
     assert _row_vector(odd, grad=torch.empty_like(odd)) == 4
     assert _row_vector(torch.zeros(4, 1024)) == 1  # a multiple of 16: already vectorised
-    assert _row_vector(odd.double()) == 1  # fp64 rows stay whole
-    assert _row_vector(odd, weight=torch.ones(1029)) == 1  # so do weighted ones
     assert _row_vector(torch.zeros(1029, 4).t()) == 1  # classes not contiguous
     assert _row_vector(torch.zeros(4 * 1029 + 1)[1:].view(4, 1029)) == 1  # start not aligned
     assert _row_vector(odd, grad=torch.zeros(4, 2048)[:, :1029]) == 1  # other strides
 
 
+def test_rows_stay_whole_where_split_ones_spilled():
+    from fusedloss.triton_kernels.cross_entropy import _split_fits_registers
+    assert _split_fits_registers(torch.bfloat16, True, 0.1, 0.0, None)
+    assert _split_fits_registers(torch.bfloat16, True, 0.0, 1e-4, 30.0)
+    assert _split_fits_registers(torch.float32, True, 0.1, 1e-4, 30.0)
+    assert not _split_fits_registers(torch.bfloat16, True, 0.1, 0.0, 30.0)
+    assert not _split_fits_registers(torch.float64, False, 0.0, 0.0, None)
+    x = _logits((9, 1029), dtype=torch.bfloat16)
+    target = _labels((9,), 1029)
+    assert_close_to_reference("cross_entropy", x, target, weight=_class_weight(1029, x.dtype),
+                              label_smoothing=0.1, softcap=2.5)
+
+
 SPLIT_CASES = {
     "hard, every option": dict(label_smoothing=0.1, z_loss=1e-2, softcap=2.5, return_lse=True),
-    "hard, none": dict(reduction="none"),
-    "soft": dict(soft=True, label_smoothing=0.2),
-    "focal": dict(focal=True),
+    "hard, weights, none": dict(weight=True, label_smoothing=0.1, reduction="none"),
+    "soft": dict(soft=True, label_smoothing=0.2, z_loss=1e-2),
+    "focal": dict(focal=True, weight=True),
 }
 
 
@@ -359,6 +370,8 @@ def test_rows_split_at_16_byte_boundaries(dtype, num_classes, case):
     soft, focal = options.pop("soft", False), options.pop("focal", False)
     x = _logits((9, num_classes), dtype=dtype)
     target = _probabilities((9, num_classes), dtype) if soft else _labels((9,), num_classes)
+    if options.pop("weight", False):
+        options["alpha" if focal else "weight"] = _class_weight(num_classes, dtype)
     assert _row_vector(x) == 16 // x.element_size()
     name = "softmax_focal_loss" if focal else "cross_entropy"
     assert_close_to_reference(name, x, target, **options)

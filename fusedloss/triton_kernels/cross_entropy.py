@@ -592,7 +592,7 @@ _STATS = tl.constexpr(STATS)
 _TOKEN_BLOCK = 1024
 
 
-def _num_stages(dtype, focal, split_soft_labels=False):
+def _num_stages(dtype, focal, split_with_second_row=False):
     """Software-pipelining stages of the block loops (blocks in flight per program), the most
     that compile for sm_90 without register spills on both CI stacks (benchmarks/compile_sm90.py,
     triton 3.9 and 3.6): 2 for 16-bit logits, one block's load in flight beside the block being
@@ -601,28 +601,26 @@ def _num_stages(dtype, focal, split_soft_labels=False):
     loads in flight wait in registers: 112 bytes a thread; every option on at V = 128256: 8 to
     16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes).
     fp32 focal loss is the exception: 1 stage spilled it on triton 3.6 (36 bytes), 2 do not.
-    Soft labels in rows split at 16-byte boundaries (_row_split: four vectorised row tensors)
-    take 1: 2 spilled 16-bit logits on triton 3.6 (24 bytes at V = 50257, every option on)."""
-    if split_soft_labels:
+    Rows split at 16-byte boundaries (_row_split) with a second row vector (soft labels, class
+    weights) take 1: 2 spilled 16-bit logits on triton 3.6 (soft labels with every option on at
+    V = 50257: 24 bytes; class weights with smoothing, z-loss and soft-capping: 52)."""
+    if split_with_second_row:
         return 1
     if dtype in (torch.float16, torch.bfloat16) or (focal and dtype == torch.float32):
         return 2
     return 1
 
 
-def _aligned_vector(logits, weight, *rows):
-    """Elements of the logits per 16 bytes when the kernel is to split rows at 16-byte boundaries
-    (_row_split), else 1. It splits 16- and 32-bit rows of contiguous classes whose starts the
-    compiler cannot prove 16-byte aligned (a row stride that is no multiple of 16 elements: 16 is
-    what triton's specialisation of integer arguments tells it), when every row tensor (the
-    gradient, soft targets and their gradient; None ones left out) has the logits' element size
-    and strides and a 16-byte-aligned start, so that its rows sit at the logits' offsets.
-    Rows stay whole (measured with benchmarks/compile_sm90.py) in fp64, where split rows spilled
-    registers and 8-byte accesses lose less, and with class weights, where they spilled on
-    triton 3.6 (52/56 bytes in 16-bit with every option on)."""
+def _aligned_vector(logits, *rows):
+    """Elements of the logits per 16 bytes when their rows can be split at 16-byte boundaries
+    (_row_split) and need it, else 1: rows of contiguous classes whose starts the compiler cannot
+    prove 16-byte aligned (a row stride that is no multiple of 16 elements: 16 is what triton's
+    specialisation of integer arguments tells it), when every row tensor (the gradient, soft
+    targets and their gradient; None ones left out) has the logits' element size and strides and
+    a 16-byte-aligned start, so that its rows sit at the logits' offsets."""
     size = logits.element_size()
     spatial = logits.shape[2]
-    if logits.stride(1) != 1 or size not in (2, 4) or weight is not None:
+    if logits.stride(1) != 1 or 16 % size or size == 16:
         return 1
     if logits.stride(0) % 16 == 0 and (spatial == 1 or logits.stride(2) % 16 == 0):
         return 1  # rows the compiler already knows aligned
@@ -631,6 +629,19 @@ def _aligned_vector(logits, weight, *rows):
                                 or row.stride() != logits.stride()):
             return 1
     return 16 // size
+
+
+def _split_fits_registers(dtype, weighted, label_smoothing, z_loss, softcap):
+    """Whether split rows compile for sm_90 without register spills on both CI stacks
+    (benchmarks/compile_sm90.py, triton 3.9 and 3.6); where they do not, rows stay whole and keep
+    narrower accesses. Not in fp64 (hundreds of bytes with every option; its 8-byte accesses
+    lose less), nor in 16 bits with class weights, label smoothing and a logit option (z-loss or
+    soft-capping) together (all four on: 20 bytes on triton 3.6; weights with smoothing, or with
+    z-loss and soft-capping, fit)."""
+    if dtype == torch.float64:
+        return False
+    return not (dtype != torch.float32 and weighted and label_smoothing != 0
+                and (z_loss != 0 or softcap is not None))
 
 
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
@@ -659,7 +670,9 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     num_rows, num_classes, spatial = logits.shape
     num_tokens = num_rows * spatial
     block = row_block(num_classes)
-    vector = _aligned_vector(logits, weight, grad, *((target, target_grad) if soft else ()))
+    vector = 1
+    if _split_fits_registers(logits.dtype, weight is not None, label_smoothing, z_loss, softcap):
+        vector = _aligned_vector(logits, grad, *((target, target_grad) if soft else ()))
     programs = (partials.numel() - 1 if partials is not None else
                 persistent_programs(logits.device, num_tokens, num_classes * logits.element_size()))
     _softmax_loss_kernel[(programs,)](
@@ -677,7 +690,8 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
         ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
-        NUM_STAGES=_num_stages(logits.dtype, focal, soft and vector > 1), VEC=vector,
+        NUM_STAGES=_num_stages(logits.dtype, focal, vector > 1 and (soft or weight is not None)),
+        VEC=vector,
         TOKEN_BLOCK=_TOKEN_BLOCK,
         SOFT_LABELS=soft, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
