@@ -502,7 +502,7 @@ def _softmax_loss_kernel(
             _zero_row(grad_row, grad_stride_c, body, BLOCK)
             if VEC > 1:
                 edge_cols, edge_mask = _edge_columns(head, body, num_classes, VEC)
-                tl.store(grad_row + edge_cols,
+                tl.store(grad_row + edge_cols * grad_stride_c,
                          tl.zeros(edge_cols.shape, grad_row.dtype.element_ty), mask=edge_mask)
         if REDUCE:
             partial += loss
@@ -620,7 +620,7 @@ def _aligned_vector(logits, *rows):
     a 16-byte-aligned start, so that its rows sit at the logits' offsets."""
     size = logits.element_size()
     spatial = logits.shape[2]
-    if logits.stride(1) != 1 or 16 % size or size == 16:
+    if logits.stride(1) != 1 or 16 % size:
         return 1
     if logits.stride(0) % 16 == 0 and (spatial == 1 or logits.stride(2) % 16 == 0):
         return 1  # rows the compiler already knows aligned
