@@ -138,3 +138,9 @@ def reference_backend():
     import fusedloss
     with fusedloss.use_backend("reference"):
         yield
+
+
+@pytest.fixture(scope="session")
+def torchcrf():
+    """pytorch-crf (a test extra); the comparison skips, saying so, where it is not installed."""
+    return pytest.importorskip("torchcrf", reason="pytorch-crf is not installed (pip install pytorch-crf)")

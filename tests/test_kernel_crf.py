@@ -291,9 +291,9 @@ def test_many_tags_run_the_kernels():
 
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("reduction", ["sum", "mean", "token_mean", "none"])
-def test_module_matches_pytorch_crf(batch_first, reduction):
+def test_module_matches_pytorch_crf(batch_first, reduction, torchcrf):
     torch.manual_seed(0)
-    ours, theirs = CRF(5, batch_first=batch_first), _pytorch_crf().CRF(5, batch_first=batch_first)
+    ours, theirs = CRF(5, batch_first=batch_first), torchcrf.CRF(5, batch_first=batch_first)
     theirs.load_state_dict(ours.state_dict())
     emissions, tags, _, _, _, mask = _crf_inputs(3, STEPS, 5, [6, 2, 4], grads=(True, False, False, False))
     tags = tags.clamp(min=0)  # pytorch-crf reads every tag, also past the length
@@ -313,8 +313,3 @@ def test_module_matches_pytorch_crf(batch_first, reduction):
     assert ours_paths == theirs_paths
     for a, b in zip(ours_tensors, theirs_tensors):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def _pytorch_crf():
-    """pytorch-crf (a test extra); the comparison skips, saying so, where it is not installed."""
-    return pytest.importorskip("torchcrf", reason="pytorch-crf is not installed (pip install pytorch-crf)")

@@ -92,9 +92,9 @@ def test_tags_past_the_length_are_ignored():
         F.crf_nll(emissions, tags.masked_fill(~mask, -4), transitions, start, end)
 
 
-def _pair(num_tags, batch_first, seed=0):
+def _pair(torchcrf, num_tags, batch_first, seed=0):
     torch.manual_seed(seed)
-    theirs = _pytorch_crf().CRF(num_tags, batch_first=batch_first).double()
+    theirs = torchcrf.CRF(num_tags, batch_first=batch_first).double()
     ours = CRF(num_tags, batch_first=batch_first).double()
     ours.load_state_dict(theirs.state_dict())
     return ours, theirs
@@ -110,8 +110,8 @@ HOLES = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 0], [1, 1, 0, 0, 1]], dtype=
     *[(reduction, kind) for reduction in ("none", "sum", "mean", "token_mean")
       for kind in ("none", "prefix")],
     ("token_mean", "holes")])  # holes: the one reduction that reads the mask
-def test_module_matches_pytorch_crf(batch_first, reduction, mask_kind):
-    ours, theirs = _pair(4, batch_first)
+def test_module_matches_pytorch_crf(batch_first, reduction, mask_kind, torchcrf):
+    ours, theirs = _pair(torchcrf, 4, batch_first)
     emissions, tags, *_, mask = _random_crf(1, 3, 5, 4, [5, 2, 3])
     if mask_kind == "holes":  # tags off the mask are -1: pytorch-crf reads some (as the last tag)
         mask = HOLES
@@ -162,8 +162,8 @@ def _pytorch_crf_gold(emissions, tags, transitions, start, end, mask):
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_module_errors_match_pytorch_crf(batch_first):
-    ours, theirs = _pair(4, batch_first)
+def test_module_errors_match_pytorch_crf(batch_first, torchcrf):
+    ours, theirs = _pair(torchcrf, 4, batch_first)
     emissions, tags, *_, mask = _random_crf(1, 3, 5, 4, [5, 2, 3])
     if not batch_first:  # the caller's layout: the messages name these shapes
         emissions, tags, mask = emissions.transpose(0, 1), tags.transpose(0, 1), mask.transpose(0, 1)
@@ -221,8 +221,3 @@ def test_errors():
         CRF(0)
     with pytest.raises(ValueError):  # the time-major module checks the mask's first step too
         CRF(3)(emissions.transpose(0, 1), tags.transpose(0, 1), mask=late_start.transpose(0, 1))
-
-
-def _pytorch_crf():
-    """pytorch-crf (a test extra); the comparison skips, saying so, where it is not installed."""
-    return pytest.importorskip("torchcrf", reason="pytorch-crf is not installed (pip install pytorch-crf)")
