@@ -15,12 +15,15 @@ import time
 # Every family's rows have these keys, in this order (the CSV's columns after CONTEXT).
 COLUMNS = ("family", "case", "dtype", "axis", "size", "impl", "ms", "ms_q20", "ms_q80",
            "ratio_to_fastest", "pct_of_bound", "peak_mib", "note")
-# Written into every CSV row: where and with what the row was measured.
-CONTEXT = ("device", "torch", "triton", "fusedloss", "date")
+# Written into every CSV row: where and with what the row was measured, and the bandwidth its
+# "% of bound" is taken at.
+CONTEXT = ("device", "torch", "triton", "fusedloss", "date", "bandwidth")
 
-# Datasheet peaks (HBM GB/s, dense bf16 TFLOP/s) for the "% of bound" column, by a substring of
-# torch.cuda.get_device_name; more specific names first. Elsewhere the column stays empty
-# unless --peak-gbps / --peak-tflops give them.
+# Datasheet peaks (HBM GB/s, dense bf16 TFLOP/s), by a substring of torch.cuda.get_device_name;
+# more specific names first. The bandwidth bound of "% of bound" is the device-to-device copy
+# bandwidth measured at the start of the run (copy_bandwidth_gbps), what a memory-bound kernel
+# can reach there; the datasheet figure is printed beside it and the TFLOP/s are the
+# datasheet's. --peak-gbps / --peak-tflops override both.
 DATASHEET_PEAKS = (("H100 PCIe", 2000.0, 756.0), ("H200", 4800.0, 989.0), ("H100", 3350.0, 989.0),
                    ("A100", 2039.0, 312.0))
 
@@ -31,6 +34,21 @@ def datasheet_peaks(device_name):
         if key in device_name:
             return gbps, tflops
     return None, None
+
+
+def copy_bandwidth_gbps(device, size_bytes=2**30):
+    """GB/s of a device-to-device copy of `size_bytes` (one read and one write of each byte),
+    the median of triton.testing.do_bench; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    import torch
+    import triton.testing
+    source = torch.empty(size_bytes, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    ms = triton.testing.do_bench(lambda: target.copy_(source), quantiles=[0.5])[0]
+    del source, target
+    torch.cuda.empty_cache()
+    return 2 * size_bytes / (ms * 1e-3) / 1e9
 
 
 class Peaks:

@@ -39,21 +39,35 @@ def default_out(device):
     return HERE / "results" / f"{slug}-{datetime.date.today():%Y%m%d}"
 
 
+def bandwidth_bound(device, device_name, gbps):
+    """(GB/s for "% of bound", what the figure is): --peak-gbps where given, else the measured
+    device-to-device copy bandwidth on CUDA; (None, why not) on the CPU."""
+    if gbps:
+        return gbps, f"{gbps:.0f} GB/s (--peak-gbps)"
+    if device.type != "cuda":
+        return None, "none (CPU interpreter)"
+    measured = common.copy_bandwidth_gbps(device)
+    sheet_gbps, _ = common.datasheet_peaks(device_name)
+    sheet = f", datasheet {sheet_gbps:.0f} GB/s" if sheet_gbps else ""
+    return measured, f"{measured:.0f} GB/s (measured device-to-device copy{sheet})"
+
+
 def run(names, quick, out, gbps=None, tflops=None, log=print):
     """Measure the named families into `out`; returns 0, or 1 when a family raised."""
     device = common.kernel_device(quick)
     about = context(device)
-    sheet_gbps, sheet_tflops = common.datasheet_peaks(about["device"])
-    peaks = common.Peaks(gbps or sheet_gbps, tflops or sheet_tflops)
+    bound_gbps, about["bandwidth"] = bandwidth_bound(device, about["device"], gbps)
+    _, sheet_tflops = common.datasheet_peaks(about["device"])
+    peaks = common.Peaks(bound_gbps, tflops or sheet_tflops)
     out = pathlib.Path(out) if out else default_out(device)
     out.mkdir(parents=True, exist_ok=True)
     log(", ".join(f"{key} {value}" for key, value in about.items()))
     if device.type != "cuda":
         log("note: kernels through the Triton interpreter on the CPU: these times keep the "
             "benchmarks alive, they are not performance figures")
-    elif peaks.gbps is None:
-        log(f"note: no datasheet peak for {about['device']}: give --peak-gbps/--peak-tflops for "
-            "the % of bound column")
+    elif peaks.tflops is None:
+        log(f"note: no datasheet peak for {about['device']}: give --peak-tflops for the "
+            "matmul families' % of bound column")
     rows, notes, failures = [], {}, 0
     for name in names:
         log(f"== {name}")
@@ -101,7 +115,8 @@ def _cell(value, spec):
 
 def to_markdown(rows, notes, about):
     lines = [f"Measured on {about['device']}: torch {about['torch']}, triton {about['triton']}, "
-             f"fusedloss {about['fusedloss']}, {about['date']}.", ""]
+             f"fusedloss {about['fusedloss']}, {about['date']}. Bandwidth bound: "
+             f"{about['bandwidth']}.", ""]
     for name, family_notes in notes.items():
         lines += [f"### {name}", ""]
         lines += [f"- {note}" for note in family_notes]

@@ -160,7 +160,8 @@ def main(argv=None):
     bench.add_argument("--out", metavar="DIR", help="where to write results.md, results.csv and "
                        "the plots (default: benchmarks/results/<device>-<date>)")
     bench.add_argument("--peak-gbps", type=_positive_float, metavar="X",
-                       help="the device's memory bandwidth for %% of bound (default: its datasheet's)")
+                       help="the memory bandwidth for %% of bound (default: a device-to-device "
+                       "copy's, measured at the start of the run)")
     bench.add_argument("--peak-tflops", type=_positive_float, metavar="X",
                        help="the device's dense bf16 matmul rate for %% of bound (default: its "
                        "datasheet's)")

@@ -89,6 +89,29 @@ def test_ratio_to_fastest_and_pct_of_bound(common):
     assert common.datasheet_peaks("NVIDIA H100 PCIe")[0] == 2000.0
 
 
+def test_bandwidth_bound_is_a_measured_copy_unless_given(common, monkeypatch):
+    import torch
+
+    import report
+    monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda device: 4123.4)
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert report.bandwidth_bound(cuda, "NVIDIA H200", None) == (
+        4123.4, "4123 GB/s (measured device-to-device copy, datasheet 4800 GB/s)")
+    assert report.bandwidth_bound(cuda, "a GPU no datasheet lists", None) == (
+        4123.4, "4123 GB/s (measured device-to-device copy)")
+    assert report.bandwidth_bound(cuda, "NVIDIA H200", 3000.0) == (3000.0, "3000 GB/s (--peak-gbps)")
+    assert report.bandwidth_bound(torch.device("cpu"), "cpu", None) == (None, "none (CPU interpreter)")
+
+
+def test_copy_bandwidth_is_measured_only_on_cuda(common, device):
+    import torch
+    gbps = common.copy_bandwidth_gbps(torch.device(device), size_bytes=2**26)
+    if device == "cpu":
+        assert gbps is None
+    else:  # any GPU's copy lies between a PCIe link's and no HBM's yet
+        assert 10 < gbps < 20000, gbps
+
+
 def test_help_lists_only_the_benchmark_families(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])
