@@ -45,7 +45,7 @@ def copy_bandwidth_gbps(device, size_bytes=2**30):
     import triton.testing
     source = torch.empty(size_bytes, dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
-    ms = triton.testing.do_bench(lambda: target.copy_(source), quantiles=[0.5])[0]
+    ms = triton.testing.do_bench(lambda: target.copy_(source), return_mode="median")
     del source, target
     torch.cuda.empty_cache()
     return 2 * size_bytes / (ms * 1e-3) / 1e9
