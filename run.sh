@@ -2,7 +2,7 @@
 # One entry point that sets itself up on a fresh machine:
 #   bash run.sh check [ARGS...]   the kernels against the reference (python -m fusedloss check)
 #   bash run.sh test  [ARGS...]   the test suite, a worker per core (what CI runs, on both stacks below)
-#   bash run.sh compile [ARGS...] every kernel compiled ahead of time for sm_90 (no GPU needed)
+#   bash run.sh compile [ARGS...] every kernel compiled ahead of time for sm_90 (no GPU needed; --arch 80: sm_80)
 #   bash run.sh traffic [ARGS...] bytes each loss moves fwd+bwd, counted on the CPU (--check: ceilings)
 #   bash run.sh bench [ARGS...]   python -m fusedloss bench (on a CPU only --quick: tiny sizes)
 #   bash run.sh wheel             pip wheel . installs into a fresh venv and runs check there

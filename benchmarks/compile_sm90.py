@@ -1,18 +1,19 @@
-"""Compiles every launched Triton kernel of fusedloss for sm_90 (H100/H200) without a GPU, in the
-specialisations the library's own host code launches, and reports registers and spills.
+"""Compiles every launched Triton kernel of fusedloss for sm_90 (H100/H200; --arch 80: A100)
+without a GPU, in the specialisations the library's own host code launches, and reports
+registers and spills.
 
 Two steps, each in its own process:
   record   fusedloss.functional calls (forward and backward) run on CPU tensors through the
            Triton interpreter with the GPU's launch sizes (FUSEDLOSS_LAUNCH_PARAMS=gpu). Every
            kernel launch is intercepted before it executes: triton's own argument binder, set up
-           for an sm_90 target, turns its arguments into the specialisation a GPU launch would
+           for the target GPU, turns its arguments into the specialisation a GPU launch would
            compile (argument types, ints equal to 1 or divisible by 16, 16-byte aligned
            pointers, constexpr values, num_warps), and the launch is skipped. Outputs therefore
            hold garbage, which nothing here reads. The calls run as on CUDA, every value check
            queued on the device (which reaches the kernels' device-path variants: BCE's range
            check inside its kernel); the queued asserts are skipped too, as they would read
            the skipped launches' garbage.
-  compile  each distinct specialisation is compiled for sm_90 with the real JITFunction, in
+  compile  each distinct specialisation is compiled for the target with the real JITFunction, in
            processes without the interpreter (so the kernels' globals are the GPU's), a worker
            per core, and the report of the ptxas run triton makes gives registers and spill
            bytes.
@@ -24,6 +25,7 @@ a vector by construction), or when a kernel that fusedloss/triton_kernels/*.py l
 (`kernel[grid](...)`) was never reached.
 
     python benchmarks/compile_sm90.py        # realistic training shapes, every dtype (CI)
+    python benchmarks/compile_sm90.py --arch 80   # the same for sm_80 (A100; CI, one stack)
     python benchmarks/compile_sm90.py --all  # every specialisation the fuzzer's calls reach:
                                              # --examples calls per loss (default 200) drawn
                                              # with its hypothesis strategies
@@ -53,9 +55,14 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 FUZZ_SEED = 20240601  # the fuzz tests' seed: two --all runs compile the same set
 
 
+# The compute capability compiled for (--arch): 90 is what the CUDA driver reports for an
+# H100/H200, 80 for an A100. The record step's process and the compile workers inherit it.
+ARCH = 90
+
+
 def _target():
     from triton.backends.compiler import GPUTarget
-    return GPUTarget("cuda", 90, 32)  # what the CUDA driver reports for an H100/H200
+    return GPUTarget("cuda", ARCH, 32)
 
 
 @dataclasses.dataclass
@@ -278,7 +285,7 @@ def record(launch_all, examples):
     current = [None]
 
     def intercept(self, *args, grid, warmup, **kwargs):
-        # what JITFunction.run does before it compiles (its binder and _pack_args), for sm_90
+        # what JITFunction.run does before it compiles (its binder and _pack_args), for ARCH
         if self.fn not in binders:
             kernel = JITFunction(self.fn)
             binders[self.fn] = kernel, create_function_from_signature(kernel.signature,
@@ -372,7 +379,7 @@ def must_vectorise(launch):
 
 def compile_launch(launch):
     """(registers, spill store bytes, spill load bytes, widest global load bytes, widest global
-    store bytes) of the launch compiled for sm_90."""
+    store bytes) of the launch compiled for the target."""
     import triton
     from triton.compiler import ASTSource
     kernel = getattr(importlib.import_module(launch.module), launch.name)
@@ -452,13 +459,18 @@ def compile_all(launches, check_vectors):
 
 
 def main():
+    global ARCH
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--all", action="store_true",
                         help="every specialisation the fuzzer's calls reach, not realistic shapes")
     parser.add_argument("--examples", type=int, default=200,
                         help="calls drawn per loss with --all (default 200, the fuzzer's)")
+    parser.add_argument("--arch", type=int, choices=(80, 90), default=ARCH,
+                        help="compute capability to compile for: 90 (H100/H200, default) or 80 "
+                        "(A100)")
     parser.add_argument("--record-to", help=argparse.SUPPRESS)  # the record step's process
     args = parser.parse_args()
+    ARCH = args.arch
 
     if args.record_to:
         with open(args.record_to, "wb") as handle:
@@ -472,7 +484,8 @@ def main():
         # process; the backend is pinned so no call silently takes the reference instead
         env = dict(os.environ, TRITON_INTERPRET="1", FUSEDLOSS_LAUNCH_PARAMS="gpu",
                    FUSEDLOSS_BACKEND="triton")
-        command = [sys.executable, __file__, "--record-to", path, "--examples", str(args.examples)]
+        command = [sys.executable, __file__, "--record-to", path, "--examples", str(args.examples),
+                   "--arch", str(args.arch)]
         subprocess.run(command + (["--all"] if args.all else []), env=env, check=True)
         with open(path, "rb") as handle:
             launches = pickle.load(handle)
@@ -482,7 +495,7 @@ def main():
     failures, narrow, spilled = compile_all(launches, check_vectors=not args.all)
     missing = launched_kernels() - {(launch.module, launch.name) for launch in launches}
     kernels = len({(launch.module, launch.name) for launch in launches})
-    print(f"\n{len(launches)} specialisations of {kernels} kernels for sm_90 "
+    print(f"\n{len(launches)} specialisations of {kernels} kernels for sm_{ARCH} "
           f"({'--all' if args.all else 'realistic shapes'}): recorded in {recorded:.0f} s, "
           f"compiled in {time.perf_counter() - start - recorded:.0f} s; "
           f"{spilled} with spills, {failures} failed to compile"
