@@ -2,9 +2,9 @@
 
 Per loss, dtype and size all run on the same input and target (reduction 'mean', the gradient
 w.r.t. the input). The bound is one read of input and target and one write of the input
-gradient; "% of bound" is that traffic's time at the device's peak bandwidth over the measured
-time. A loss torch lacks (torchvision's sigmoid focal loss) is measured against the reference's
-torch composition.
+gradient; "% of bound" is that traffic's time at the run's bandwidth bound (a measured
+device-to-device copy) over the measured time. A loss torch lacks (torchvision's sigmoid focal
+loss) is measured against the reference's torch composition.
 
     python benchmarks/bench_pointwise.py [--quick] [--out DIR]
 """
