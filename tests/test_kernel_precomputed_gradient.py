@@ -60,6 +60,30 @@ def test_per_element_and_non_contiguous_gradients_scale_by_torch():
     torch.testing.assert_close(_precomputed_gradient.scale_in_place(transposed, torch.tensor(2.0)), grad.t() * 2, rtol=0, atol=0)
 
 
+def test_a_grad_output_wider_than_the_gradient_broadcasts_out_of_place():
+    grad = _gradient(10, torch.float32)
+    per_pair = torch.linspace(-1, 2, 3).view(3, 1)  # (10,) against (3, 1): a (3, 10) product
+    torch.testing.assert_close(_precomputed_gradient.scale_in_place(grad.clone(), per_pair),
+                               grad * per_pair, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shapes", [[(), ()], [(3, 1), (1, 4)], [(5,), (2, 1, 5), ()],
+                                    [(0, 1), (1, 3)], [(0,), (1,)], [(2, 0), (2, 1)]])
+def test_broadcast_shape_is_torchs(shapes):
+    from fusedloss.triton_kernels._common import broadcast_shape
+    shapes = [torch.Size(s) for s in shapes]
+    assert broadcast_shape(*shapes) == torch.broadcast_shapes(*shapes)
+
+
+@pytest.mark.parametrize("shapes", [[(3,), (4,)], [(2, 3), (3, 2)], [(0,), (2,)]])
+def test_broadcast_shape_refuses_what_torch_refuses(shapes):
+    from fusedloss.triton_kernels._common import broadcast_shape
+    with pytest.raises(RuntimeError):
+        torch.broadcast_shapes(*shapes)
+    with pytest.raises(RuntimeError, match="cannot be broadcast"):
+        broadcast_shape(*[torch.Size(s) for s in shapes])
+
+
 def test_empty_gradient():
     grad = torch.empty(0, 5)
     assert _precomputed_gradient.scale_in_place(grad, torch.tensor(3.0)).shape == (0, 5)

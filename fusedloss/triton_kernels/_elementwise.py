@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .._reduction import reduce
-from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, round_to, row_warps,
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, broadcast_shape, fp32_pair, round_to, row_warps,
                       triton_accumulation)
 from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
@@ -161,7 +161,7 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
     """Loss and gradients in one launch (module header), as a `Sweep` for the backward."""
     operands = (a, b, c, w)
     present = [t for t in operands if t is not None]
-    shape = torch.broadcast_shapes(*(t.shape for t in present))
+    shape = broadcast_shape(*(t.shape for t in present))
     n = shape.numel()
     out_dtype = loss_dtype(functools.reduce(torch.promote_types, [t.dtype for t in present]),
                            a.device)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ELEMENTWISE_BLOCK, round_to, triton_accumulation
+from ._common import ELEMENTWISE_BLOCK, broadcast_shape, round_to, triton_accumulation
 
 
 def wanted_gradients(*tensors):
@@ -74,7 +74,7 @@ def _scale_kernel(grad_ptr, grad_output_ptr, numel, ACC: tl.constexpr, BLOCK: tl
 def scale_in_place(grad, grad_output):
     """`grad *= grad_output`, returning `grad`; free when grad_output is a single 1. The product
     is taken in the accumulation dtype and rounded once to grad's (scale_gradient says why)."""
-    if torch.broadcast_shapes(grad.shape, grad_output.shape) != grad.shape:
+    if broadcast_shape(grad.shape, grad_output.shape) != grad.shape:
         return scale_gradient(grad, grad_output, grad.dtype)  # broadcasts beyond grad: not in place
     if grad_output.numel() != 1 or not grad.is_contiguous():
         return grad.mul_(grad_output)  # in the promoted dtype, rounded once to grad's
