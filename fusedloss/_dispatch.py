@@ -140,6 +140,12 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
         fused, ctx.fused = ctx.fused, None  # its buffers are scaled in place: used once
         if fused is not None and not torch.is_grad_enabled() and not _args.transformed(*grad_outputs):
             outputs, inputs = fused
+            if len(pairs) == 1:  # the loss alone: its Function's backward, without the engine
+                from .triton_kernels._precomputed_gradient import backward_directly
+                (index, grad_output), = pairs
+                grads = backward_directly(outputs[index], grad_output, inputs)
+                if grads is not None:
+                    return (None, None, None, *[g if w else None for g, w in zip(grads, wanted)])
         else:  # a graph of the backward wanted, a second backward, or a backward under vmap
             # (batched grad_outputs: is_grads_batched, jacobian(vectorize=True)): the reference's
             create_graph = torch.is_grad_enabled()

@@ -112,6 +112,21 @@ def test_copy_bandwidth_is_measured_only_on_cuda(common, device):
         assert 10 < gbps < 20000, gbps
 
 
+def test_host_time_skips_every_launch_and_times_both_sides(common, device):
+    if device != "cpu":
+        pytest.skip("host_time stubs out the Triton interpreter, which runs on the CPU only")
+    import host_time
+    from triton.runtime.interpreter import InterpretedFunction
+    real_run = InterpretedFunction.run
+    rows = host_time.measure(calls=3, runs=1)
+    assert InterpretedFunction.run is real_run  # the interpreter is back for the tests after
+    launches = {name: count for name, _, _, count in rows}
+    # forward and the shared backward's scale (which returns at once on the device for a 1)
+    assert launches == {"cross_entropy fwd+bwd": 2, "cross_entropy fwd, no grad": 1,
+                        "mse_loss fwd+bwd": 2, "binary_cross_entropy_with_logits fwd+bwd": 2}
+    assert all(ours > 0 and theirs > 0 for _, ours, theirs, _ in rows)
+
+
 def test_help_lists_only_the_benchmark_families(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])

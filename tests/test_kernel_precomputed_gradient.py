@@ -99,6 +99,48 @@ def _losses():
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "mse_loss"])
+def test_backward_hands_the_forwards_buffer_to_grad(name):
+    # the fused backward calls its Function directly (no nested run of autograd's engine) and
+    # .grad takes the buffer the forward wrote, without a copy
+    from fusedloss import _dispatch
+    loss_fn, value = _losses()[name]
+    leaf = value.clone().requires_grad_()
+    loss = loss_fn(leaf)
+    buffer = _dispatch.kernel_node(loss).saved_tensors[0]
+    loss.backward()
+    assert leaf.grad.data_ptr() == buffer.data_ptr()
+
+
+def test_a_tensor_passed_twice_gets_both_gradients_summed():
+    x = torch.rand(50, dtype=torch.float64, requires_grad=True)  # input and target at once
+    F.binary_cross_entropy_with_logits(x, x).backward()
+    with fusedloss.use_backend("reference"):
+        twin = x.detach().clone().requires_grad_()
+        expected, = torch.autograd.grad(F.binary_cross_entropy_with_logits(twin, twin), twin)
+    torch.testing.assert_close(x.grad, expected)  # sigmoid(x) - x from the input, -x from the target
+
+
+def test_backward_directly_declines_other_graphs_running_nothing():
+    from fusedloss import _dispatch
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert _precomputed_gradient.backward_directly(x.sum(), torch.tensor(1.0), [x]) is None
+    y = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    loss = _dispatch._kernel_table()["mse_loss"](x, y)
+    elsewhere = torch.zeros(6, requires_grad=True)  # not the loss's input: declined
+    assert _precomputed_gradient.backward_directly(loss, torch.tensor(1.0), [elsewhere]) is None
+    assert loss.grad_fn.first_grad_output is None  # the backward never ran
+    twice = _dispatch._kernel_table()["binary_cross_entropy_with_logits"](x, x)
+    assert _precomputed_gradient.backward_directly(twice, torch.tensor(1.0), [x]) is None
+    assert twice.grad_fn.first_grad_output is None
+    with torch.no_grad():  # as in a backward that builds no graph
+        grads = _precomputed_gradient.backward_directly(loss, torch.tensor(1.0), [y, None, x])
+    expected = torch.autograd.grad((x - y).square().mean(), (y, x))
+    torch.testing.assert_close(grads[0], expected[0])
+    assert grads[1] is None
+    torch.testing.assert_close(grads[2], expected[1])
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "mse_loss"])
 def test_second_backward_after_grad_output_one_is_exact(name):
     loss_fn, value = _losses()[name]
     ours, theirs = value.clone().requires_grad_(), value.clone().requires_grad_()

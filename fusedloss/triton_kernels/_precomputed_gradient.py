@@ -149,6 +149,7 @@ class PrecomputedGradient(torch.autograd.Function):
         # graph, so the gradient it hands on is the only reference (AccumulateGrad takes it as
         # .grad instead of copying)
         ctx.wanted = [grad is not None for grad in result.gradients]
+        ctx.tensor_inputs = [isinstance(t, torch.Tensor) for t in inputs]  # those have edges
         ctx.save_for_backward(*[grad for grad in result.gradients if grad is not None])
         ctx.shape_grad_output, ctx.finish = result.shape_grad_output, result.finish
         ctx.first_grad_output = None
@@ -193,3 +194,31 @@ class PrecomputedGradient(torch.autograd.Function):
                 "than 1 is not supported (the forward's gradient was scaled in place); run the "
                 "loss forward again for each backward")
         return (None, *[None if g is None else ctx.finish(i, g) for i, g in enumerate(scaled)])
+
+
+def backward_directly(output, grad_output, leaves):
+    """`torch.autograd.grad(output, leaves, grad_output, allow_unused=True)` for an `output`
+    that comes straight out of PrecomputedGradient over inputs that are distinct `leaves` (or
+    need no gradient): its backward called directly, without a nested run of autograd's engine,
+    which costs tens of microseconds of host time a call (benchmarks/host_time.py). None, having
+    run nothing, for any other graph. For a backward that builds no graph (grad mode off), as
+    the engine would run it."""
+    node = output.grad_fn
+    if getattr(node, "_forward_cls", None) is not PrecomputedGradient:
+        return None
+    positions = []  # per edge (tensor input): the leaf it is, None where it needs no gradient
+    for function, _ in node.next_functions:
+        position = None
+        if function is not None:
+            variable = getattr(function, "variable", None)  # an AccumulateGrad's leaf
+            position = next((i for i, leaf in enumerate(leaves) if leaf is variable), None)
+            if position is None or position in positions:  # the engine sums a repeated leaf
+                return None
+        positions.append(position)
+    edges = iter(positions)
+    grads = [None] * len(leaves)
+    for is_tensor, grad in zip(node.tensor_inputs, node.apply(grad_output)[1:]):
+        position = next(edges) if is_tensor else None
+        if position is not None:
+            grads[position] = grad
+    return grads
