@@ -489,7 +489,6 @@ def test_target_range_check(ignore_index, labels, valid):
             F.cross_entropy(x, target, ignore_index=ignore_index)
 
 
-
 def test_reduced_loss_can_be_added_to_in_place():
     """The loss is its own tensor, not a view of the kernel's workspace: `loss += aux` works."""
     x = _logits((4, 9))

@@ -151,7 +151,6 @@ def test_large_logits_magnitudes(name):
                               torch.tensor([3, 2]), reduction="sum")
 
 
-
 def test_softmax_of_logits_near_1e4_keeps_its_precision():
     # the gradient's softmax is exp((z - max) - log sum): exp(z - (max + log sum)) rounds
     # max + log sum at 1e4's fp32 ulp (~1e-3) and was 2e-4 off here (found by a random fuzz)

@@ -105,7 +105,6 @@ def test_rows_of_many_pieces(reduction):
     assert_close_to_reference("nce_loss", *args, reduction=reduction)
 
 
-
 @pytest.mark.parametrize("loss", ["hsigmoid_loss", "nce_loss"])
 @pytest.mark.parametrize("layout", ["summed", "strided"])
 def test_per_sample_backward_reads_grad_output_by_stride(loss, layout):

@@ -704,8 +704,6 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     )
 
 
-
-
 def initial_stats(num_tokens, dtype, device):
     """The (num_tokens, STATS) statistics of an empty row, into which chunks are merged."""
     stats = torch.zeros(num_tokens, STATS, dtype=dtype, device=device)
