@@ -17,7 +17,8 @@ backward cannot give is computed through the reference instead, from the same in
 backward asked to build a graph (`create_graph=True`: double backward, Hessian-vector
 products), a second backward through a retained graph (the first one scaled the fused
 gradient in place), a backward of batched grad_outputs (autograd's vmap: is_grads_batched,
-which no kernel launch takes), and forward-mode AD. The first plain backward stays the fused one. The
+which no kernel launch takes), and forward-mode AD. The first plain backward stays the fused one
+(the kernel's own Function called directly: _precomputed_gradient.backward_directly). The
 inputs are kept for that until the graph is freed, as torch's own losses keep theirs (or their
 log-softmax); `inplace_backward=True`, whose logits hold the gradient, keeps nothing and
 refuses a second backward (triton_kernels/_precomputed_gradient.py).

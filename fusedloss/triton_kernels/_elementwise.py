@@ -34,8 +34,8 @@ import triton
 import triton.language as tl
 
 from .._reduction import reduce
-from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, broadcast_shape, fp32_pair, round_to, row_warps,
-                      triton_accumulation)
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, broadcast_shape, fp32_pair, round_to,
+                      row_warps, triton_accumulation)
 from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
 

@@ -17,7 +17,10 @@ for inplace_backward=True, whose logits hold the gradient: there a second backwa
 retained graph finds the buffers as the first left them, still the unscaled gradients when the
 first grad_output was 1, which it checks on the host, once, in that rare call, and then scales
 copies; after any other first grad_output the buffers hold that product, which cannot be undone
-exactly, so it raises and says so, as it does for a backward asked to build a graph.
+exactly, so it raises and says so, as it does for a backward asked to build a graph. Its
+first plain backward calls this Function's backward directly (backward_directly) rather than
+through a second run of autograd's engine inside its own backward, where the kernel's graph is
+this Function alone over the call's inputs.
 """
 import dataclasses
 import typing
@@ -211,7 +214,8 @@ def backward_directly(output, grad_output, leaves):
         position = None
         if function is not None:
             variable = getattr(function, "variable", None)  # an AccumulateGrad's leaf
-            position = next((i for i, leaf in enumerate(leaves) if leaf is variable), None)
+            if variable is not None:
+                position = next((i for i, leaf in enumerate(leaves) if leaf is variable), None)
             if position is None or position in positions:  # the engine sums a repeated leaf
                 return None
         positions.append(position)
