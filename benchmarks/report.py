@@ -39,15 +39,15 @@ def default_out(device):
     return HERE / "results" / f"{slug}-{datetime.date.today():%Y%m%d}"
 
 
-def bandwidth_bound(device, device_name, gbps):
+def bandwidth_bound(device, sheet_gbps, gbps):
     """(GB/s for "% of bound", what the figure is): --peak-gbps where given, else the measured
-    device-to-device copy bandwidth on CUDA; (None, why not) on the CPU."""
+    device-to-device copy bandwidth on CUDA, with the datasheet's beside it where known; (None,
+    why not) on the CPU."""
     if gbps:
         return gbps, f"{gbps:.0f} GB/s (--peak-gbps)"
     if device.type != "cuda":
         return None, "none (CPU interpreter)"
     measured = common.copy_bandwidth_gbps(device)
-    sheet_gbps, _ = common.datasheet_peaks(device_name)
     sheet = f", datasheet {sheet_gbps:.0f} GB/s" if sheet_gbps else ""
     return measured, f"{measured:.0f} GB/s (measured device-to-device copy{sheet})"
 
@@ -56,8 +56,8 @@ def run(names, quick, out, gbps=None, tflops=None, log=print):
     """Measure the named families into `out`; returns 0, or 1 when a family raised."""
     device = common.kernel_device(quick)
     about = context(device)
-    bound_gbps, about["bandwidth"] = bandwidth_bound(device, about["device"], gbps)
-    _, sheet_tflops = common.datasheet_peaks(about["device"])
+    sheet_gbps, sheet_tflops = common.datasheet_peaks(about["device"])
+    bound_gbps, about["bandwidth"] = bandwidth_bound(device, sheet_gbps, gbps)
     peaks = common.Peaks(bound_gbps, tflops or sheet_tflops)
     out = pathlib.Path(out) if out else default_out(device)
     out.mkdir(parents=True, exist_ok=True)

@@ -231,21 +231,17 @@ def _pointwise(fn, numel, dtype, probabilities=False):
     return build
 
 
-def _checks_queued(fn):
-    """`fn` with every value check on CUDA's path (_args.checks_queued_as_on_cuda): a CUDA call
-    cannot read a verdict on the host without a sync, so it queues its checks on the device;
-    this counts that path on the CPU."""
-    def queued(*inputs):
-        with _args.checks_queued_as_on_cuda():
-            return fn(*inputs)
-    return queued
-
-
 def _queued(build):
-    """A case's build with its loss run on CUDA's check path (_checks_queued)."""
+    """A case's build with its loss run with every value check on CUDA's path
+    (_args.checks_queued_as_on_cuda): a CUDA call cannot read a verdict on the host without a
+    sync, so it queues its checks on the device; this counts that path on the CPU."""
     def queued_build():
         fn, inputs, big = build()
-        return _checks_queued(fn), inputs, big
+
+        def queued(*args):
+            with _args.checks_queued_as_on_cuda():
+                return fn(*args)
+        return queued, inputs, big
     return queued_build
 
 
@@ -266,8 +262,8 @@ CASES = [
     Case("cross_entropy V=32768 bf16 smoothing", _cross_entropy(8, 32768, torch.bfloat16, label_smoothing=0.1),
          1.75, 2.5, 8),
     # on CUDA the target check is queued as torch ops (>= 0, < C, == ignore_index, their and/or,
-    # all, the assert: 7) where the CPU's is 2: the one family whose CUDA path counts more than
-    # its CPU path (folding the check into the row kernel, as BCE's, would take it to 2 or 3)
+    # all, the assert: 7) where the CPU's is 2 (folding the check into the row kernel, as BCE's,
+    # would take it to 2 or 3)
     Case("cross_entropy V=32768 bf16 (checks queued as on CUDA)",
          _queued(_cross_entropy(8, 32768, torch.bfloat16)), 1.75, 2.5, 13),
     Case("binary_cross_entropy_with_logits fp32", _pointwise(F.binary_cross_entropy_with_logits, 1 << 16, torch.float32),
@@ -281,8 +277,8 @@ CASES = [
     Case("binary_cross_entropy fp32 (probabilities)",
          _pointwise(F.binary_cross_entropy, 1 << 16, torch.float32, probabilities=True), 3.0, 4.0, 13),
     Case("binary_cross_entropy fp32 (probabilities, checks queued as on CUDA)",
-         _pointwise(_checks_queued(F.binary_cross_entropy), 1 << 16, torch.float32,
-                    probabilities=True), 3.0, 3.0, 15),
+         _queued(_pointwise(F.binary_cross_entropy, 1 << 16, torch.float32, probabilities=True)),
+         3.0, 3.0, 15),
 ]
 
 

@@ -95,12 +95,13 @@ def test_bandwidth_bound_is_a_measured_copy_unless_given(common, monkeypatch):
     import report
     monkeypatch.setattr(common, "copy_bandwidth_gbps", lambda device: 4123.4)
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    assert report.bandwidth_bound(cuda, "NVIDIA H200", None) == (
+    h200, _ = common.datasheet_peaks("NVIDIA H200")
+    assert report.bandwidth_bound(cuda, h200, None) == (
         4123.4, "4123 GB/s (measured device-to-device copy, datasheet 4800 GB/s)")
-    assert report.bandwidth_bound(cuda, "a GPU no datasheet lists", None) == (
+    assert report.bandwidth_bound(cuda, None, None) == (  # a GPU no datasheet lists
         4123.4, "4123 GB/s (measured device-to-device copy)")
-    assert report.bandwidth_bound(cuda, "NVIDIA H200", 3000.0) == (3000.0, "3000 GB/s (--peak-gbps)")
-    assert report.bandwidth_bound(torch.device("cpu"), "cpu", None) == (None, "none (CPU interpreter)")
+    assert report.bandwidth_bound(cuda, h200, 3000.0) == (3000.0, "3000 GB/s (--peak-gbps)")
+    assert report.bandwidth_bound(torch.device("cpu"), None, None) == (None, "none (CPU interpreter)")
 
 
 def test_copy_bandwidth_is_measured_only_on_cuda(common, device):
