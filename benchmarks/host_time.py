@@ -4,8 +4,9 @@ A GPU runs a small loss faster than the host can queue it: below a few hundred m
 kernel time the call is bound by its Python, its torch ops and autograd, not by its bytes. This
 measures that host path without a GPU: every Triton launch is skipped (the interpreter is
 stubbed out; the launcher's own argument binding still runs on a GPU, about 10-20 us a launch,
-and is not counted), the value checks are queued as on CUDA, and the tensors are tiny, so what
-is timed is the host's work alone. Beside it, torch's eager twin on the same tiny CPU tensors:
+and is not counted), the value checks are queued as on CUDA (each assert on a verdict that
+holds: the skipped launches write none of the verdicts the kernels record), and the tensors
+are tiny, so what is timed is the host's work alone. Beside it, torch's eager twin on the same tiny CPU tensors:
 its host path plus a computation of a few elements. Times are this machine's (the best of five
 runs of many calls); the ratio is what carries over.
 
@@ -63,9 +64,15 @@ def measure(calls=1000, runs=5):
     def skipped(self, *args, **kwargs):
         launches[0] += 1
 
+    import torch
+    real_assert, holds = torch._assert_async, torch.ones((), dtype=torch.bool)
+
+    def assert_holding(verdict, *message):  # the same op, on a verdict no skipped launch wrote
+        real_assert(holds, *message)
+
     rows = []
     real_run = InterpretedFunction.run
-    InterpretedFunction.run = skipped
+    InterpretedFunction.run, torch._assert_async = skipped, assert_holding
     try:
         with _args.checks_queued_as_on_cuda():
             for name, ours, theirs, args in _cases():
@@ -75,7 +82,7 @@ def measure(calls=1000, runs=5):
                 rows.append((name, _microseconds(ours, args, calls, runs),
                              _microseconds(theirs, args, calls, runs), per_call))
     finally:
-        InterpretedFunction.run = real_run
+        InterpretedFunction.run, torch._assert_async = real_run, real_assert
     return rows
 
 

@@ -261,11 +261,11 @@ CASES = [
          1.75, 2.5, 8),
     Case("cross_entropy V=32768 bf16 smoothing", _cross_entropy(8, 32768, torch.bfloat16, label_smoothing=0.1),
          1.75, 2.5, 8),
-    # on CUDA the target check is queued as torch ops (>= 0, < C, == ignore_index, their and/or,
-    # all, the assert: 7) where the CPU's is 2 (folding the check into the row kernel, as BCE's,
-    # would take it to 2 or 3)
+    # on CUDA the row kernel records the target check as it reads the targets, and the reduced
+    # launch writes its verdict over the spent counter of its partials: one queued assert where
+    # the CPU's check is 2 ops, so 7 in all
     Case("cross_entropy V=32768 bf16 (checks queued as on CUDA)",
-         _queued(_cross_entropy(8, 32768, torch.bfloat16)), 1.75, 2.5, 13),
+         _queued(_cross_entropy(8, 32768, torch.bfloat16)), 1.75, 2.5, 7),
     Case("binary_cross_entropy_with_logits fp32", _pointwise(F.binary_cross_entropy_with_logits, 1 << 16, torch.float32),
          3.0, 3.0, 12),
     Case("mse_loss fp32", _pointwise(F.mse_loss, 1 << 16, torch.float32), 3.0, 3.0, 12),

@@ -107,27 +107,42 @@ def _check_values(values, in_range_on_host, accepted, refusal, queued_message):
         raise refusal()
 
 
-def check_class_indices(target, num_classes, ignore_index):
+def check_class_indices(target, num_classes, ignore_index, kernel_records=False):
     """Class-index targets: int64 or uint8 as torch requires, each in [0, num_classes) or equal to ignore_index.
 
     On the CPU an out-of-range target raises IndexError as torch does. On CUDA the check is
     queued on the device (torch._assert_async, as torch's own CUDA kernels assert) so the hot path
-    keeps no host synchronisation.
+    keeps no host synchronisation. `kernel_records`: the call can record the check itself as it
+    reads the targets (cross entropy's row kernel); where the check is not the host's, nothing is
+    queued here and the assert's message is returned for the call (queue_class_indices where the
+    reference runs), else None.
     """
     if target.dtype not in (torch.int64, torch.uint8):
         raise RuntimeError(f"expected target dtype to be Long or Byte (class indices), got {target.dtype}")
+    message = f"target out of bounds for {num_classes} classes"
+    if kernel_records and target.numel() and not checks_on_host(target.device):
+        return message
     target = _physical(target)
 
-    def accepted():
-        classes = (target >= 0) & (target < num_classes)
-        return classes if ignore_index is None else classes | (target == ignore_index)
-
     def refusal():
-        value = int(target[~accepted()].flatten()[0])
+        value = int(target[~_class_indices_accepted(target, num_classes, ignore_index)]
+                    .flatten()[0])
         return IndexError(f"Target {value} is out of bounds (expected a class index in "
                           f"[0, {num_classes}) or ignore_index={ignore_index}).")
     _check_values(target, lambda: _class_indices_in_range(target, num_classes, ignore_index),
-                  accepted, refusal, f"target out of bounds for {num_classes} classes")
+                  lambda: _class_indices_accepted(target, num_classes, ignore_index), refusal,
+                  message)
+    return None
+
+
+def queue_class_indices(target, num_classes, ignore_index, message):
+    """check_class_indices' device path alone, for a call it returned the message to."""
+    _queue_check(_class_indices_accepted(_physical(target), num_classes, ignore_index), message)
+
+
+def _class_indices_accepted(target, num_classes, ignore_index):
+    classes = (target >= 0) & (target < num_classes)
+    return classes if ignore_index is None else classes | (target == ignore_index)
 
 
 def _class_indices_in_range(target, num_classes, ignore_index):

@@ -23,8 +23,10 @@ __all__ = [
 
 # --- cross_entropy --------------------------------------------------------------------------
 
-def _check_class_target(input_shape, target, ignore_index):
-    """torch's checks of a class-index target against (C,), (N, C) or (N, C, d1, ..., dk) input."""
+def _check_class_target(input_shape, target, ignore_index, kernel_records=False):
+    """torch's checks of a class-index target against (C,), (N, C) or (N, C, d1, ..., dk) input;
+    returns the number of classes and, where the range check is the call's to record
+    (_args.check_class_indices' kernel_records), its message, else None."""
     if len(input_shape) == 0:
         raise ValueError("input must have at least one dimension (the classes), got a 0-d tensor")
     if len(input_shape) == 1:
@@ -43,8 +45,8 @@ def _check_class_target(input_shape, target, ignore_index):
                 raise RuntimeError("0D or 1D target tensor expected, multi-target not supported "
                                    f"(target shape {list(target.shape)})")
             raise RuntimeError(f"Expected target size {list(expected)}, got {list(target.shape)}")
-    _args.check_class_indices(target, num_classes, ignore_index)
-    return num_classes
+    return num_classes, _args.check_class_indices(target, num_classes, ignore_index,
+                                                  kernel_records)
 
 
 def _is_soft_target(input, target):
@@ -80,6 +82,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     _args.check_floating("log_softmax", input)
     _args.check_label_smoothing(label_smoothing)
     _check_logit_options(z_loss, softcap)
+    queued_index_error = None
     if _is_soft_target(input, target):
         num_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
         _args.check_class_weight(weight, num_classes, dtype=None)
@@ -87,13 +90,15 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         input, target, weight = _args.promote(_args.result_dtype(input, target, weight), input,
                                               target, weight)
     else:
-        num_classes = _check_class_target(input.shape, target, ignore_index)
+        # off the host the row kernel records the range check as it reads the targets
+        num_classes, queued_index_error = _check_class_target(input.shape, target, ignore_index,
+                                                              kernel_records=True)
         _args.check_class_weight(weight, num_classes, input.dtype)
         _args.check_weight_not_differentiated(weight)
     return call("cross_entropy", input.device, input, target, weight=weight,
                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                 z_loss=z_loss, softcap=softcap, return_lse=return_lse,
-                inplace_backward=inplace_backward)
+                inplace_backward=inplace_backward, queued_index_error=queued_index_error)
 
 
 def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -103,7 +108,7 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     _args.check_same_device(input, target, weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_floating("nll_loss", input)
-    num_classes = _check_class_target(input.shape, target, ignore_index)
+    num_classes, _ = _check_class_target(input.shape, target, ignore_index)
     _args.check_class_weight(weight, num_classes, input.dtype)
     _args.check_weight_not_differentiated(weight)
     return call("nll_loss", input.device, input, target, weight=weight, ignore_index=ignore_index,
@@ -123,10 +128,12 @@ def softmax_focal_loss(input: torch.Tensor, target: torch.Tensor, alpha: torch.T
     _args.check_floating("log_softmax", input)
     if gamma < 0:
         raise ValueError(f"gamma must be non-negative, got {gamma}")
-    num_classes = _check_class_target(input.shape, target, ignore_index)
+    num_classes, queued_index_error = _check_class_target(input.shape, target, ignore_index,
+                                                          kernel_records=True)
     _args.check_class_weight(alpha, num_classes, input.dtype, name="alpha")
     return call("softmax_focal_loss", input.device, input, target, alpha=alpha, gamma=gamma,
-                ignore_index=ignore_index, reduction=reduction)
+                ignore_index=ignore_index, reduction=reduction,
+                queued_index_error=queued_index_error)
 
 
 # --- linear_cross_entropy -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 
 import fusedloss
-from fusedloss import catalog
+from fusedloss import _args, catalog
 from fusedloss.testing.strategies import invalid_calls
 from fusedloss.testing.twins import torch_function
 
@@ -46,6 +46,27 @@ def test_invalid_call_raises_torchs_error(loss):
             f"expected {expected.__name__}")
         with fusedloss.use_backend("reference"):
             reference = _raised(info.function, call)
+        assert type(reference) is type(ours), "the error must not depend on the backend"
+
+    check()
+
+
+@pytest.mark.parametrize("loss", catalog.NAMES)
+def test_invalid_call_raises_with_checks_queued_as_on_cuda(loss):
+    """CUDA's path (_args.checks_queued_as_on_cuda: value checks queued as device asserts, some
+    recorded by the kernels themselves) refuses every invalid call too, with the same exception
+    on either backend: the type the host path raises, or the queued assert's RuntimeError."""
+    @given(invalid_calls(loss))
+    def check(call):
+        info = catalog.get(loss)
+        with _args.checks_queued_as_on_cuda():
+            ours = _raised(info.function, call)
+            with fusedloss.use_backend("reference"):
+                reference = _raised(info.function, call)
+        host = _raised(info.function, call)
+        assert ours is not None, f"{call!r} ({call.note}) did not raise on CUDA's path"
+        assert isinstance(ours, (type(host), RuntimeError)), (
+            f"{call!r} ({call.note}): {type(ours).__name__}: {ours}; the host raised {host!r}")
         assert type(reference) is type(ours), "the error must not depend on the backend"
 
     check()

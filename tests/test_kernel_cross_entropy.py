@@ -6,13 +6,15 @@ rule, forward and backward with a random grad_output.
 Shapes stay small (the interpreter is slow); V = 1500 is above the interpreter's block of 1024
 and not a multiple of it, so the multi-block online softmax and the two-pass gradient run.
 """
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as torch_F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fusedloss import _backend, _dispatch
+from fusedloss import _args, _backend, _dispatch
 from fusedloss import functional as F
 from fusedloss.testing import assert_close_to_reference
 
@@ -470,12 +472,15 @@ def test_soft_targets_requiring_grad(shape, logits_grad, options):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.cpu_tensors
-@pytest.mark.parametrize("ignore_index,labels,valid", [
+RANGE_CASES = [  # (ignore_index, labels, whether torch accepts them) with 5 classes
     (-100, [0, -100, 4], True), (-100, [0, -100, -5], False), (-100, [0, -100, 5], False),
     (-1, [-1, 4, 0], True), (-1, [-2, 4, 0], False), (5, [5, 4, 0], True), (5, [6, 0, 0], False),
     (2, [2, -1, 0], False),
-])
+]
+
+
+@pytest.mark.cpu_tensors
+@pytest.mark.parametrize("ignore_index,labels,valid", RANGE_CASES)
 def test_target_range_check(ignore_index, labels, valid):
     """The CPU's one-pass check (ignored targets masked, or an ignore_index next to the classes
     widening the range) accepts exactly what torch accepts, with torch's IndexError."""
@@ -487,6 +492,39 @@ def test_target_range_check(ignore_index, labels, valid):
     else:
         with pytest.raises(IndexError, match="out of bounds"):
             F.cross_entropy(x, target, ignore_index=ignore_index)
+
+
+@pytest.mark.cpu_tensors
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("call", ["cross_entropy", "weighted", "softmax_focal_loss"])
+@pytest.mark.parametrize("ignore_index,labels,valid", RANGE_CASES)
+def test_target_range_check_recorded_by_the_row_kernel(ignore_index, labels, valid, call,
+                                                        reduction):
+    """CUDA's path (checks queued, _args.checks_queued_as_on_cuda): the row kernel records the
+    check as it reads the targets and one assert is queued on its verdict. It refuses what
+    torch refuses, with the queued message, and where it accepts, loss and gradient are the
+    host path's, bit for bit (an out-of-range target is never read at, so nothing faults
+    before the assert)."""
+    def run(queued):
+        x = _logits((3, 5))
+        target = torch.tensor(labels)
+        with _args.checks_queued_as_on_cuda() if queued else contextlib.nullcontext():
+            if call == "softmax_focal_loss":
+                loss = F.softmax_focal_loss(x, target, ignore_index=ignore_index,
+                                            reduction=reduction)
+            else:
+                loss = F.cross_entropy(x, target, _class_weight(5) if call == "weighted" else None,
+                                       ignore_index=ignore_index, reduction=reduction)
+        loss.sum().backward()
+        return loss, x.grad
+
+    with _backend.use_backend("triton"):
+        if not valid:
+            with pytest.raises(RuntimeError, match="target out of bounds for 5 classes"):
+                run(queued=True)
+            return
+        for got, want in zip(run(queued=True), run(queued=False)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_reduced_loss_can_be_added_to_in_place():

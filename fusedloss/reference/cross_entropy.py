@@ -4,6 +4,7 @@ as in torch; everything below moves it last and works per token.
 """
 import torch
 
+from .. import _args
 from .._reduction import reduce
 
 
@@ -16,15 +17,24 @@ def _restore_batch(values, input):
     return values.squeeze(0) if input.dim() == 1 else values
 
 
+def _queue_class_indices(input, target, ignore_index, message):
+    if message is not None:
+        _args.queue_class_indices(target, input.shape[1] if input.dim() > 1 else input.shape[0],
+                                  ignore_index, message)
+
+
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, z_loss=0.0, softcap=None, return_lse=False,
-                  inplace_backward=False):
+                  inplace_backward=False, queued_index_error=None):
     """torch's cross entropy plus z-loss (z * lse**2 per token) and tanh soft-capping.
 
     Mean reduction divides by the sum of target-class weights of the non-ignored tokens (hard
     labels) or by the token count (soft labels), as torch does; the z-loss term is unweighted and
     shares that denominator. `inplace_backward` is a kernel memory option with no meaning here.
+    queued_index_error: where functional.py left the class-index check to the call (CUDA,
+    torch.compile), its message, queued on the device here.
     """
+    _queue_class_indices(input, target, ignore_index, queued_index_error)
     logits = _classes_last(input)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
@@ -69,8 +79,11 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     return reduce(_restore_batch(per_token, input), reduction, target_weight.sum())
 
 
-def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):
-    """Multi-class focal loss -alpha[t] * (1 - p_t)**gamma * log p_t; mean over kept tokens."""
+def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean",
+                       queued_index_error=None):
+    """Multi-class focal loss -alpha[t] * (1 - p_t)**gamma * log p_t; mean over kept tokens.
+    queued_index_error: as cross_entropy's."""
+    _queue_class_indices(input, target, ignore_index, queued_index_error)
     log_probs = torch.log_softmax(_classes_last(input), dim=-1)
     target = target.unsqueeze(0) if input.dim() == 1 else target
     kept = target != ignore_index

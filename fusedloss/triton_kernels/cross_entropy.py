@@ -21,6 +21,12 @@ and the program that finishes last (an acq_rel counter of whole numbers, exact i
 sums the P partials in program order, divides and writes the loss: the same bits run to run.
 The backward only scales the stored gradient by grad_output (free when it is 1).
 
+The class-index check, where it is the launch's (CUDA, torch.compile: CHECK_TARGETS): a target
+that is neither a class nor ignore_index is treated as ignored (nothing is read at it) and
+counted; a reduced launch marks a spare slot of its partials and its last program writes the
+verdict (1: every target in range) over the spent counter, else the verdict is a 0-d tensor of
+ones that such a program clears. The launcher queues one assert on it: no pass over the targets.
+
 Second reads from L2: the rows in flight are the P programs' rows, so P is sized to keep them
 within half the L2 (never fewer than one program per SM, at most two), pass 1 loads with
 evict_last and pass 2 with evict_first, and both block loops are software-pipelined
@@ -170,12 +176,19 @@ def _write_logits_grad(grad_row, grad_stride_c, cols, mask, z, v, m, log_s, targ
 
 
 @triton.jit
-def _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index, ACC: tl.constexpr,
-                      TOKEN_BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
+def _kept_class(label, ignore_index, total_classes):
+    """Whether a class-index target counts: not ignored, and a class of the vocabulary."""
+    return (label != ignore_index) & (label >= 0) & (label < total_classes)
+
+
+@triton.jit
+def _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index, total_classes,
+                      ACC: tl.constexpr, TOKEN_BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
                       WEIGHTED: tl.constexpr):
     """The 'mean' divisor: the token count for soft labels, else the summed class weight (the
     count without weights) of the non-ignored targets, in a fixed order, so every program of
-    the launch computes the same value."""
+    the launch computes the same value. A target outside the vocabulary counts as ignored (its
+    weight is never read; the launch's check reports it)."""
     if SOFT_LABELS:
         return tl.cast(1.0, ACC) * num_tokens
     total = tl.zeros((TOKEN_BLOCK,), ACC)
@@ -183,7 +196,7 @@ def _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index, ACC: tl.
         tokens = start + tl.arange(0, TOKEN_BLOCK)
         in_range = tokens < num_tokens
         label = tl.load(target_ptr + tokens, mask=in_range, other=0).to(tl.int64)
-        kept = in_range & (label != ignore_index)
+        kept = in_range & _kept_class(label, ignore_index, total_classes)
         if WEIGHTED:
             total += tl.load(weight_ptr + tl.where(kept, label, 0), mask=kept, other=0.0).to(ACC)
         else:
@@ -365,10 +378,14 @@ def _softmax_loss_kernel(
     loss_ptr,  # REDUCE: the 0-d reduced loss; else (N*S,) per-token loss
     lse_ptr,  # (N*S,) per-token lse, written when RETURN_LSE
     denominator_ptr,  # 0-d 'mean' divisor, read when DENOMINATOR_GIVEN
-    partials_ptr,  # REDUCE: (1 + programs,) zeros: a finished-program count, then partial sums
+    partials_ptr,  # REDUCE: (2 + programs,) zeros: a finished-program count, the partial sums
+                   # and a slot marked where a target is out of range (CHECK_TARGETS)
     stats_ptr,  # (N*S, STATS) per token (m, s, a1, a2, z_t): merged into by PARTIAL_STATS, read by
                 # FROM_STATS (the columns are then a chunk of the vocabulary)
     token_scale_ptr,  # (N*S,) a per-token factor of the gradient, read when HAS_TOKEN_SCALE
+    check_ptr,  # CHECK_TARGETS and not REDUCE: a 0-d verdict of ones, cleared where a target is
+                # out of range (REDUCE marks the slot after the partials and writes the verdict
+                # over the counter)
     num_classes, spatial, num_tokens,  # C (of this chunk) and S = d1*...*dk; token = n * S + s
     class_offset, total_classes,  # the chunk's first class and the whole vocabulary's size
     ignore_index,
@@ -379,7 +396,7 @@ def _softmax_loss_kernel(
     SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
     HAS_Z_LOSS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, TARGET_GRAD: tl.constexpr, MEAN: tl.constexpr,
-    DENOMINATOR_GIVEN: tl.constexpr,
+    DENOMINATOR_GIVEN: tl.constexpr, CHECK_TARGETS: tl.constexpr,
     REDUCE: tl.constexpr, RETURN_LSE: tl.constexpr,
     PARTIAL_STATS: tl.constexpr, FROM_STATS: tl.constexpr, HAS_TOKEN_SCALE: tl.constexpr,
 ):
@@ -395,12 +412,14 @@ def _softmax_loss_kernel(
         if DENOMINATOR_GIVEN:
             denominator = tl.load(denominator_ptr).to(ACC)
         else:
-            denominator = _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index, ACC,
-                                            TOKEN_BLOCK, SOFT_LABELS, HAS_WEIGHT and not FOCAL)
+            denominator = _mean_denominator(target_ptr, weight_ptr, num_tokens, ignore_index,
+                                            total_classes, ACC, TOKEN_BLOCK, SOFT_LABELS,
+                                            HAS_WEIGHT and not FOCAL)
     # ignored tokens get exactly 0, also when all are ignored and 1 / denominator is inf
     row_scale = 1.0 / denominator
     chunk_weight_ptr = weight_ptr + class_offset
     partial = tl.cast(0.0, ACC)
+    misplaced = 0  # this program's targets neither a class nor ignore_index
     for token in range(pid.to(tl.int64), num_tokens, programs):
         n = token // spatial
         s_idx = token % spatial
@@ -410,7 +429,9 @@ def _softmax_loss_kernel(
             kept = token >= 0  # every token
         else:
             label = tl.load(target_ptr + token).to(tl.int64)
-            kept = label != ignore_index
+            kept = _kept_class(label, ignore_index, total_classes)
+            if CHECK_TARGETS:
+                misplaced += (~kept & (label != ignore_index)).to(tl.int32)
         # ignored tokens read class 0, never out of bounds; `target` is the chunk's column
         global_target = tl.where(kept, label, 0)
         target = global_target - class_offset
@@ -508,6 +529,11 @@ def _softmax_loss_kernel(
             partial += loss
         elif not PARTIAL_STATS:
             tl.store(loss_ptr + token, round_to(loss, loss_ptr.dtype.element_ty))
+    if CHECK_TARGETS and misplaced > 0:
+        if REDUCE:
+            tl.store(partials_ptr + 1 + programs, 1.0)
+        else:
+            tl.store(check_ptr, 0.0)
     if REDUCE:
         # deterministic cross-program sum: each program stores its partial (its rows in a fixed
         # order), and the last to finish, told so by an integer-valued counter whose atomic adds
@@ -525,6 +551,9 @@ def _softmax_loss_kernel(
             if MEAN:  # a mean over nothing (every token ignored or weighted 0) is NaN, as torch's
                 total = tl.where(denominator != 0, total / denominator, float("nan"))
             tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
+            if CHECK_TARGETS:  # the verdict in the spent counter's place: 1 if no target was marked
+                marked = tl.load(partials_ptr + 1 + programs, cache_modifier=".cg")
+                tl.store(partials_ptr, (marked == 0).to(ACC))
 
 
 @triton.jit
@@ -647,7 +676,7 @@ def _split_fits_registers(dtype, weighted, label_smoothing, z_loss, softcap):
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
                       ignore_index, label_smoothing, z_loss, softcap, gamma=0.0, mean=False,
                       partials=None, target_grad=None, stats=None, from_stats=False,
-                      class_offset=0, total_classes=None, token_scale=None):
+                      class_offset=0, total_classes=None, token_scale=None, index_error=None):
     """Launch the row kernel over an (N, C, S) logits view (also used by linear_cross_entropy on
     its chunks). target: (N*S,) class indices, or (N, C, S) probabilities when `soft`; grad
     (logits' layout), lse and target_grad (soft labels: d loss / d probabilities, in their
@@ -656,7 +685,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     `partials` None: `loss` (N*S,) receives the per-token loss, and the gradient is divided by
     the 0-d `denominator` when one is given. Else `loss` is 0-d and receives the sum (or with
     `mean` the mean, whose divisor the kernel computes itself) over tokens, and `partials` is a
-    zeroed (1 + programs,) buffer of the accumulation dtype (reduction_partials).
+    zeroed (2 + programs,) buffer of the accumulation dtype (reduction_partials).
 
     A chunk of the vocabulary (linear_cross_entropy's, a vocabulary-parallel rank's): `logits`
     holds classes [class_offset, class_offset + C) of `total_classes`, targets stay global and
@@ -666,6 +695,13 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     `from_stats`, it reads the whole rows' statistics from them instead of sweeping, writes
     the per-token loss (and lse) and the chunk's gradient. token_scale: (N*S,) factors of the
     gradient (a per-token grad_output), or None.
+
+    index_error: a message, where the class-index targets' range check is this launch's to
+    record: each program notes whether a target it read is neither a class nor ignore_index
+    (such a target is treated as ignored: nothing is read at it), and one device assert with
+    that message is queued on the launch's verdict, a 0-d tensor that is nonzero when every
+    target is in range (the reduced launch writes it over its spent counter; else it is one
+    allocation of ones), so the check costs no pass over the targets and one or two torch ops.
     """
     num_rows, num_classes, spatial = logits.shape
     num_tokens = num_rows * spatial
@@ -673,8 +709,12 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     vector = 1
     if _split_fits_registers(logits.dtype, weight is not None, label_smoothing, z_loss, softcap):
         vector = _aligned_vector(logits, grad, *((target, target_grad) if soft else ()))
-    programs = (partials.numel() - 1 if partials is not None else
+    programs = (partials.numel() - 2 if partials is not None else
                 persistent_programs(logits.device, num_tokens, num_classes * logits.element_size()))
+    check = None
+    if index_error is not None:
+        check = (partials[0] if partials is not None else
+                 torch.ones((), dtype=accumulation_dtype(logits.dtype), device=logits.device))
     _softmax_loss_kernel[(programs,)](
         logits, *logits.stride(),
         target, *(target.stride() if soft else (0, 0, 0)),
@@ -685,7 +725,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         loss, lse if lse is not None else loss, denominator if denominator is not None else loss,
         partials if partials is not None else loss,
         stats if stats is not None else loss, token_scale if token_scale is not None else loss,
-        num_classes, spatial, num_tokens, class_offset,
+        check if check is not None and partials is None else loss, num_classes, spatial, num_tokens, class_offset,
         num_classes if total_classes is None else total_classes, ignore_index,
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
@@ -697,11 +737,14 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         HAS_SMOOTHING=label_smoothing != 0,  # torch accepts a negative smoothing too
         HAS_Z_LOSS=z_loss != 0, HAS_SOFTCAP=softcap is not None, FOCAL=focal,
         COMPUTE_GRAD=grad is not None, TARGET_GRAD=target_grad is not None, MEAN=mean or denominator is not None,
-        DENOMINATOR_GIVEN=denominator is not None, REDUCE=partials is not None,
+        DENOMINATOR_GIVEN=denominator is not None, CHECK_TARGETS=check is not None,
+        REDUCE=partials is not None,
         RETURN_LSE=lse is not None, PARTIAL_STATS=stats is not None and not from_stats,
         FROM_STATS=from_stats, HAS_TOKEN_SCALE=token_scale is not None,
         num_warps=row_warps(block),
     )
+    if check is not None:  # queued: no host sync (the CPU raises at once)
+        torch._assert_async(check, index_error)
 
 
 def initial_stats(num_tokens, dtype, device):
@@ -712,20 +755,20 @@ def initial_stats(num_tokens, dtype, device):
 
 
 def reduction_partials(logits):
-    """The zeroed (1 + programs,) buffer a reduced launch of the row kernel needs, in the
+    """The zeroed (2 + programs,) buffer a reduced launch of the row kernel needs, in the
     accumulation dtype. (The loss gets its own allocation: were it a view of this buffer, autograd
     would forbid the caller's in-place `loss += ...` on a custom Function's output.)"""
     num_rows, num_classes, spatial = logits.shape
     programs = persistent_programs(logits.device, num_rows * spatial,
                                    num_classes * logits.element_size())
-    return torch.zeros(1 + programs, dtype=accumulation_dtype(logits.dtype), device=logits.device)
+    return torch.zeros(2 + programs, dtype=accumulation_dtype(logits.dtype), device=logits.device)
 
 
 def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, reduction,
                           label_smoothing, z_loss, softcap, gamma, return_lse, compute_grad,
-                          inplace, target_grad_wanted=False):
+                          inplace, target_grad_wanted=False, queued_index_error=None):
     """Launch the row kernel; returns (loss, lse or None, [d loss / d input, d loss / d target]
-    with None where not wanted)."""
+    with None where not wanted). queued_index_error: the launch's index_error."""
     acc = accumulation_dtype(input.dtype)
     logits = _as_tokens(input)
     num_rows, num_classes, spatial = logits.shape
@@ -758,7 +801,7 @@ def _softmax_loss_forward(input, target, weight, *, soft, focal, ignore_index, r
                           None, soft=soft, focal=focal, ignore_index=ignore_index,
                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                           gamma=gamma, mean=reduction == "mean", partials=partials,
-                          target_grad=target_grad)
+                          target_grad=target_grad, index_error=queued_index_error)
 
     lse = lse.view(token_shape) if return_lse else None
     return loss, lse, [None if grad is None else grad.view(input.shape),
@@ -793,7 +836,7 @@ def _softmax_loss(input, target, weight, options):
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, z_loss=0.0, softcap=None, return_lse=False,
-                  inplace_backward=False):
+                  inplace_backward=False, queued_index_error=None):
     soft = target.is_floating_point()
     _check_no_grad(weight=weight)  # soft targets may require grad; class indices cannot
     weight = weight.contiguous() if weight is not None else None
@@ -801,7 +844,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     options = dict(soft=soft, focal=False, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, gamma=0.0,
                    return_lse=return_lse, compute_grad=compute_grad,
-                   inplace=inplace_backward and compute_grad, target_grad_wanted=target_grad_wanted)
+                   inplace=inplace_backward and compute_grad, target_grad_wanted=target_grad_wanted,
+                   queued_index_error=queued_index_error)
     return _softmax_loss(input, target, weight, options)
 
 
@@ -871,13 +915,14 @@ def _last_dimension(grad_output):
     return grad_output.unsqueeze(-1)
 
 
-def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean"):
+def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, reduction="mean",
+                       queued_index_error=None):
     _check_no_grad(alpha=alpha)
     alpha = alpha.contiguous() if alpha is not None else None
     (compute_grad,) = wanted_gradients(input)
     options = dict(soft=False, focal=True, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=0.0, z_loss=0.0, softcap=None, gamma=gamma, return_lse=False,
-                   compute_grad=compute_grad, inplace=False)
+                   compute_grad=compute_grad, inplace=False, queued_index_error=queued_index_error)
     return _softmax_loss(input, target, alpha, options)
 
 
