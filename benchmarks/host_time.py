@@ -6,8 +6,8 @@ measures that host path without a GPU: every Triton launch is skipped (the inter
 stubbed out; the launcher's own argument binding still runs on a GPU, about 10-20 us a launch,
 and is not counted), the value checks are queued as on CUDA (each assert on a verdict that
 holds: the skipped launches write none of the verdicts the kernels record), and the tensors
-are tiny, so what is timed is the host's work alone. Beside it, torch's eager twin on the same tiny CPU tensors:
-its host path plus a computation of a few elements. Times are this machine's (the best of five
+are tiny, so what is timed is the host's work alone. Beside it, torch's eager twin on the same
+tiny CPU tensors: its host path plus a computation of a few elements. Times are this machine's (the best of five
 runs of many calls); the ratio is what carries over.
 
     python benchmarks/host_time.py

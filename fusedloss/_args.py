@@ -124,14 +124,15 @@ def check_class_indices(target, num_classes, ignore_index, kernel_records=False)
         return message
     target = _physical(target)
 
+    def accepted():
+        return _class_indices_accepted(target, num_classes, ignore_index)
+
     def refusal():
-        value = int(target[~_class_indices_accepted(target, num_classes, ignore_index)]
-                    .flatten()[0])
+        value = int(target[~accepted()].flatten()[0])
         return IndexError(f"Target {value} is out of bounds (expected a class index in "
                           f"[0, {num_classes}) or ignore_index={ignore_index}).")
     _check_values(target, lambda: _class_indices_in_range(target, num_classes, ignore_index),
-                  lambda: _class_indices_accepted(target, num_classes, ignore_index), refusal,
-                  message)
+                  accepted, refusal, message)
     return None
 
 

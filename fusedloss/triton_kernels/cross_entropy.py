@@ -725,7 +725,8 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         loss, lse if lse is not None else loss, denominator if denominator is not None else loss,
         partials if partials is not None else loss,
         stats if stats is not None else loss, token_scale if token_scale is not None else loss,
-        check if check is not None and partials is None else loss, num_classes, spatial, num_tokens, class_offset,
+        check if check is not None and partials is None else loss,  # REDUCE's is in the partials
+        num_classes, spatial, num_tokens, class_offset,
         num_classes if total_classes is None else total_classes, ignore_index,
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
