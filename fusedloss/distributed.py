@@ -49,11 +49,15 @@ def vocab_parallel_cross_entropy(logits_shard, target, process_group=None, *, ig
                          f"dimensions {list(logits_shard.shape[:-1])}")
     num_local = logits_shard.shape[-1]
     num_classes = num_local * dist.get_world_size(process_group)
-    _args.check_class_indices(target, num_classes, ignore_index)
+    # off the host the second launch of the row kernel records the range check
+    index_error = _args.check_class_indices(target, num_classes, ignore_index,
+                                            kernel_records=True)
     options = dict(ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss)
     if not (_backend.resolve(logits_shard.device) == "triton"
             and _args.kernels_take([logits_shard])):
+        if index_error is not None:
+            _args.queue_class_indices(target, num_classes, ignore_index, index_error)
         return reference.vocab_parallel_cross_entropy(logits_shard, target, process_group,
                                                       **options)
     kernels = importlib.import_module("fusedloss.triton_kernels.cross_entropy")
@@ -62,7 +66,7 @@ def vocab_parallel_cross_entropy(logits_shard, target, process_group=None, *, ig
         dist.all_reduce(tensor, _REDUCE_OPS[op], group=process_group)
     return kernels.vocab_shard_cross_entropy(
         logits_shard, target, all_reduce, class_offset=dist.get_rank(process_group) * num_local,
-        total_classes=num_classes, **options)
+        total_classes=num_classes, index_error=index_error, **options)
 
 
 def vocab_parallel_linear_cross_entropy(input, weight_shard, target, process_group=None, *,

@@ -108,11 +108,13 @@ def nll_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     _args.check_same_device(input, target, weight)
     reduction = _reduction.reduction_from_legacy(size_average, reduce, reduction)
     _args.check_floating("nll_loss", input)
-    num_classes, _ = _check_class_target(input.shape, target, ignore_index)
+    # off the host the gather kernel records the range check as it reads the targets
+    num_classes, queued_index_error = _check_class_target(input.shape, target, ignore_index,
+                                                          kernel_records=True)
     _args.check_class_weight(weight, num_classes, input.dtype)
     _args.check_weight_not_differentiated(weight)
     return call("nll_loss", input.device, input, target, weight=weight, ignore_index=ignore_index,
-                reduction=reduction)
+                reduction=reduction, queued_index_error=queued_index_error)
 
 
 def softmax_focal_loss(input: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None = None,

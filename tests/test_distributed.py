@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fusedloss import distributed, reference
+import fusedloss
+from fusedloss import _args, distributed, reference
 
 # CPU tensors on every test device: the ranks talk over gloo on CPU tensors
 pytestmark = pytest.mark.cpu_tensors
@@ -73,18 +74,51 @@ def _worker(rank, port, results):
                     (local_hidden.grad - full_hidden.grad).abs().max().item(),
                     (local_weight.grad - full_weight.grad[rank * 1100:(rank + 1) * 1100]
                      ).abs().max().item())
-        results[rank] = (worst, type(got.grad_fn).__name__)
+        results[rank] = (worst, type(got.grad_fn).__name__, _queued_checks(logits[:, shard],
+                                                                          target, vocab))
     finally:
         dist.destroy_process_group()
+
+
+def _queued_checks(local, target, vocab):
+    """On CUDA's path (checks queued; the row kernel records the range check): per case, whether
+    the loss and gradient equal the host path's bit for bit, and whether a target outside the
+    whole vocabulary (and only such a target: the other rank's classes are in range) raised the
+    queued RuntimeError, on both backends."""
+    verdicts = []
+    bad = target.clone()
+    bad[3] = vocab  # one past the last class of the last shard
+    for options in CASES:
+        for backend in ("triton", "reference"):
+            with fusedloss.use_backend(backend):
+                host = local.clone().requires_grad_()
+                expected = distributed.vocab_parallel_cross_entropy(host, target, **options)
+                expected.sum().backward()
+                queued = local.clone().requires_grad_()
+                with _args.checks_queued_as_on_cuda():
+                    got = distributed.vocab_parallel_cross_entropy(queued, target, **options)
+                    got.sum().backward()
+                    try:
+                        distributed.vocab_parallel_cross_entropy(local, bad, **options)
+                        refused = False
+                    except RuntimeError as error:
+                        refused = f"out of bounds for {vocab} classes" in str(error)
+            verdicts.append((backend, torch.equal(got, expected),
+                             torch.equal(queued.grad, host.grad), refused))
+    return verdicts
 
 
 def test_vocab_parallel_matches_whole_vocabulary_cross_entropy():
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
     assert sorted(results.keys()) == list(range(WORLD))
-    for rank, (worst, node) in results.items():
+    for rank, (worst, node, queued) in results.items():
         assert worst < 1e-12, f"rank {rank}: worst difference {worst}"
         assert node == "PrecomputedGradientBackward", node  # each rank's sweep ran the row kernel
+        assert len(queued) == 2 * len(CASES)
+        for backend, same_loss, same_grad, refused in queued:
+            assert same_loss and same_grad, f"rank {rank}, {backend}: CUDA's path changed values"
+            assert refused, f"rank {rank}, {backend}: an out-of-range target was not refused"
 
 
 def test_target_out_of_range_raises_before_communication():

@@ -496,15 +496,15 @@ def test_target_range_check(ignore_index, labels, valid):
 
 @pytest.mark.cpu_tensors
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("call", ["cross_entropy", "weighted", "softmax_focal_loss"])
+@pytest.mark.parametrize("call", ["cross_entropy", "weighted", "softmax_focal_loss",
+                                  "weighted nll_loss"])
 @pytest.mark.parametrize("ignore_index,labels,valid", RANGE_CASES)
-def test_target_range_check_recorded_by_the_row_kernel(ignore_index, labels, valid, call,
-                                                        reduction):
-    """CUDA's path (checks queued, _args.checks_queued_as_on_cuda): the row kernel records the
-    check as it reads the targets and one assert is queued on its verdict. It refuses what
-    torch refuses, with the queued message, and where it accepts, loss and gradient are the
-    host path's, bit for bit (an out-of-range target is never read at, so nothing faults
-    before the assert)."""
+def test_target_range_check_recorded_by_the_kernel(ignore_index, labels, valid, call, reduction):
+    """CUDA's path (checks queued, _args.checks_queued_as_on_cuda): the row kernel (NLL's gather
+    kernel) records the check as it reads the targets and one assert is queued on its verdict.
+    It refuses what torch refuses, with the queued message, and where it accepts, loss and
+    gradient are the host path's, bit for bit (an out-of-range target is never read at, so
+    nothing faults before the assert)."""
     def run(queued):
         x = _logits((3, 5))
         target = torch.tensor(labels)
@@ -512,6 +512,9 @@ def test_target_range_check_recorded_by_the_row_kernel(ignore_index, labels, val
             if call == "softmax_focal_loss":
                 loss = F.softmax_focal_loss(x, target, ignore_index=ignore_index,
                                             reduction=reduction)
+            elif call == "weighted nll_loss":
+                loss = F.nll_loss(x, target, _class_weight(5), ignore_index=ignore_index,
+                                  reduction=reduction)
             else:
                 loss = F.cross_entropy(x, target, _class_weight(5) if call == "weighted" else None,
                                        ignore_index=ignore_index, reduction=reduction)

@@ -67,8 +67,11 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     return loss
 
 
-def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
-    """Negative log-likelihood of the target class; mean divides by the kept targets' weights."""
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean",
+             queued_index_error=None):
+    """Negative log-likelihood of the target class; mean divides by the kept targets' weights.
+    queued_index_error: as cross_entropy's."""
+    _queue_class_indices(input, target, ignore_index, queued_index_error)
     log_probs = _classes_last(input)
     target = target.unsqueeze(0) if input.dim() == 1 else target
     kept = target != ignore_index

@@ -563,13 +563,19 @@ def _nll_kernel(
     weight_ptr,  # (C,) class weights; read when HAS_WEIGHT
     loss_ptr,  # (N*S,) per-token loss, accumulation dtype
     target_weight_ptr,  # (N*S,) weight of each token's target, 0 when ignored
-    num_tokens, spatial, ignore_index,
+    check_ptr,  # CHECK_TARGETS: a 0-d verdict of ones, cleared where a target is out of range
+    num_tokens, spatial, num_classes, ignore_index,
     ACC: tl.constexpr, BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    CHECK_TARGETS: tl.constexpr,
 ):
     tokens = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = tokens < num_tokens
     label = tl.load(target_ptr + tokens, mask=in_range, other=0).to(tl.int64)
-    kept = in_range & (label != ignore_index)
+    # a target that is neither a class nor ignore_index counts as ignored: nothing is read at it
+    kept = in_range & _kept_class(label, ignore_index, num_classes)
+    if CHECK_TARGETS:
+        if tl.sum((in_range & ~kept & (label != ignore_index)).to(tl.int32), axis=0) > 0:
+            tl.store(check_ptr, 0.0)
     target = tl.where(kept, label, 0)
     offsets = (tokens // spatial) * stride_n + target * stride_c + (tokens % spatial) * stride_s
     log_p = tl.load(log_probs_ptr + offsets, mask=kept, other=0.0).to(ACC)
@@ -866,7 +872,7 @@ def _whole_vocabulary_stats(stats, all_reduce):
 
 
 def vocab_shard_cross_entropy(logits_shard, target, all_reduce, *, class_offset, total_classes,
-                              ignore_index, reduction, label_smoothing, z_loss):
+                              ignore_index, reduction, label_smoothing, z_loss, index_error=None):
     """Cross entropy of logits split along the vocabulary (last) dimension: this shard holds
     classes [class_offset, class_offset + C) of total_classes, target (...) the global classes.
 
@@ -874,6 +880,7 @@ def vocab_shard_cross_entropy(logits_shard, target, all_reduce, *, class_offset,
     whole vocabulary's (O(tokens), _whole_vocabulary_stats), and a second launch writes the
     loss and the shard's gradient from them (reading the shard again), so the backward is the
     shared scaling by grad_output. Values equal cross_entropy on the gathered logits.
+    index_error: the second launch's (launch_row_kernel), which reads every target.
     """
     def sweep(input, target):
         input = input.detach()
@@ -903,7 +910,7 @@ def vocab_shard_cross_entropy(logits_shard, target, all_reduce, *, class_offset,
             _whole_vocabulary_stats(stats, all_reduce)
             launch_row_kernel(logits, flat_target, None, grad, loss, None, None, stats=stats,
                               from_stats=True, mean=reduction == "mean", partials=partials,
-                              **options)
+                              index_error=index_error, **options)
         return Sweep((loss,), [None if grad is None else grad.view(input.shape), None],
                      shape_grad_output=(_last_dimension if reduction == "none"
                                         else Sweep.shape_grad_output))
@@ -932,7 +939,7 @@ class _NLLLoss(torch.autograd.Function):
     target (torch ops; the gradient is zero elsewhere)."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction):
+    def forward(ctx, input, target, weight, ignore_index, reduction, index_error):
         acc = accumulation_dtype(input.dtype)
         log_probs = _as_tokens(input)
         num_rows, num_classes, spatial = log_probs.shape
@@ -942,13 +949,19 @@ class _NLLLoss(torch.autograd.Function):
         target_weight = torch.empty(num_tokens, dtype=acc, device=input.device)
         if num_tokens > 0:
             block = min(ELEMENTWISE_BLOCK, triton.next_power_of_2(num_tokens))
+            check = (torch.ones((), dtype=acc, device=input.device) if index_error is not None
+                     else None)
             _nll_kernel[(triton.cdiv(num_tokens, block),)](
                 log_probs, *log_probs.stride(), flat_target,
                 weight if weight is not None else loss, loss, target_weight,
-                num_tokens, spatial, ignore_index,
+                check if check is not None else loss,
+                num_tokens, spatial, num_classes, ignore_index,
                 ACC=triton_accumulation(input.dtype), BLOCK=block, HAS_WEIGHT=weight is not None,
+                CHECK_TARGETS=check is not None,
                 num_warps=row_warps(block),  # 4 warps on 4096 tokens spilled (ptxas, sm_90)
             )
+            if check is not None:  # queued: no host sync (the CPU raises at once)
+                torch._assert_async(check, index_error)
         denominator = target_weight.sum()
         reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(
             loss_dtype(input.dtype, input.device))
@@ -972,13 +985,17 @@ class _NLLLoss(torch.autograd.Function):
         index = torch.where(kept, flat_target, 0).long()
         grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=flat_target.device)
         grad.scatter_(1, index.view(num_rows, 1, spatial), values.view(num_rows, 1, spatial))
-        return grad.view(ctx.input_shape), None, None, None, None
+        return grad.view(ctx.input_shape), None, None, None, None, None
 
 
-def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean",
+             queued_index_error=None):
+    """queued_index_error: a message, where the class-index check is the gather kernel's to
+    record (each program clears a verdict of ones where it read a target that is neither a
+    class nor ignore_index; one assert with the message is queued on it)."""
     _check_no_grad(weight=weight)
     weight = weight.contiguous() if weight is not None else None
-    return _NLLLoss.apply(input, target, weight, ignore_index, reduction)
+    return _NLLLoss.apply(input, target, weight, ignore_index, reduction, queued_index_error)
 
 
 KERNELS = {
