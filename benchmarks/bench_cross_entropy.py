@@ -10,6 +10,9 @@ device-to-device copy) over the measured time, the same yardstick for every impl
 Liger, flash-attn (both with their in-place backward) and `fusedloss inplace` keep the gradient
 in the logits' storage; the others allocate it. flash-attn's loss is its CrossEntropyLoss
 module, which takes the mean of its per-token losses with two torch ops, as it does in training.
+`fusedloss rows looped` is fusedloss with no row held whole in one block: at V = 32000, which
+fusedloss holds in registers and reads once, it times the two-read sweep (the second read meant
+for L2) that longer rows take, so one run shows which of the two the device favours.
 
     python benchmarks/bench_cross_entropy.py [--quick] [--out DIR]
 """
@@ -32,6 +35,7 @@ def implementations(device, quick, notes):
     impls = {
         "fusedloss": F.cross_entropy,
         "fusedloss inplace": lambda x, t: F.cross_entropy(x, t, inplace_backward=True),
+        LOOPED: _rows_looped(F.cross_entropy),
         "torch": TF.cross_entropy,
     }
     if quick:
@@ -57,6 +61,28 @@ def implementations(device, quick, notes):
         else:
             notes.append("flash-attn left out: it needs CUDA")
     return impls
+
+
+LOOPED = "fusedloss rows looped"
+
+
+def _kernels():
+    import importlib
+    return importlib.import_module("fusedloss.triton_kernels.cross_entropy")
+
+
+def _rows_looped(loss):
+    """The loss with rows held whole only up to the row block (the forward runs the row kernel;
+    the backward only scales what it wrote)."""
+    kernels = _kernels()
+
+    def looped(logits, target):
+        held, kernels.MAX_HELD_ROW = kernels.MAX_HELD_ROW, kernels.MAX_ROW_BLOCK
+        try:
+            return loss(logits, target)
+        finally:
+            kernels.MAX_HELD_ROW = held
+    return looped
 
 
 def fits(num_tokens, vocabulary, element, device):
@@ -92,6 +118,10 @@ def run(device, quick, peaks, notes):
                     if "torch.compile" in impls:  # a fresh compile per size: no recompile limit
                         torch._dynamo.reset()
                     for name, fn in impls.items():
+                        kernels = _kernels()
+                        if name == LOOPED and not (kernels.MAX_ROW_BLOCK < vocabulary
+                                                   <= kernels.MAX_HELD_ROW):
+                            continue  # no row held here: the same call as fusedloss
                         # a fresh copy each: the in-place peers overwrite their logits
                         x = logits.clone().requires_grad_(backward)
 

@@ -126,6 +126,13 @@ def _realistic_calls():
                    label_smoothing=0.1, z_loss=1e-4, softcap=30.0, return_lse=True)
         yield call("cross_entropy V=128256 eval", "cross_entropy", randn(4, 128256),
                    randint(128256, 4), reduction="none")
+        # rows of 32000 held whole (cross_entropy._held_row_block): weighted, per token, no grad
+        yield call("cross_entropy V=32000 weight", "cross_entropy", randn(4, 32000, grad=True),
+                   randint(32000, 4), weight=uniform(32000))
+        yield call("cross_entropy V=32000 none", "cross_entropy", randn(4, 32000, grad=True),
+                   randint(32000, 4), reduction="none")
+        yield call("cross_entropy V=32000 eval", "cross_entropy", randn(4, 32000),
+                   randint(32000, 4), reduction="none")
         yield call("cross_entropy V=32000 soft labels", "cross_entropy",
                    randn(4, 32000, grad=True), randn(4, 32000).float().softmax(-1).to(dtype),
                    label_smoothing=0.1)

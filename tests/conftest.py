@@ -133,6 +133,26 @@ def fuzz_examples(request):
 
 
 @pytest.fixture
+def kernel_launches(monkeypatch):
+    """spy(module, name): from then on in the test, every launch of the kernel `name` of the
+    kernel module runs as usual and its keyword arguments (constexprs, num_warps) are appended
+    to the list spy returns."""
+    def spy(module, name):
+        kernel, seen = getattr(module, name), []
+
+        class Spy:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    seen.append(kwargs)
+                    return kernel[grid](*args, **kwargs)
+                return launch
+
+        monkeypatch.setattr(module, name, Spy())
+        return seen
+    return spy
+
+
+@pytest.fixture
 def reference_backend():
     """Runs the test with the reference backend (tests of the oracle itself)."""
     import fusedloss

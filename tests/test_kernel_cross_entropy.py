@@ -392,6 +392,63 @@ def test_split_rows_inplace_backward_and_ignored_rows():
     assert torch.equal(x.grad[1::3], torch.zeros(3, 1029))
 
 
+# --- rows held whole in one block -----------------------------------------------------------
+
+@pytest.fixture
+def held_launches(monkeypatch, kernel_launches):
+    """Rows held whole up to 4096 classes (the GPU's 32768, four of the interpreter's blocks, as
+    the GPU's is four of its): the keyword arguments of each row-kernel launch."""
+    from fusedloss.triton_kernels import cross_entropy as kernels
+    monkeypatch.setattr(kernels, "MAX_HELD_ROW", 4096)
+    return kernel_launches(kernels, "_softmax_loss_kernel")
+
+
+HELD_CASES = {  # calls whose rows are held: hard labels, nothing else live beside the row
+    "mean": {}, "weights, sum": dict(weight=True, reduction="sum"),
+    "weights, none": dict(weight=True, reduction="none"), "no gradient": dict(grad=False),
+}
+
+
+@pytest.mark.parametrize("case", list(HELD_CASES))
+@pytest.mark.parametrize("num_classes", [2000, 4096])  # a masked block of 2048, a full one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rows_held_whole_in_one_block(held_launches, dtype, num_classes, case):
+    """A row longer than the block but within MAX_HELD_ROW, of a call with nothing else live
+    beside it, is swept as one block held in registers (read once) and agrees with the
+    reference, ignored tokens included."""
+    options = dict(HELD_CASES[case])
+    x = _logits((6, num_classes), dtype=dtype).requires_grad_(options.pop("grad", True))
+    if options.pop("weight", False):
+        options["weight"] = _class_weight(num_classes, dtype)
+    assert_close_to_reference("cross_entropy", x, _labels((6,), num_classes), **options)
+    block = 2048 if num_classes == 2000 else 4096
+    assert held_launches and all(launch["SINGLE_BLOCK"] and launch["BLOCK"] == block
+                                 for launch in held_launches)
+
+
+NOT_HELD_CASES = {  # what keeps more beside the row, or a row the kernel splits
+    "smoothing": dict(label_smoothing=0.1), "z-loss": dict(z_loss=1e-2),
+    "softcap": dict(softcap=2.5), "lse": dict(return_lse=True), "focal": dict(focal=True),
+    "soft labels": dict(soft=True), "fp64": dict(dtype=torch.float64),
+    "rows split": dict(num_classes=2001), "beyond the limit": dict(num_classes=4097),
+    "classes strided": dict(spatial=True),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_HELD_CASES))
+def test_rows_not_held_loop_over_blocks(held_launches, case):
+    options = dict(NOT_HELD_CASES[case])
+    num_classes, dtype = options.pop("num_classes", 2000), options.pop("dtype", torch.float32)
+    soft, focal = options.pop("soft", False), options.pop("focal", False)
+    spatial = (2,) if options.pop("spatial", False) else ()  # (N, C, 2): classes 2 apart
+    x = _logits((3, num_classes, *spatial), dtype=dtype)
+    target = (_probabilities((3, num_classes, *spatial), dtype) if soft
+              else _labels((3, *spatial), num_classes))
+    assert_close_to_reference("softmax_focal_loss" if focal else "cross_entropy", x, target,
+                              **options)
+    assert held_launches and not any(launch["SINGLE_BLOCK"] for launch in held_launches)
+
+
 # --- memory options and extra outputs -------------------------------------------------------
 
 @pytest.mark.parametrize("shape,reduction", [((4, BIG_V), "mean"), ((2, 6, 3), "none")])

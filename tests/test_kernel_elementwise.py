@@ -268,20 +268,10 @@ def test_deprecated_size_average_and_reduce(name, legacy):
 
 
 @pytest.fixture
-def launches(monkeypatch):
+def launches(kernel_launches):
     """The constexpr flags of every launch of the generic elementwise kernel."""
     from fusedloss.triton_kernels import _elementwise as elementwise
-    kernel, seen = elementwise._elementwise_loss_kernel, []
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append(kwargs)
-                return kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(elementwise, "_elementwise_loss_kernel", Spy())
-    return seen
+    return kernel_launches(elementwise, "_elementwise_loss_kernel")
 
 
 def test_gradients_written_only_when_due(launches):

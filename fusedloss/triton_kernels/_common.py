@@ -25,6 +25,17 @@ GPU_LAUNCH_PARAMS = not interpreting() or os.environ.get("FUSEDLOSS_LAUNCH_PARAM
 # fp16 and bf16 variant of the cross-entropy row kernel (fp64 with every option on spills a few
 # hundred bytes); 32768 spilled up to 1.6 KB per thread with every option on.
 MAX_ROW_BLOCK = 8192 if GPU_LAUNCH_PARAMS else 1024
+# Longest row the cross-entropy kernel holds whole in one block, read once rather than twice,
+# where little else is live beside it (cross_entropy._held_row_block: hard labels, no
+# smoothing, z-loss, soft-capping, focal term or returned lse, rows already 16-byte aligned, not
+# fp64). Measured with the sm_90 compile on both CI stacks at V = 16384 and 32000: 32 warps on
+# 16384 classes and 16 warps on 32768 (64 elements a thread, up to 128 registers) spill nothing
+# in fp32, fp16 or bf16, with or without class weights, reduced or per token, with or without
+# the gradient; 32 warps on 32768 spilled 16-bit rows on triton 3.9 (24 bytes), fp64 spilled
+# 0.6-2 KB, and each excluded option spilled (label smoothing 20-136 bytes, soft-capping
+# 120-400, lse or z-loss in 16 bits 16-80). The interpreter holds no row beyond its block, so
+# that its tests at small shapes still run the loops; its held-row tests raise this limit.
+MAX_HELD_ROW = 32768 if GPU_LAUNCH_PARAMS else MAX_ROW_BLOCK
 # Elements per program for flat elementwise kernels.
 ELEMENTWISE_BLOCK = 4096 if GPU_LAUNCH_PARAMS else 1024
 # A persistent row kernel's grid when no GPU says otherwise: sm_90's (H100/H200: 132 SMs, 50 MiB
@@ -62,6 +73,12 @@ def row_block(num_columns):
 def row_warps(block):
     """Warps for a row-wise kernel: enough threads to keep ~8-16 elements per thread."""
     return max(1, min(32, block // 1024 * 4)) if block >= 1024 else 4
+
+
+def held_row_warps(block):
+    """Warps for a row held whole (MAX_HELD_ROW): row_warps' up to 16384 columns, 16 beyond (64
+    elements a thread, whose register budget of 128 holds a 16-bit row of 32768 without spills)."""
+    return 16 if block > 16384 else row_warps(block)
 
 
 def broadcast_shape(*shapes):

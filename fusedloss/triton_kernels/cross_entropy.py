@@ -12,7 +12,12 @@ p, p + P, ... (the rows of the (N, C, S) logits view). Per token:
           p = exp((z - m) - log s) and writes d(loss)/d(logits), already divided by the 'mean'
           denominator, into the gradient buffer (the logits' own storage with inplace_backward);
           for soft labels that require grad, d(loss)/d(q) = -w log_softmax(z) in the same sweep.
-          A row that fits one block keeps it in registers and skips the second read.
+          A row that fits one block keeps it in registers and skips the second read: any row of
+          up to MAX_ROW_BLOCK classes (8192 on a GPU), and a row of up to MAX_HELD_ROW (32768:
+          Llama 2's and Mistral's vocabularies) where little else is live beside it (hard
+          labels, no smoothing, z-loss, soft-capping, focal term or lse; rows 16-byte aligned;
+          _held_row_block), which then takes one block of 16 warps: such a row's logits are
+          read once, its HBM traffic the 2-pass bound whatever the L2 holds.
   An ignored token writes its zero gradient and reads nothing else (unless its lse is asked for).
 The 'mean' divisor is computed by every program from the targets (N labels, and the class weight
 of each: a few bytes per token, L2-resident, against a row of C logits), and the reduction over
@@ -62,8 +67,9 @@ import triton
 import triton.language as tl
 
 from .._reduction import reduce
-from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, fp32_pair, persistent_programs,
-                      round_to, row_block, row_warps, triton_accumulation)
+from ._common import (ELEMENTWISE_BLOCK, MAX_HELD_ROW, MAX_ROW_BLOCK, accumulation_dtype,
+                      fp32_pair, held_row_warps, persistent_programs, round_to, row_block,
+                      row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
 from .._autocast import loss_dtype
 from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
@@ -679,6 +685,24 @@ def _split_fits_registers(dtype, weighted, label_smoothing, z_loss, softcap):
                 and (z_loss != 0 or softcap is not None))
 
 
+def _held_row_block(logits, vector, *, soft, focal, label_smoothing, z_loss, softcap, lse,
+                    stats):
+    """The one block that holds a row longer than MAX_ROW_BLOCK whole, read once (pass 2 from
+    registers), or None: for rows of at most MAX_HELD_ROW contiguous classes of 32 bits or fewer
+    (fp64's spilled 0.6 to 2 KB a thread; strided classes would hold an address per element),
+    already 16-byte aligned, of a whole-vocabulary launch (not a chunk's: `stats`) whose only
+    row vector is the logits (hard labels, class weights or none) and no option keeps more
+    values live (_common.MAX_HELD_ROW has the measurements)."""
+    num_classes = logits.shape[1]
+    if not MAX_ROW_BLOCK < num_classes <= MAX_HELD_ROW or logits.dtype == torch.float64:
+        return None
+    if logits.stride(1) != 1 or vector > 1 or stats is not None:
+        return None
+    if soft or focal or label_smoothing != 0 or z_loss != 0 or softcap is not None:
+        return None
+    return None if lse is not None else triton.next_power_of_2(num_classes)
+
+
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
                       ignore_index, label_smoothing, z_loss, softcap, gamma=0.0, mean=False,
                       partials=None, target_grad=None, stats=None, from_stats=False,
@@ -711,10 +735,14 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     """
     num_rows, num_classes, spatial = logits.shape
     num_tokens = num_rows * spatial
-    block = row_block(num_classes)
     vector = 1
     if _split_fits_registers(logits.dtype, weight is not None, label_smoothing, z_loss, softcap):
         vector = _aligned_vector(logits, grad, *((target, target_grad) if soft else ()))
+    held = _held_row_block(logits, vector, soft=soft, focal=focal,
+                           label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                           lse=lse, stats=stats)
+    block = held or row_block(num_classes)
+    warps = held_row_warps(block) if held else row_warps(block)
     programs = (partials.numel() - 2 if partials is not None else
                 persistent_programs(logits.device, num_tokens, num_classes * logits.element_size()))
     check = None
@@ -748,7 +776,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         REDUCE=partials is not None,
         RETURN_LSE=lse is not None, PARTIAL_STATS=stats is not None and not from_stats,
         FROM_STATS=from_stats, HAS_TOKEN_SCALE=token_scale is not None,
-        num_warps=row_warps(block),
+        num_warps=warps,
     )
     if check is not None:  # queued: no host sync (the CPU raises at once)
         torch._assert_async(check, index_error)
