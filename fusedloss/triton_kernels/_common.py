@@ -49,10 +49,14 @@ _INTERPRETER_PROGRAMS = 3
 def persistent_programs(device, num_rows, row_bytes):
     """Programs for a persistent row kernel (each program sweeps rows pid, pid + P, ...).
 
-    Two resident programs per SM hide each other's latency. Each program's row is read twice
-    (pass 1, then pass 2 for the gradient), and the second read comes from L2 only if the rows
-    in flight fit in it, so for long rows the grid shrinks to half the L2's worth of rows, but
-    never below one program per SM (a thinner grid cannot pull the HBM bandwidth).
+    Two programs per SM, which hide each other's latency where both are resident. Registers
+    decide that: a program of 32 warps at 64 registers (the 8192-wide row block) or of 16 at
+    128 (a held row, MAX_HELD_ROW) fills an sm_90 SM's 64K registers, so there the second
+    program of an SM runs after the first, at no cost (the persistent loop gives every program
+    the same number of rows). A looped row is read twice (pass 1, then pass 2 for the
+    gradient), and the second read comes from L2 only if the rows in flight fit in it, so for
+    long rows the grid shrinks to half the L2's worth of rows, but never below one program per
+    SM (a thinner grid cannot pull the HBM bandwidth).
     """
     if not GPU_LAUNCH_PARAMS:
         return max(1, min(num_rows, _INTERPRETER_PROGRAMS))
