@@ -426,6 +426,19 @@ def test_rows_held_whole_in_one_block(held_launches, dtype, num_classes, case):
                                  for launch in held_launches)
 
 
+def test_held_rows_inplace_backward(held_launches):
+    """A held row's gradient written over its own logits (inplace_backward) is the out-of-place
+    gradient bit for bit, ignored rows' zeros included."""
+    x = _logits((6, 2000), dtype=torch.bfloat16)
+    target = _labels((6,), 2000)
+    inplace = x.detach().clone().requires_grad_()
+    F.cross_entropy(x, target).backward()
+    F.cross_entropy(inplace, target, inplace_backward=True).backward()
+    assert inplace.grad.data_ptr() == inplace.data_ptr()
+    assert torch.equal(inplace.grad, x.grad)
+    assert all(launch["SINGLE_BLOCK"] for launch in held_launches)
+
+
 NOT_HELD_CASES = {  # what keeps more beside the row, or a row the kernel splits
     "smoothing": dict(label_smoothing=0.1), "z-loss": dict(z_loss=1e-2),
     "softcap": dict(softcap=2.5), "lse": dict(return_lse=True), "focal": dict(focal=True),
