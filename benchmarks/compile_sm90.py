@@ -147,6 +147,8 @@ def _realistic_calls():
         log_probs = randn(4, 21, 64, 64).float().log_softmax(1).to(dtype).requires_grad_()
         yield call("nll_loss C=21 64x64", "nll_loss", log_probs, randint(21, 4, 64, 64),
                    weight=uniform(21))
+        log_probs = randn(8, 32000).float().log_softmax(1).to(dtype).requires_grad_()
+        yield call("nll_loss V=32000", "nll_loss", log_probs, randint(32000, 8))
         yield call("linear_cross_entropy V=128256 H=64", "linear_cross_entropy",
                    randn(8, 64, grad=True), randn(128256, 64, grad=True), randint(128256, 8))
 

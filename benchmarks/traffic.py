@@ -220,6 +220,18 @@ def _cross_entropy(tokens, vocabulary, dtype, ignored=True, **options):
     return build
 
 
+def _nll(tokens, classes, dtype):
+    """Log-probabilities with every fourth token ignored. The bound is one write of the
+    gradient (a token's one read, its log-probability at the target, is 1/C of its row)."""
+    def build():
+        log_probs = torch.randn(tokens, classes, generator=_generator()).log_softmax(1)
+        log_probs = log_probs.to(dtype).requires_grad_()
+        target = torch.randint(0, classes, (tokens,), generator=_generator())
+        target[1::4] = -100
+        return F.nll_loss, (log_probs, target), log_probs
+    return build
+
+
 def _pointwise(fn, numel, dtype, probabilities=False):
     def build():
         x = torch.randn(numel, generator=_generator()).to(dtype)
@@ -271,6 +283,10 @@ CASES = [
     # the CPU's check is 2 ops, so 7 in all
     Case("cross_entropy V=32768 bf16 (checks queued as on CUDA)",
          _queued(_cross_entropy(8, 32768, torch.bfloat16)), 1.75, 1.76, 7),
+    # NLL: the forward gathers each token's log-probability and weight; the backward's one
+    # kernel writes the whole gradient (the target's value, zeros elsewhere)
+    Case("nll_loss V=4096 fp32", _nll(64, 4096, torch.float32), 1.0, 1.01, 16),
+    Case("nll_loss V=4096 bf16", _nll(64, 4096, torch.bfloat16), 1.0, 1.01, 17),
     Case("binary_cross_entropy_with_logits fp32", _pointwise(F.binary_cross_entropy_with_logits, 1 << 16, torch.float32),
          3.0, 3.0, 12),
     Case("mse_loss fp32", _pointwise(F.mse_loss, 1 << 16, torch.float32), 3.0, 3.0, 12),

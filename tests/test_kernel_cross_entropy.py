@@ -96,6 +96,22 @@ def test_nll_loss_options(reduction, weighted, num_classes):
                               reduction=reduction)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_gradient_tiles(reduction, dtype):
+    """The backward's tiles of the (N, C, S) gradient: 130 positions are three blocks of 64 and
+    37 classes three of 16 (the interpreter's tile of 1024), with an ignore_index that is a
+    class, whose ignored tokens' gradient is 0 at that class too."""
+    log_probs = torch.log_softmax(_logits((2, 37, 130)).detach(), 1).to(dtype).requires_grad_()
+    target = _labels((2, 130), 37)
+    target.view(-1)[1::3] = 3
+    assert_close_to_reference("nll_loss", log_probs, target, weight=_class_weight(37, dtype),
+                              ignore_index=3, reduction=reduction)
+    F.nll_loss(log_probs, target, ignore_index=3, reduction=reduction).sum().backward()
+    ignored = (target == 3).unsqueeze(1).expand_as(log_probs)
+    assert torch.equal(log_probs.grad[ignored], torch.zeros_like(log_probs.grad[ignored]))
+
+
 @pytest.mark.parametrize("num_classes", [5, BIG_V])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.parametrize("weighted", [False, True])

@@ -594,6 +594,44 @@ def _nll_kernel(
     tl.store(target_weight_ptr + tokens, w, mask=in_range)
 
 
+@triton.jit
+def _nll_backward_kernel(
+    grad_ptr,  # (N, C, S) contiguous d loss / d log-probabilities, written whole
+    target_ptr,  # (N*S,) class indices
+    target_weight_ptr,  # (N*S,) the forward's weight of each token's target, 0 when ignored
+    grad_output_ptr,  # 0-d, or (N*S,) per token when PER_TOKEN
+    denominator_ptr,  # 0-d 'mean' divisor, read when MEAN
+    num_classes, spatial, ignore_index,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    PER_TOKEN: tl.constexpr, MEAN: tl.constexpr,
+):
+    """One (BLOCK_C classes x BLOCK_S positions) tile of a sample: -w_t * grad_output (over the
+    'mean' divisor) at each position's target class, 0 elsewhere and for ignored tokens. The
+    grid's first axis runs over samples and position blocks (no limit of 65535 there), the
+    second over class blocks."""
+    position_blocks = tl.cdiv(spatial, BLOCK_S)
+    n = tl.program_id(0).to(tl.int64) // position_blocks
+    positions = (tl.program_id(0) % position_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
+    classes = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    in_range = positions < spatial
+    tokens = n * spatial + positions
+    label = tl.load(target_ptr + tokens, mask=in_range, other=0).to(tl.int64)
+    kept = in_range & _kept_class(label, ignore_index, num_classes)
+    if PER_TOKEN:
+        scale = tl.load(grad_output_ptr + tokens, mask=in_range, other=0.0).to(ACC)
+    else:
+        scale = tl.load(grad_output_ptr).to(ACC)
+    if MEAN:
+        scale = scale / tl.load(denominator_ptr).to(ACC)
+    coef = tl.where(kept, -tl.load(target_weight_ptr + tokens, mask=in_range, other=0.0) * scale,
+                    0.0)
+    hit = classes[:, None] == label[None, :]  # coef is 0 for an ignored token
+    offsets = (n * num_classes + classes[:, None]) * spatial + positions[None, :]
+    tl.store(grad_ptr + offsets,
+             round_to(tl.where(hit, coef[None, :], 0.0), grad_ptr.dtype.element_ty),
+             mask=(classes[:, None] < num_classes) & in_range[None, :])
+
+
 # --- launchers -----------------------------------------------------------------------------
 
 def _as_tokens(tensor):
@@ -963,8 +1001,10 @@ def softmax_focal_loss(input, target, alpha=None, gamma=2.0, ignore_index=-100, 
 
 
 class _NLLLoss(torch.autograd.Function):
-    """Forward: a gather kernel. Backward: scatter of -w_t * grad_output / denominator at the
-    target (torch ops; the gradient is zero elsewhere)."""
+    """Forward: a gather kernel (each token's -w_t log p_t and w_t). Backward: one kernel
+    writing the whole gradient once, -w_t * grad_output / denominator at each target and 0
+    elsewhere (grad_output and the 'mean' divisor read on the device): the one write of the
+    gradient its bound allows."""
 
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, index_error):
@@ -1004,15 +1044,20 @@ class _NLLLoss(torch.autograd.Function):
     def backward(ctx, grad_output):
         flat_target, target_weight, denominator = ctx.saved_tensors
         num_rows, num_classes, spatial = ctx.shape
-        kept = flat_target != ctx.ignore_index
-        scale = grad_output.reshape(-1).to(target_weight.dtype)
-        if ctx.reduction == "mean":
-            scale = scale / denominator
-        # ignored tokens get exactly 0 (torch's gradient, also when every token is ignored)
-        values = torch.where(kept, -target_weight * scale, 0.0).to(ctx.dtype)
-        index = torch.where(kept, flat_target, 0).long()
-        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=flat_target.device)
-        grad.scatter_(1, index.view(num_rows, 1, spatial), values.view(num_rows, 1, spatial))
+        grad = torch.empty(ctx.shape, dtype=ctx.dtype, device=flat_target.device)
+        if grad.numel():
+            per_token = ctx.reduction == "none"
+            grad_output = grad_output.reshape(-1).contiguous() if per_token else grad_output
+            block_s = min(triton.next_power_of_2(spatial), 64)
+            block_c = min(ELEMENTWISE_BLOCK // block_s, triton.next_power_of_2(num_classes))
+            grid = (num_rows * triton.cdiv(spatial, block_s), triton.cdiv(num_classes, block_c))
+            _nll_backward_kernel[grid](
+                grad, flat_target, target_weight, grad_output, denominator,
+                num_classes, spatial, ctx.ignore_index,
+                ACC=triton_accumulation(ctx.dtype), BLOCK_C=block_c, BLOCK_S=block_s,
+                PER_TOKEN=per_token, MEAN=ctx.reduction == "mean",
+                num_warps=row_warps(block_c * block_s),
+            )
         return grad.view(ctx.input_shape), None, None, None, None, None
 
 
