@@ -100,6 +100,7 @@ def run(device, quick, peaks, notes):
     sizes = QUICK if quick else {"tokens": TOKENS, "vocabularies": VOCABULARIES,
                                  "dtypes": DTYPES, "modes": MODES}
     impls = implementations(device, quick, notes)
+    kernels = _kernels()
     for dtype_name in sizes["dtypes"]:
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
         for num_tokens in sizes["tokens"]:
@@ -118,7 +119,6 @@ def run(device, quick, peaks, notes):
                     if "torch.compile" in impls:  # a fresh compile per size: no recompile limit
                         torch._dynamo.reset()
                     for name, fn in impls.items():
-                        kernels = _kernels()
                         if name == LOOPED and not (kernels.MAX_ROW_BLOCK < vocabulary
                                                    <= kernels.MAX_HELD_ROW):
                             continue  # no row held here: the same call as fusedloss

@@ -34,8 +34,8 @@ MAX_ROW_BLOCK = 8192 if GPU_LAUNCH_PARAMS else 1024
 # the gradient; 32 warps on 32768 spilled 16-bit rows on triton 3.9 (24 bytes), fp64 spilled
 # 0.6-2 KB, 16-bit rows split at 16-byte boundaries (BERT's 30522 classes) 24-72 bytes, and
 # each excluded option spilled (label smoothing 20-136 bytes, soft-capping 120-400, lse or
-# z-loss in 16 bits 16-80). The interpreter holds no row beyond its block, so
-# that its tests at small shapes still run the loops; its held-row tests raise this limit.
+# z-loss in 16 bits 16-80). The interpreter holds no row beyond its block, so that its tests
+# at small shapes still run the loops; its held-row tests raise this limit.
 MAX_HELD_ROW = 32768 if GPU_LAUNCH_PARAMS else MAX_ROW_BLOCK
 # Elements per program for flat elementwise kernels.
 ELEMENTWISE_BLOCK = 4096 if GPU_LAUNCH_PARAMS else 1024

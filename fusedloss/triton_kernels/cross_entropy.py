@@ -736,9 +736,10 @@ def _held_row_block(logits, vector, *, soft, focal, label_smoothing, z_loss, sof
         return None
     if logits.stride(1) != 1 or vector > 1 or stats is not None:
         return None
-    if soft or focal or label_smoothing != 0 or z_loss != 0 or softcap is not None:
+    if (soft or focal or label_smoothing != 0 or z_loss != 0 or softcap is not None
+            or lse is not None):
         return None
-    return None if lse is not None else triton.next_power_of_2(num_classes)
+    return triton.next_power_of_2(num_classes)
 
 
 def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, soft, focal,
