@@ -424,7 +424,9 @@ def _compile_reported(launch):
     try:
         return compile_launch(launch), None
     except Exception as error:  # noqa: BLE001 - every failure is reported, then exit 1
-        return None, f"{type(error).__name__}: {error}"
+        cause = error.__cause__  # a CompilationError names the line; its cause says what broke
+        return None, f"{type(error).__name__}: {error}" + (
+            f"\n  caused by {type(cause).__name__}: {cause}" if cause is not None else "")
 
 
 def compile_all(launches, check_vectors):

@@ -269,15 +269,17 @@ CASES = [
     # values live is held whole in one block (cross_entropy._held_row_block): read once
     Case("cross_entropy V=32768 fp32", _cross_entropy(8, 32768, torch.float32), 1.75, 1.76, 8),
     Case("cross_entropy V=32768 bf16", _cross_entropy(8, 32768, torch.bfloat16), 1.75, 1.76, 8),
-    # longer rows (Llama 3's 128256 classes) loop over blocks: pass 2 reads each row again
-    Case("cross_entropy V=65536 bf16", _cross_entropy(8, 65536, torch.bfloat16), 1.75, 2.5, 8),
+    # longer rows (Llama 3's 128256 classes) loop over blocks: pass 2 reads each row again but
+    # for its last block, kept in registers from pass 1 (here 1 of 8 blocks)
+    Case("cross_entropy V=65536 bf16", _cross_entropy(8, 65536, torch.bfloat16), 1.75, 2.42, 8),
     # GPT-2's vocabulary: rows no multiple of 16 bytes, split at 16-byte boundaries; pass 2
-    # reads each row's head and tail (under 8 classes each) again
+    # reads the row again but for its last block (1 of 7) and reads its head and tail (under 8
+    # classes each) again
     Case("cross_entropy V=50257 bf16 (rows split)", _cross_entropy(8, 50257, torch.bfloat16),
-         1.75, 2.5, 8),
-    # label smoothing keeps the row sums beside the row: looped, read twice
+         1.75, 2.39, 8),
+    # label smoothing keeps the row sums beside the row: looped, read twice but for 1 of 4 blocks
     Case("cross_entropy V=32768 bf16 smoothing", _cross_entropy(8, 32768, torch.bfloat16, label_smoothing=0.1),
-         1.75, 2.5, 8),
+         1.75, 2.32, 8),
     # on CUDA the row kernel records the target check as it reads the targets, and the reduced
     # launch writes its verdict over the spent counter of its partials: one queued assert where
     # the CPU's check is 2 ops, so 7 in all

@@ -478,6 +478,60 @@ def test_rows_not_held_loop_over_blocks(held_launches, case):
     assert held_launches and not any(launch["SINGLE_BLOCK"] for launch in held_launches)
 
 
+# --- looped rows: blocks aligned to the row's end, the last one kept for pass 2 -------------
+
+@pytest.fixture
+def row_launches(kernel_launches):
+    from fusedloss.triton_kernels import cross_entropy as kernels
+    return kernel_launches(kernels, "_softmax_loss_kernel")
+
+
+LOOPED_CASES = {  # (options, whether the last block is kept in registers)
+    "mean": ({}, True), "weights, none": (dict(weight=True, reduction="none"), True),
+    "soft labels, their gradient": (dict(soft=True), True),
+    "smoothing, z-loss, soft-capping, lse": (
+        dict(label_smoothing=0.1, z_loss=1e-2, softcap=2.5, return_lse=True), True),
+    "focal": (dict(focal=True, weight=True), True),
+    "weights with smoothing": (dict(weight=True, label_smoothing=0.1), False),
+    "fp64": (dict(dtype=torch.float64), False),
+}
+
+
+@pytest.mark.parametrize("case", list(LOOPED_CASES))
+@pytest.mark.parametrize("num_classes", [3072, 2500, 1031])  # whole blocks; a partial first one;
+def test_looped_rows_keep_their_last_block(row_launches, num_classes, case):  # a split row
+    """A row of several blocks is swept in blocks that end where the row ends (the first one
+    partial, starting before the row), pass 2 runs from the last block, which is kept from
+    pass 1 where that fits the registers, down to the first, and every value and gradient
+    agrees with the reference (ignored tokens, a head and tail of split rows included)."""
+    options, kept = LOOPED_CASES[case]
+    options = dict(options)
+    dtype = options.pop("dtype", torch.bfloat16 if num_classes == 1031 else torch.float32)
+    soft, focal = options.pop("soft", False), options.pop("focal", False)
+    x = _logits((5, num_classes), dtype=dtype)
+    target = (_probabilities((5, num_classes), dtype).requires_grad_() if soft
+              else _labels((5,), num_classes))
+    if options.pop("weight", False):
+        options["alpha" if focal else "weight"] = _class_weight(num_classes, dtype)
+    assert_close_to_reference("softmax_focal_loss" if focal else "cross_entropy", x, target,
+                              **options)
+    assert row_launches and all(not launch["SINGLE_BLOCK"] and launch["HOLD_LAST"] == kept
+                                for launch in row_launches)
+
+
+def test_looped_rows_inplace_backward(row_launches):
+    """The kept last block's gradient written over the logits first, then the blocks below it
+    read and overwritten one by one: the out-of-place gradient bit for bit."""
+    x = _logits((6, 2500), dtype=torch.bfloat16)
+    target = _labels((6,), 2500)
+    inplace = x.detach().clone().requires_grad_()
+    F.cross_entropy(x, target, label_smoothing=0.1).backward()
+    F.cross_entropy(inplace, target, label_smoothing=0.1, inplace_backward=True).backward()
+    assert inplace.grad.data_ptr() == inplace.data_ptr()
+    assert torch.equal(inplace.grad, x.grad)
+    assert all(launch["HOLD_LAST"] and not launch["SINGLE_BLOCK"] for launch in row_launches)
+
+
 # --- memory options and extra outputs -------------------------------------------------------
 
 @pytest.mark.parametrize("shape,reduction", [((4, BIG_V), "mean"), ((2, 6, 3), "none")])

@@ -81,11 +81,19 @@ def _load_block(logits_row, logits_stride_c, target_row, target_stride_c, weight
                 ACC: tl.constexpr, BLOCK: tl.constexpr, SOFT_LABELS: tl.constexpr,
                 HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 EVICTION: tl.constexpr):
-    """The block of columns [start, start + BLOCK) of a row of num_classes: _load_columns."""
-    cols = start + tl.arange(0, BLOCK)
+    """_load_columns of the block at `start` (_block_columns)."""
+    cols, mask = _block_columns(start, num_classes, BLOCK)
     return _load_columns(logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr,
-                         cols, cols < num_classes, total_classes, label_smoothing, softcap, ACC,
-                         SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, EVICTION)
+                         cols, mask, total_classes, label_smoothing, softcap, ACC, SOFT_LABELS,
+                         HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, EVICTION)
+
+
+@triton.jit
+def _block_columns(start, num_classes, BLOCK: tl.constexpr):
+    """The block of columns [start, start + BLOCK) and those in a row of num_classes (the first
+    block of a looped row starts before it: _block_range)."""
+    cols = start + tl.arange(0, BLOCK)
+    return cols, (cols >= 0) & (cols < num_classes)
 
 
 @triton.jit
@@ -94,15 +102,26 @@ def _load_columns(logits_row, logits_stride_c, target_row, target_stride_c, weig
                   SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                   HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                   EVICTION: tl.constexpr):
-    """Columns `cols` of a row where `mask`: (cols, mask, capped logits z with -inf padding,
-    class factor v, w).
+    """Columns `cols` of a row where `mask`: _columns of their logits."""
+    raw = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
+                  other=float("-inf"), eviction_policy=EVICTION)
+    return _columns(raw, target_row, target_stride_c, weight_ptr, cols, mask, total_classes,
+                    label_smoothing, softcap, ACC, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
+                    HAS_SOFTCAP, EVICTION)
+
+
+@triton.jit
+def _columns(raw, target_row, target_stride_c, weight_ptr, cols, mask, total_classes,
+             label_smoothing, softcap, ACC: tl.constexpr, SOFT_LABELS: tl.constexpr,
+             HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+             EVICTION: tl.constexpr):
+    """Columns `cols` of a row where `mask`, from their logits as loaded (`raw`, -inf padding):
+    (cols, mask, capped logits z in the accumulation dtype, class factor v, w).
 
     w is the class weight (1 without weights, 0 on padding); v is w for hard labels and w * q
     with q the (smoothed) target probability for soft labels.
     """
-    # cast right after the load: the interpreter keeps bf16 as raw bits
-    z = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
-                other=float("-inf"), eviction_policy=EVICTION).to(ACC)
+    z = raw.to(ACC)  # the interpreter keeps bf16 as raw bits: nothing but this cast touches raw
     if HAS_SOFTCAP:
         # padding must stay -inf: capped, it would become -softcap and carry probability
         z = tl.where(mask, softcap * tanh(z / softcap), float("-inf"))
@@ -255,32 +274,47 @@ def _zero_row(grad_row, grad_stride_c, num_classes, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _block_range(body, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr):
+    """The starts of a row's first and last blocks. A looped row's blocks end where the row
+    ends, so its last block is whole (it is held from pass 1 to pass 2) and its first one starts
+    before the row (masked); every start keeps the divisibility of the row's length."""
+    first = body * 0  # body's integer type, whichever it is
+    last = first
+    if not SINGLE_BLOCK:
+        last = body - BLOCK
+        first = last - (tl.maximum(tl.cdiv(body, BLOCK), 1) - 1) * BLOCK
+    return first, last
+
+
+@triton.jit
 def _row_sweep(
     logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, target, body, head,
-    num_classes, total_classes, label_smoothing, softcap,
-    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
-    VEC: tl.constexpr, SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
+    first, last, num_classes, total_classes, label_smoothing, softcap,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+    HOLD_LAST: tl.constexpr, NUM_STAGES: tl.constexpr, VEC: tl.constexpr,
+    SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, FOCAL: tl.constexpr,
 ):
-    """Pass 1 over the row's (or chunk's) columns: the body's first block (a one-block row keeps
-    it in registers for pass 2) and the online statistics (m, s, a1, a2) of the body's blocks
-    and, with VEC > 1, of the head and tail (_row_split); m = -inf for a row of -inf."""
-    # the first block peeled so the running statistics start with the accumulation dtype
-    cols, mask, z, v, w = _load_block(logits_row, logits_stride_c, target_row, target_stride_c,
-                                   weight_ptr, 0, body, total_classes, label_smoothing,
-                                   softcap, ACC, BLOCK, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
-                                   HAS_SOFTCAP, "evict_last")
-    m, s, a1, a2 = _block_stats(cols, mask, z, v, target, SOFT_LABELS, HAS_SMOOTHING, FOCAL)
+    """Pass 1 over the row's (or chunk's) columns: the online statistics (m, s, a1, a2) of the
+    body's blocks from `first` to `last` (_block_range) and, with VEC > 1, of the head and tail
+    (_row_split); m = -inf for a row of -inf. With HOLD_LAST, returns the last block's logits
+    too, loaded last and kept in registers for pass 2, which writes its gradient without reading
+    it again (else m stands in for them)."""
+    m = tl.full([], float("-inf"), ACC)
+    s = tl.zeros([], ACC)
+    a1, a2 = s, s
     if VEC > 1:  # merged before the loop: only the four statistics are live through it
         e_cols, e_mask, e_z, e_v, e_w = _load_edge(
             logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, head, body,
             num_classes, total_classes, label_smoothing, softcap, ACC, VEC, SOFT_LABELS,
             HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_last")
-        e_m, e_s, e_a1, e_a2 = _block_stats(e_cols, e_mask, e_z, e_v, target, SOFT_LABELS,
-                                            HAS_SMOOTHING, FOCAL)
-        m, s, a1, a2 = _merge_stats(m, s, a1, a2, e_m, e_s, e_a1, e_a2, FOCAL)
-    if not SINGLE_BLOCK:  # a single block keeps z live for pass 2: no second copy
-        for start in tl.range(BLOCK, body, BLOCK, num_stages=NUM_STAGES):
+        m, s, a1, a2 = _block_stats(e_cols, e_mask, e_z, e_v, target, SOFT_LABELS,
+                                    HAS_SMOOTHING, FOCAL)
+    loop_end = last
+    if not HOLD_LAST:
+        loop_end = last + BLOCK
+    if not SINGLE_BLOCK:
+        for start in tl.range(first, loop_end, BLOCK, num_stages=NUM_STAGES):
             b_cols, b_mask, b_z, b_v, b_w = _load_block(
                 logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
                 body, total_classes, label_smoothing, softcap,
@@ -288,7 +322,20 @@ def _row_sweep(
             b_m, b_s, b_a1, b_a2 = _block_stats(b_cols, b_mask, b_z, b_v, target, SOFT_LABELS,
                                                 HAS_SMOOTHING, FOCAL)
             m, s, a1, a2 = _merge_stats(m, s, a1, a2, b_m, b_s, b_a1, b_a2, FOCAL)
-    return cols, mask, z, v, w, m, s, a1, a2
+    raw = m
+    if HOLD_LAST:
+        # the last block, never read again from memory (evict_first), is kept as loaded (in 16
+        # bits for 16-bit logits) and without its class factors (pass 2 loads those again)
+        cols, mask = _block_columns(last, body, BLOCK)
+        raw = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
+                      other=float("-inf"), eviction_policy="evict_first")
+        cols, mask, z, v, w = _columns(raw, target_row, target_stride_c, weight_ptr, cols, mask,
+                                       total_classes, label_smoothing, softcap, ACC, SOFT_LABELS,
+                                       HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_last")
+        b_m, b_s, b_a1, b_a2 = _block_stats(cols, mask, z, v, target, SOFT_LABELS,
+                                            HAS_SMOOTHING, FOCAL)
+        m, s, a1, a2 = _merge_stats(m, s, a1, a2, b_m, b_s, b_a1, b_a2, FOCAL)
+    return raw, m, s, a1, a2
 
 
 @triton.jit
@@ -354,14 +401,16 @@ def _capped_logit(logits_row, logits_stride_c, target, owned, softcap, ACC: tl.c
 @triton.jit
 def _gradient_sweep(
     logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, grad_row,
-    grad_stride_c, target_grad_row, target_grad_stride_c, target, num_classes, total_classes,
-    m, log_s, coef, sum_v, z_coef, row_scale, label_smoothing, softcap,
+    grad_stride_c, target_grad_row, target_grad_stride_c, target, first, end, num_classes,
+    total_classes, m, log_s, coef, sum_v, z_coef, row_scale, label_smoothing, softcap,
     ACC: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr, SOFT_LABELS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr, HAS_Z_LOSS: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr, TARGET_GRAD: tl.constexpr,
 ):
-    """Pass 2 reading the row's blocks again: the gradients of every column."""
-    for start in tl.range(0, num_classes, BLOCK, num_stages=NUM_STAGES):
+    """Pass 2 reading the row's blocks again: the gradients of the blocks from end - BLOCK
+    down to first (_block_range), most recently read first: the likeliest still in the L2."""
+    for i in tl.range(0, (end - first) // BLOCK, num_stages=NUM_STAGES):
+        start = end - (i + 1) * BLOCK
         cols, mask, z, v, w = _load_block(
             logits_row, logits_stride_c, target_row, target_stride_c, weight_ptr, start,
             num_classes, total_classes, label_smoothing, softcap,
@@ -396,7 +445,9 @@ def _softmax_loss_kernel(
     class_offset, total_classes,  # the chunk's first class and the whole vocabulary's size
     ignore_index,
     label_smoothing, label_smoothing_lo, z_loss, z_loss_lo, softcap, softcap_lo, gamma, gamma_lo,
-    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+    HOLD_LAST: tl.constexpr,  # a looped row's last block kept from pass 1 for pass 2
+    NUM_STAGES: tl.constexpr,
     VEC: tl.constexpr,  # > 1: rows split into head, 16-byte-aligned body and tail (_row_split)
     TOKEN_BLOCK: tl.constexpr,
     SOFT_LABELS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
@@ -463,17 +514,19 @@ def _softmax_loss_kernel(
             target_grad_row = (target_grad_ptr + n * target_grad_stride_n
                                + s_idx * target_grad_stride_s)
             row_weight_ptr = chunk_weight_ptr
+        first, last = _block_range(body, BLOCK, SINGLE_BLOCK)
         loss = tl.cast(0.0, ACC)
         if kept | RETURN_LSE:  # an ignored token's lse still reads its row
             if FROM_STATS:
                 m, s = tl.load(stats_row), tl.load(stats_row + 1)
                 a1, a2, z_t = tl.load(stats_row + 2), tl.load(stats_row + 3), tl.load(stats_row + 4)
             else:
-                cols, mask, z, v, w, m, s, a1, a2 = _row_sweep(
+                held, m, s, a1, a2 = _row_sweep(
                     logits_row, logits_stride_c, target_row, target_stride_c, row_weight_ptr,
-                    target, body, head, num_classes, total_classes, label_smoothing, softcap, ACC,
-                    BLOCK, SINGLE_BLOCK, NUM_STAGES, VEC, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
-                    HAS_SOFTCAP, FOCAL)
+                    target, body, head, first, last, num_classes, total_classes,
+                    label_smoothing, softcap, ACC,
+                    BLOCK, SINGLE_BLOCK, HOLD_LAST, NUM_STAGES, VEC, SOFT_LABELS, HAS_WEIGHT,
+                    HAS_SMOOTHING, HAS_SOFTCAP, FOCAL)
                 z_t = _capped_logit(logits_row, logits_stride_c, target, owned, softcap, ACC,
                                     HAS_SOFTCAP)
             if PARTIAL_STATS:  # this chunk's statistics merged into the running ones
@@ -498,6 +551,21 @@ def _softmax_loss_kernel(
                 if COMPUTE_GRAD or TARGET_GRAD:
                     # pass 2: gradients of this token's loss, divided by the mean's denominator
                     z_coef = 2.0 * z_loss * lse
+                    if FROM_STATS or not HOLD_LAST:  # every block read again
+                        swept_end = last + BLOCK
+                    else:  # the last block from registers, the others read again
+                        cols, mask = _block_columns(last, body, BLOCK)
+                        cols, mask, z, v, w = _columns(
+                            held, target_row, target_stride_c, row_weight_ptr, cols, mask,
+                            total_classes, label_smoothing, softcap, ACC, SOFT_LABELS, HAS_WEIGHT,
+                            HAS_SMOOTHING, HAS_SOFTCAP, "evict_first")
+                        _write_grad(grad_row, grad_stride_c, target_grad_row,
+                                    target_grad_stride_c, cols, mask, z, v, w, m, log_s, target,
+                                    coef, label_smoothing / total_classes, a2, z_coef,
+                                    token_scale, softcap, label_smoothing, SOFT_LABELS,
+                                    HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD,
+                                    TARGET_GRAD)
+                        swept_end = last
                     if VEC > 1:  # the head and tail read again (L1-hot): held, they spilled
                         edge_cols, edge_mask, edge_z, edge_v, edge_w = _load_edge(
                             logits_row, logits_stride_c, target_row, target_stride_c,
@@ -510,21 +578,15 @@ def _softmax_loss_kernel(
                                     label_smoothing / total_classes, a2, z_coef, token_scale,
                                     softcap, label_smoothing, SOFT_LABELS, HAS_SMOOTHING,
                                     HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
-                    if SINGLE_BLOCK and not FROM_STATS:
-                        _write_grad(grad_row, grad_stride_c, target_grad_row,
-                                    target_grad_stride_c, cols, mask, z, v, w, m, log_s, target,
-                                    coef, label_smoothing / total_classes, a2, z_coef,
-                                    token_scale, softcap, label_smoothing, SOFT_LABELS,
-                                    HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD,
-                                    TARGET_GRAD)
-                    else:
+                    if FROM_STATS or not SINGLE_BLOCK:
                         _gradient_sweep(
                             logits_row, logits_stride_c, target_row, target_stride_c,
                             row_weight_ptr, grad_row, grad_stride_c, target_grad_row,
-                            target_grad_stride_c, target, body, total_classes, m, log_s,
-                            coef, a2, z_coef, token_scale, label_smoothing, softcap, ACC, BLOCK,
-                            NUM_STAGES, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING, HAS_Z_LOSS,
-                            HAS_SOFTCAP, COMPUTE_GRAD, TARGET_GRAD)
+                            target_grad_stride_c, target, first, swept_end, body,
+                            total_classes, m, log_s, coef, a2, z_coef, token_scale,
+                            label_smoothing, softcap, ACC, BLOCK, NUM_STAGES, SOFT_LABELS,
+                            HAS_WEIGHT, HAS_SMOOTHING, HAS_Z_LOSS, HAS_SOFTCAP, COMPUTE_GRAD,
+                            TARGET_GRAD)
         elif COMPUTE_GRAD:
             _zero_row(grad_row, grad_stride_c, body, BLOCK)
             if VEC > 1:
@@ -723,6 +785,16 @@ def _split_fits_registers(dtype, weighted, label_smoothing, z_loss, softcap):
                 and (z_loss != 0 or softcap is not None))
 
 
+def _holds_last_block(dtype, weighted, label_smoothing):
+    """Whether a looped row keeps its last block in registers from pass 1 to pass 2 (read once,
+    not twice), where that compiles for sm_90 without register spills on both CI stacks
+    (benchmarks/compile_sm90.py, triton 3.9 and 3.6): not in fp64 (plain rows of 32000 to
+    128256 classes spilled 56 to 136 bytes), nor with class weights and label smoothing
+    together (4 bytes at V = 50257 in 16 bits on triton 3.6; 12 to 172 with z-loss, soft-capping
+    and lse on as well)."""
+    return dtype != torch.float64 and not (weighted and label_smoothing != 0)
+
+
 def _held_row_block(logits, vector, *, soft, focal, label_smoothing, z_loss, softcap, lse,
                     stats):
     """The one block that holds a row longer than MAX_ROW_BLOCK whole, read once (pass 2 from
@@ -804,6 +876,8 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
         ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
+        HOLD_LAST=num_classes <= block or _holds_last_block(logits.dtype, weight is not None,
+                                                             label_smoothing),
         NUM_STAGES=_num_stages(logits.dtype, focal, vector > 1 and (soft or weight is not None)),
         VEC=vector,
         TOKEN_BLOCK=_TOKEN_BLOCK,
