@@ -164,3 +164,18 @@ def test_without_cuda_or_interpreter_exits_2(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--quick", "--family", "crf"])
     assert exit_.value.code == 2 and "TRITON_INTERPRET is off" in capsys.readouterr().err
+
+
+def test_l2_reuse_model_counts_an_lru_cache():
+    """benchmarks/l2_reuse.py against hand-counted cases: one program, a row of 10 blocks, a
+    cache of 4: pass 1 leaves blocks 6-9 cached; a forward pass 2 misses every block (each miss
+    evicts the next one it needs), a downward one (block 9 kept in registers) hits 8, 7, 6 of
+    its 9 reads. A cache as large as the rows in flight serves every second read."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import l2_reuse
+    one_row = dict(num_blocks=10, block_bytes=1, programs=1, l2_bytes=4, rows_per_program=1)
+    assert l2_reuse.second_read_hits(**one_row, downward=False) == 0
+    assert l2_reuse.second_read_hits(**one_row, downward=True) == 3 / 9
+    fitting = dict(num_blocks=16, block_bytes=1, programs=8, l2_bytes=8 * 16)
+    assert l2_reuse.second_read_hits(**fitting, downward=False) == 1
+    assert l2_reuse.second_read_hits(**fitting, downward=True) == 1

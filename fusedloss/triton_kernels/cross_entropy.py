@@ -4,14 +4,19 @@ z-loss, tanh soft-capping), softmax focal loss, and the NLL gather.
 Algorithm: a persistent grid (`_common.persistent_programs`) whose program p sweeps the tokens
 p, p + P, ... (the rows of the (N, C, S) logits view). Per token:
   pass 1  sweeps the row in blocks of BLOCK classes with an online log-sum-exp (running max m
-          and rescaled sum s), plus the row sums the loss needs: sum(w*z) and sum(w) for label
+          and rescaled sum s), the blocks aligned to the row's end (the first one partial, the
+          last one whole: _block_range), plus the row sums the loss needs: sum(w*z) and sum(w) for label
           smoothing, sum(w*q*z) and sum(w*q) for soft labels q, the probability mass off the
           target for focal loss (so 1 - p_t has no cancellation). Then it gathers the target
           logit and computes the token's loss (and lse when asked).
-  pass 2  (only when a gradient is wanted) reads the row's blocks again, recomputes
-          p = exp((z - m) - log s) and writes d(loss)/d(logits), already divided by the 'mean'
-          denominator, into the gradient buffer (the logits' own storage with inplace_backward);
-          for soft labels that require grad, d(loss)/d(q) = -w log_softmax(z) in the same sweep.
+  pass 2  (only when a gradient is wanted) recomputes p = exp((z - m) - log s) and writes
+          d(loss)/d(logits), already divided by the 'mean' denominator, into the gradient
+          buffer (the logits' own storage with inplace_backward); for soft labels that require
+          grad, d(loss)/d(q) = -w log_softmax(z) in the same sweep. It starts from the last
+          block, kept in registers from pass 1 as loaded (its class weights and soft labels
+          loaded again; not in fp64, nor with class weights and label smoothing together,
+          which spilled: _holds_last_block), then reads the other blocks again from the last
+          down to the first, so that it reads first what pass 1 read last.
           A row that fits one block keeps it in registers and skips the second read: any row of
           up to MAX_ROW_BLOCK classes (8192 on a GPU), and a row of up to MAX_HELD_ROW (32768:
           Llama 2's and Mistral's vocabularies) where little else is live beside it (hard
@@ -34,7 +39,11 @@ ones that such a program clears. The launcher queues one assert on it: no pass o
 
 Second reads from L2: the rows in flight are the P programs' rows, so P is sized to keep them
 within half the L2 (never fewer than one program per SM, at most two), pass 1 loads with
-evict_last and pass 2 with evict_first, and both block loops are software-pipelined
+evict_last (but the kept block, never read again, with evict_first) and pass 2 with
+evict_first. Where the rows in flight outgrow the L2 anyway (fp32 rows of 128k classes and
+beyond, 132 of them), a forward second sweep would find each block evicted by the newer ones
+after it, the worst order for a least-recently-used cache; the downward sweep takes the newest
+first, so the hits are whatever the L2 still holds. Both block loops are software-pipelined
 (`tl.range(num_stages=...)`) so a block's load overlaps the previous block's math: 2 stages
 for 16-bit logits (and fp32 focal loss), 1 for fp32 and fp64, the most that compile for sm_90
 without register spills (`_num_stages` has the measurements).
