@@ -5,10 +5,10 @@ Algorithm: a persistent grid (`_common.persistent_programs`) whose program p swe
 p, p + P, ... (the rows of the (N, C, S) logits view). Per token:
   pass 1  sweeps the row in blocks of BLOCK classes with an online log-sum-exp (running max m
           and rescaled sum s), the blocks aligned to the row's end (the first one partial, the
-          last one whole: _block_range), plus the row sums the loss needs: sum(w*z) and sum(w) for label
-          smoothing, sum(w*q*z) and sum(w*q) for soft labels q, the probability mass off the
-          target for focal loss (so 1 - p_t has no cancellation). Then it gathers the target
-          logit and computes the token's loss (and lse when asked).
+          last one whole: _block_range), plus the row sums the loss needs: sum(w*z) and
+          sum(w) for label smoothing, sum(w*q*z) and sum(w*q) for soft labels q, the
+          probability mass off the target for focal loss (so 1 - p_t has no cancellation).
+          Then it gathers the target logit and computes the token's loss (and lse when asked).
   pass 2  (only when a gradient is wanted) recomputes p = exp((z - m) - log s) and writes
           d(loss)/d(logits), already divided by the 'mean' denominator, into the gradient
           buffer (the logits' own storage with inplace_backward); for soft labels that require
