@@ -112,11 +112,17 @@ def _load_columns(logits_row, logits_stride_c, target_row, target_stride_c, weig
                   HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                   EVICTION: tl.constexpr):
     """Columns `cols` of a row where `mask`: _columns of their logits."""
-    raw = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
-                  other=float("-inf"), eviction_policy=EVICTION)
+    raw = _load_logits(logits_row, logits_stride_c, cols, mask, EVICTION)
     return _columns(raw, target_row, target_stride_c, weight_ptr, cols, mask, total_classes,
                     label_smoothing, softcap, ACC, SOFT_LABELS, HAS_WEIGHT, HAS_SMOOTHING,
                     HAS_SOFTCAP, EVICTION)
+
+
+@triton.jit
+def _load_logits(logits_row, logits_stride_c, cols, mask, EVICTION: tl.constexpr):
+    """The logits at `cols` where `mask`, as stored (-inf padding)."""
+    return tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
+                   other=float("-inf"), eviction_policy=EVICTION)
 
 
 @triton.jit
@@ -285,8 +291,8 @@ def _zero_row(grad_row, grad_stride_c, num_classes, BLOCK: tl.constexpr):
 @triton.jit
 def _block_range(body, BLOCK: tl.constexpr, SINGLE_BLOCK: tl.constexpr):
     """The starts of a row's first and last blocks. A looped row's blocks end where the row
-    ends, so its last block is whole (it is held from pass 1 to pass 2) and its first one starts
-    before the row (masked); every start keeps the divisibility of the row's length."""
+    ends, so its last block is whole (kept from pass 1 for pass 2 with HOLD_LAST) and its first
+    one starts before the row (masked); every start keeps the divisibility of the row's length."""
     first = body * 0  # body's integer type, whichever it is
     last = first
     if not SINGLE_BLOCK:
@@ -336,8 +342,7 @@ def _row_sweep(
         # the last block, never read again from memory (evict_first), is kept as loaded (in 16
         # bits for 16-bit logits) and without its class factors (pass 2 loads those again)
         cols, mask = _block_columns(last, body, BLOCK)
-        raw = tl.load(logits_row + cols.to(tl.int64) * logits_stride_c, mask=mask,
-                      other=float("-inf"), eviction_policy="evict_first")
+        raw = _load_logits(logits_row, logits_stride_c, cols, mask, "evict_first")
         cols, mask, z, v, w = _columns(raw, target_row, target_stride_c, weight_ptr, cols, mask,
                                        total_classes, label_smoothing, softcap, ACC, SOFT_LABELS,
                                        HAS_WEIGHT, HAS_SMOOTHING, HAS_SOFTCAP, "evict_last")
@@ -865,6 +870,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
                            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                            lse=lse, stats=stats)
     block = held or row_block(num_classes)
+    single_block = num_classes <= block
     warps = held_row_warps(block) if held else row_warps(block)
     programs = (partials.numel() - 2 if partials is not None else
                 persistent_programs(logits.device, num_tokens, num_classes * logits.element_size()))
@@ -887,9 +893,9 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
         num_classes if total_classes is None else total_classes, ignore_index,
         *fp32_pair(label_smoothing), *fp32_pair(z_loss),
         *fp32_pair(1.0 if softcap is None else softcap), *fp32_pair(gamma),
-        ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=num_classes <= block,
-        HOLD_LAST=num_classes <= block or _holds_last_block(logits.dtype, weight is not None,
-                                                             label_smoothing),
+        ACC=triton_accumulation(logits.dtype), BLOCK=block, SINGLE_BLOCK=single_block,
+        HOLD_LAST=single_block or _holds_last_block(logits.dtype, weight is not None,
+                                                     label_smoothing),
         NUM_STAGES=_num_stages(logits.dtype, focal, vector > 1 and (soft or weight is not None)),
         VEC=vector,
         TOKEN_BLOCK=_TOKEN_BLOCK,
