@@ -17,8 +17,9 @@ backward cannot give is computed through the reference instead, from the same in
 backward asked to build a graph (`create_graph=True`: double backward, Hessian-vector
 products), a second backward through a retained graph (the first one scaled the fused
 gradient in place), a backward of batched grad_outputs (autograd's vmap: is_grads_batched,
-which no kernel launch takes), and forward-mode AD. The first plain backward stays the fused one
-(the kernel's own Function called directly: _precomputed_gradient.backward_directly). The
+which no kernel launch takes), and forward-mode AD. The first plain backward stays the fused one:
+the kernel's sweep, captured by this Function rather than wrapped in a second one
+(_precomputed_gradient.SweepCapture), or the kernel's own graph, recorded on stand-ins. The
 inputs are kept for that until the graph is freed, as torch's own losses keep theirs (or their
 log-softmax); `inplace_backward=True`, whose logits hold the gradient, keeps nothing and
 refuses a second backward (triton_kernels/_precomputed_gradient.py).
@@ -118,15 +119,26 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernel, call, recorded, *tensors):
-        # the kernel records its own graph from stand-ins of the inputs autograd follows; the
-        # first backward runs it (the fused backward)
+        # the kernel runs on stand-ins of the inputs autograd follows: a kernel whose forward
+        # writes the gradients hands its sweep to this Function (SweepCapture), any other
+        # records its own graph from them; the first backward runs either (the fused backward)
+        from .triton_kernels._precomputed_gradient import capturing
         with torch.enable_grad():
             stand_ins = [t.detach().requires_grad_() if r else t for t, r in zip(tensors, recorded)]
             args, kwargs = call.with_tensors(stand_ins)
-            outputs = _as_tuple(kernel(*args, **kwargs))
+            with capturing(stand_ins) as capture:
+                outputs = _as_tuple(kernel(*args, **kwargs))
         ctx.call = call
-        ctx.fused = (outputs, stand_ins)
-        ctx.differentiable = [o.requires_grad for o in outputs]
+        if capture.sweep is not None:
+            if len(outputs) != len(capture.sweep.outputs) or any(
+                    o is not s for o, s in zip(outputs, capture.sweep.outputs)):
+                raise RuntimeError(f"fusedloss internal error: the {call.name} kernel changed "
+                                   "the outputs of its captured sweep")
+            ctx.fused = capture
+            ctx.differentiable = [True] + [False] * (len(outputs) - 1)  # the loss; its extras not
+        else:
+            ctx.fused = (outputs, stand_ins)
+            ctx.differentiable = [o.requires_grad for o in outputs]
         ctx.save_for_backward(*tensors)
         ctx.save_for_forward(*tensors)
         returned = [o.detach() for o in outputs]
@@ -140,13 +152,10 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
                  if d and g is not None]
         fused, ctx.fused = ctx.fused, None  # its buffers are scaled in place: used once
         if fused is not None and not torch.is_grad_enabled() and not _args.transformed(*grad_outputs):
+            if not isinstance(fused, tuple):  # the captured sweep: the loss's grad_output alone
+                grads = fused.gradients(pairs[0][1]) if pairs else [None] * len(wanted)
+                return (None, None, None, *[g if w else None for g, w in zip(grads, wanted)])
             outputs, inputs = fused
-            if len(pairs) == 1:  # the loss alone: its Function's backward, without the engine
-                from .triton_kernels._precomputed_gradient import backward_directly
-                (index, grad_output), = pairs
-                grads = backward_directly(outputs[index], grad_output, inputs)
-                if grads is not None:
-                    return (None, None, None, *[g if w else None for g, w in zip(grads, wanted)])
         else:  # a graph of the backward wanted, a second backward, or a backward under vmap
             # (batched grad_outputs: is_grads_batched, jacobian(vectorize=True)): the reference's
             create_graph = torch.is_grad_enabled()
@@ -183,11 +192,12 @@ class _ExactBeyondFirstOrder(torch.autograd.Function):
 
 
 def kernel_node(output):
-    """The autograd node of the kernel that computed `output` (the node itself for a call
-    autograd does not wrap): which implementation ran, for tests."""
+    """What runs the fused backward of the kernel that computed `output`: the SweepCapture of a
+    kernel whose forward wrote the gradients, else the kernel's autograd node (the node itself
+    for a call autograd does not wrap). Which implementation ran, for tests."""
     node = output.grad_fn
     if getattr(node, "_forward_cls", None) is _ExactBeyondFirstOrder and node.fused is not None:
-        return node.fused[0][0].grad_fn
+        return node.fused if not isinstance(node.fused, tuple) else node.fused[0][0].grad_fn
     return node
 
 

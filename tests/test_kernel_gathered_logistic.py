@@ -78,7 +78,7 @@ def test_kernels_are_registered():
 def test_reduced_losses_take_the_shared_backward(loss):
     # 'mean' and 'sum' finish every gradient in the forward; 'none' scales in its own backward
     args, kwargs = MAKERS[loss](torch.float32, seed=1, features=5)
-    for reduction, backward in (("mean", "PrecomputedGradientBackward"),
+    for reduction, backward in (("mean", "SweepCapture"),
                                 ("none", "_PerSampleGatheredLogisticBackward")):
         node = _dispatch.kernel_node(getattr(F, loss)(*args, reduction=reduction, **kwargs))
         assert type(node).__name__ == backward

@@ -100,15 +100,15 @@ def _losses():
 
 @pytest.mark.parametrize("name", ["cross_entropy", "mse_loss"])
 def test_backward_hands_the_forwards_buffer_to_grad(name):
-    # the fused backward calls its Function directly (no nested run of autograd's engine) and
-    # .grad takes the buffer the forward wrote, without a copy
+    # the dispatcher's Function captured the sweep (no second Function, no nested run of
+    # autograd's engine) and .grad takes the buffer the forward wrote, without a copy
     from fusedloss import _dispatch
     loss_fn, value = _losses()[name]
     leaf = value.clone().requires_grad_()
     loss = loss_fn(leaf)
-    buffer = _dispatch.kernel_node(loss).saved_tensors[0]
+    storage = _dispatch.kernel_node(loss).sweep.gradients[0].data_ptr()  # held, it would be copied
     loss.backward()
-    assert leaf.grad.data_ptr() == buffer.data_ptr()
+    assert leaf.grad.data_ptr() == storage
 
 
 def test_a_tensor_passed_twice_gets_both_gradients_summed():
@@ -120,24 +120,65 @@ def test_a_tensor_passed_twice_gets_both_gradients_summed():
     torch.testing.assert_close(x.grad, expected)  # sigmoid(x) - x from the input, -x from the target
 
 
-def test_backward_directly_declines_other_graphs_running_nothing():
+def test_a_sweep_is_captured_only_over_distinct_leaves():
+    leaves = [torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    target = torch.randn(3)
+    capture = _precomputed_gradient.SweepCapture(leaves)
+    assert capture.takes([leaves[1], target, None, leaves[0]])
+    assert capture.positions == [1, None, None, 0]
+    assert not capture.takes([leaves[0], leaves[0]])  # one leaf twice: autograd sums the two
+    assert not capture.takes([leaves[0] * 1])  # an input the kernel made from a leaf
+    assert not capture.takes([torch.randn(3, requires_grad=True)])
+
+
+def _mse_sweep(x, y):
+    grad = (x - y).detach() * (2 / x.numel()) if x.requires_grad else None
+    return _precomputed_gradient.Sweep(((x - y).square().mean(),), [grad, None])
+
+
+def test_precomputed_gradient_takes_a_function_only_when_autograd_records_it():
+    x, y = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    assert _precomputed_gradient.precomputed_gradient(_mse_sweep, x, y).grad_fn is None
+    leaf = x.clone().requires_grad_()
+    with torch.no_grad():
+        assert _precomputed_gradient.precomputed_gradient(_mse_sweep, leaf, y).grad_fn is None
+    loss = _precomputed_gradient.precomputed_gradient(_mse_sweep, leaf, y)
+    assert type(loss.grad_fn).__name__ == "PrecomputedGradientBackward"
+    loss.backward(torch.tensor(-2.0, dtype=torch.float64))
+    torch.testing.assert_close(leaf.grad, -2.0 * 2 * (x - y) / 5, rtol=0, atol=1e-15)
+
+
+def test_only_the_first_capturable_sweep_is_captured():
+    leaf, y = torch.randn(5, dtype=torch.float64, requires_grad=True), torch.randn(5, dtype=torch.float64)
+    with _precomputed_gradient.capturing([leaf]) as capture:
+        declined = _precomputed_gradient.precomputed_gradient(_mse_sweep, leaf * 1, y)
+        assert capture.sweep is None and declined.requires_grad  # recorded its own Function
+        first = _precomputed_gradient.precomputed_gradient(_mse_sweep, leaf, y)
+        second = _precomputed_gradient.precomputed_gradient(_mse_sweep, leaf, y)
+    assert capture.sweep.outputs[0] is first and not first.requires_grad
+    assert second.requires_grad
+    grads = capture.gradients(torch.tensor(3.0, dtype=torch.float64))
+    torch.testing.assert_close(grads[0], 3.0 * 2 * (leaf.detach() - y) / 5, rtol=0, atol=1e-15)
+
+
+def test_a_loss_whose_kernel_transforms_its_input_still_differentiates():
+    # hsigmoid's (nodes, 1) bias is flattened before the sweep: not captured, recorded instead
     from fusedloss import _dispatch
-    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    assert _precomputed_gradient.backward_directly(x.sum(), torch.tensor(1.0), [x]) is None
-    y = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    loss = _dispatch._kernel_table()["mse_loss"](x, y)
-    elsewhere = torch.zeros(6, requires_grad=True)  # not the loss's input: declined
-    assert _precomputed_gradient.backward_directly(loss, torch.tensor(1.0), [elsewhere]) is None
-    assert loss.grad_fn.first_grad_output is None  # the backward never ran
-    twice = _dispatch._kernel_table()["binary_cross_entropy_with_logits"](x, x)
-    assert _precomputed_gradient.backward_directly(twice, torch.tensor(1.0), [x]) is None
-    assert twice.grad_fn.first_grad_output is None
-    with torch.no_grad():  # as in a backward that builds no graph
-        grads = _precomputed_gradient.backward_directly(loss, torch.tensor(1.0), [y, None, x])
-    expected = torch.autograd.grad((x - y).square().mean(), (y, x))
-    torch.testing.assert_close(grads[0], expected[0])
-    assert grads[1] is None
-    torch.testing.assert_close(grads[2], expected[1])
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    label = torch.tensor([0, 5, 2, 3])
+    grads = {}
+    for shape in ((5,), (5, 1)):
+        bias = torch.linspace(-1, 1, 5, dtype=torch.float64).reshape(shape).requires_grad_()
+        loss = F.hsigmoid_loss(x, label, 6, w, bias)
+        captured = type(_dispatch.kernel_node(loss)).__name__ == "SweepCapture"
+        assert captured == (len(shape) == 1)
+        grads[len(shape)] = [g.reshape(-1) for g in torch.autograd.grad(loss, (x, w, bias))]
+        with fusedloss.use_backend("reference"):
+            expected = torch.autograd.grad(F.hsigmoid_loss(x, label, 6, w, bias), (x, w, bias))
+        for got, want in zip(grads[len(shape)], expected):
+            torch.testing.assert_close(got, want.reshape(-1))
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "mse_loss"])

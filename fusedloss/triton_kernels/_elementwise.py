@@ -37,7 +37,7 @@ from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, broadcast_shape, fp32_pair, round_to,
                       row_warps, triton_accumulation)
 from .._autocast import loss_dtype
-from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
+from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
 
 
 @triton.jit
@@ -227,4 +227,4 @@ def elementwise_loss(loss_math, operands, weight=None, reduction="mean", p0=0.0,
                               weighted_mean and reduction == "mean" and weight is not None,
                               unit_interval_error,
                               wanted_gradients(a, b, c, weight))
-    return PrecomputedGradient.apply(sweep, a, b, c, weight)
+    return precomputed_gradient(sweep, a, b, c, weight)

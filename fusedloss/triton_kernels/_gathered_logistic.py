@@ -53,7 +53,7 @@ from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, round_to, triton_accumulation
 from ._math import sigmoids_and_logs
 from .._autocast import loss_dtype
-from ._precomputed_gradient import PrecomputedGradient, Sweep, scale_gradient, wanted_gradients
+from ._precomputed_gradient import Sweep, precomputed_gradient, scale_gradient, wanted_gradients
 
 # Launch sizes of the gathered-row kernels (here, not in _common: only hsigmoid and NCE gather
 # rows). A 32 x 64 fp32 tile of gathered rows needs ~150 registers a thread at 4 warps and no
@@ -501,11 +501,12 @@ class DefaultTree:
 def gathered_logistic(input, weight, bias, entries, noise_log_probs, num_noise, reduction):
     """The shared entry point of hsigmoid_loss and nce_loss: `entries` (Paths or DefaultTree)
     name each sample's rows of W, noise_log_probs (NCE) or None (hsigmoid)."""
-    bias = bias.reshape(-1) if bias is not None else None
+    # a (nodes, 1) bias as a vector; a vector stays the caller's tensor (precomputed_gradient)
+    bias = bias.reshape(-1) if bias is not None and bias.dim() > 1 else bias
     needs = wanted_gradients(input, weight, bias, noise_log_probs)
     if reduction == "none" and any(needs):
         return _PerSampleGatheredLogistic.apply(needs, num_noise, entries, input, weight, bias,
                                                 noise_log_probs)
-    return PrecomputedGradient.apply(
+    return precomputed_gradient(
         lambda *inputs: _precomputed(reduction, needs, num_noise, entries, *inputs),
         input, weight, bias, noise_log_probs)

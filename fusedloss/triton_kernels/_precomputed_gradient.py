@@ -11,18 +11,24 @@ included) is multiplied in the accumulation dtype and rounded once to the gradie
 torch's `grad * grad_output` rounds. A per-element grad_output (reduction='none') has nothing to
 skip: it is an in-place multiply by torch.
 
-The dispatcher (fusedloss/_dispatch.py) runs this backward once per forward and takes every
-other derivative (create_graph, a second backward, forward mode) from the reference, except
-for inplace_backward=True, whose logits hold the gradient: there a second backward through a
+A kernel returns its sweep through `precomputed_gradient`, which picks one of three ways:
+plain outputs when nothing needs a gradient (no autograd Function at all); the sweep handed to
+the dispatcher's Function (fusedloss/_dispatch.py) when that one records the call, so a call
+costs one Function and its backward scales the buffers without walking a graph
+(SweepCapture); else PrecomputedGradient, this module's Function (a kernel called directly,
+inplace_backward=True, or an input the kernel transforms before its sweep).
+
+The dispatcher runs this backward once per forward and takes every other derivative
+(create_graph, a second backward, forward mode) from the reference, except for
+inplace_backward=True, whose logits hold the gradient: there a second backward through a
 retained graph finds the buffers as the first left them, still the unscaled gradients when the
 first grad_output was 1, which it checks on the host, once, in that rare call, and then scales
 copies; after any other first grad_output the buffers hold that product, which cannot be undone
-exactly, so it raises and says so, as it does for a backward asked to build a graph. Its
-first plain backward calls this Function's backward directly (backward_directly) rather than
-through a second run of autograd's engine inside its own backward, where the kernel's graph is
-this Function alone over the call's inputs.
+exactly, so it raises and says so, as it does for a backward asked to build a graph.
 """
+import contextlib
 import dataclasses
+import threading
 import typing
 
 import torch
@@ -199,30 +205,77 @@ class PrecomputedGradient(torch.autograd.Function):
         return (None, *[None if g is None else ctx.finish(i, g) for i, g in enumerate(scaled)])
 
 
-def backward_directly(output, grad_output, leaves):
-    """`torch.autograd.grad(output, leaves, grad_output, allow_unused=True)` for an `output`
-    that comes straight out of PrecomputedGradient over inputs that are distinct `leaves` (or
-    need no gradient): its backward called directly, without a nested run of autograd's engine,
-    which costs tens of microseconds of host time a call (benchmarks/host_time.py). None, having
-    run nothing, for any other graph. For a backward that builds no graph (grad mode off), as
-    the engine would run it."""
-    node = output.grad_fn
-    if getattr(node, "_forward_cls", None) is not PrecomputedGradient:
-        return None
-    positions = []  # per edge (tensor input): the leaf it is, None where it needs no gradient
-    for function, _ in node.next_functions:
-        position = None
-        if function is not None:
-            variable = getattr(function, "variable", None)  # an AccumulateGrad's leaf
-            if variable is not None:
-                position = next((i for i, leaf in enumerate(leaves) if leaf is variable), None)
-            if position is None or position in positions:  # the engine sums a repeated leaf
-                return None
-        positions.append(position)
-    edges = iter(positions)
-    grads = [None] * len(leaves)
-    for is_tensor, grad in zip(node.tensor_inputs, node.apply(grad_output)[1:]):
-        position = next(edges) if is_tensor else None
-        if position is not None:
-            grads[position] = grad
-    return grads
+class SweepCapture:
+    """A sweep run for the dispatcher's autograd Function, which owns its backward.
+
+    Under `capturing(leaves)`, the first `precomputed_gradient` call whose inputs that need a
+    gradient are distinct `leaves` runs its sweep with no autograd Function of its own and
+    hands the Sweep here: one Function per call instead of two, and a backward that scales the
+    buffers without walking a graph (benchmarks/host_time.py measures what that saves). A call
+    whose kernel transforms such an input first (a reshape, a cast) is not captured and records
+    its own Function, which the dispatcher differentiates through autograd.
+    """
+
+    def __init__(self, leaves):
+        self.leaves = leaves
+        self.sweep = None
+        self.positions = None  # per input of the sweep: the index of its leaf, or None
+
+    def takes(self, inputs):
+        positions = []
+        for tensor in inputs:
+            position = None
+            if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                position = next((i for i, leaf in enumerate(self.leaves) if leaf is tensor), None)
+                if position is None or position in positions:
+                    return False
+            positions.append(position)
+        self.positions = positions
+        return True
+
+    def gradients(self, grad_output):
+        """Per leaf: d loss / d leaf times grad_output, None where none is due; the buffers are
+        scaled in place, so this runs once."""
+        sweep = self.sweep
+        factor = sweep.shape_grad_output(grad_output)
+        grads = [None] * len(self.leaves)
+        for index, (position, grad) in enumerate(zip(self.positions, sweep.gradients)):
+            if position is not None and grad is not None:
+                grads[position] = sweep.finish(index, scale_in_place(grad, factor))
+        return grads
+
+
+_capture = threading.local()
+
+
+@contextlib.contextmanager
+def capturing(leaves):
+    """The body's first capturable sweep over `leaves` lands in the SweepCapture yielded."""
+    capture, previous = SweepCapture(leaves), getattr(_capture, "current", None)
+    _capture.current = capture
+    try:
+        yield capture
+    finally:
+        _capture.current = previous
+
+
+def _outputs(sweep):
+    loss, *extras = sweep.outputs
+    return (loss, *extras) if extras else loss
+
+
+def precomputed_gradient(sweep, *inputs):
+    """What a kernel whose forward writes its gradients returns: `sweep(*inputs)`'s outputs,
+    through PrecomputedGradient when autograd records the call, plain when nothing needs a
+    gradient (an evaluation loop pays for no autograd Function), and captured for the
+    dispatcher's Function (SweepCapture) when that one records it."""
+    capture = getattr(_capture, "current", None)
+    if capture is not None and capture.takes(inputs):
+        _capture.current = None  # the first sweep only: the one the kernel returns
+        with torch.no_grad():  # as inside an autograd Function's forward
+            capture.sweep = sweep(*inputs)
+        return _outputs(capture.sweep)
+    if not torch.is_grad_enabled() or not any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+        return _outputs(sweep(*inputs))
+    return PrecomputedGradient.apply(sweep, *inputs)

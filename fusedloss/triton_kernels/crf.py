@@ -100,7 +100,7 @@ import triton.language as tl
 from .._autocast import loss_dtype
 from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, fp32_pair, round_to, triton_accumulation
-from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
+from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
 
 # Widest tile of tags: where one covers K, the (K, K) transitions stay in registers (at 128, 32
 # warps keep 16 elements of each tile per thread). Tests lower it to run small K over several
@@ -949,7 +949,7 @@ def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, ma
         return Sweep((loss,), grads,
                      shape_grad_output=_per_sequence if reduction == "none" else (lambda g: g),
                      finish=_Finish([x.dtype for x in (emissions, transitions, start, end)]))
-    return PrecomputedGradient.apply(sweep, emissions, transitions, start_transitions,
+    return precomputed_gradient(sweep, emissions, transitions, start_transitions,
                                      end_transitions)
 
 

@@ -81,7 +81,7 @@ from ._common import (ELEMENTWISE_BLOCK, MAX_HELD_ROW, MAX_ROW_BLOCK, accumulati
                       row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
 from .._autocast import loss_dtype
-from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
+from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
 
 
 @triton.jit
@@ -994,7 +994,7 @@ def _softmax_loss(input, target, weight, options):
         return Sweep((loss,) if lse is None else (loss, lse), [*grads, None],
                      shape_grad_output=_class_dimension if per_token else Sweep.shape_grad_output,
                      overwritten=0 if overwritten else None)
-    outputs = PrecomputedGradient.apply(sweep, input, target, weight)
+    outputs = precomputed_gradient(sweep, input, target, weight)
     if isinstance(outputs, tuple) and outputs[-1] is input:  # the overwritten logits, rebased
         outputs = outputs[0] if len(outputs) == 2 else outputs[:-1]
     return outputs
@@ -1074,7 +1074,7 @@ def vocab_shard_cross_entropy(logits_shard, target, all_reduce, *, class_offset,
                      shape_grad_output=(_last_dimension if reduction == "none"
                                         else Sweep.shape_grad_output))
     (compute_grad,) = wanted_gradients(logits_shard)
-    return PrecomputedGradient.apply(sweep, logits_shard, target)
+    return precomputed_gradient(sweep, logits_shard, target)
 
 
 def _last_dimension(grad_output):

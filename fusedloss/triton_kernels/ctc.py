@@ -67,7 +67,7 @@ from .._reduction import reduce
 from ._common import accumulation_dtype, round_to, row_block, row_warps, triton_accumulation
 from ._math import logsumexp3, subtract_max
 from .._autocast import loss_dtype
-from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
+from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
 
 # Most extended-label states one program holds at a time; longer state vectors are swept in
 # tiles. Tests lower it to run the tiled sweeps at small label lengths.
@@ -532,7 +532,7 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
         return Sweep((loss,), [None if grad is None else grad.view(batched.shape)],
                      shape_grad_output=_per_sequence,
                      finish=lambda _, g: g.view(x.shape))
-    return PrecomputedGradient.apply(sweep, x)
+    return precomputed_gradient(sweep, x)
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",

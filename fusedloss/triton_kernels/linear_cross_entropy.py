@@ -45,7 +45,7 @@ import torch
 from .._reduction import reduce
 from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype
 from .._autocast import loss_dtype
-from ._precomputed_gradient import PrecomputedGradient, Sweep, wanted_gradients
+from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
 from .cross_entropy import _check_no_grad, _hard_denominator, initial_stats, launch_row_kernel
 
 # (tokens, classes) of a logits block on the GPU. 4096 tokens are the inner dimension of
@@ -308,7 +308,7 @@ def linear_cross_entropy(input, linear_weight, target, linear_bias=None, weight=
     if reduction == "none" and any(needs):
         return _PerTokenLinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight,
                                                  options)
-    return PrecomputedGradient.apply(functools.partial(_precomputed, options), input,
+    return precomputed_gradient(functools.partial(_precomputed, options), input,
                                      linear_weight, linear_bias, target, weight)
 
 
