@@ -189,6 +189,11 @@ def _realistic_calls():
         yield call("ctc_loss_with_logits T=1000 S=100 C=5000", "ctc_loss_with_logits",
                    randn(1000, 2, 5000, grad=True), randint(5000, 2, 100, low=1),
                    torch.full((2,), 1000), torch.full((2,), 100))
+        # 400 labels: one tile of 512 pairs over 4 warps, its shift between frames through
+        # shared memory (within one warp it is shuffles)
+        yield call("ctc_loss T=1000 S=400 C=32", "ctc_loss",
+                   randn(1000, 2, 32).float().log_softmax(-1).to(dtype).requires_grad_(),
+                   randint(32, 2, 400, low=1), torch.full((2,), 1000), torch.full((2,), 400))
         # 2000 labels: 4001 states, swept in tiles by the recursions and the gradient kernel
         yield call("ctc_loss T=4100 S=2000 C=32", "ctc_loss",
                    randn(4100, 1, 32).float().log_softmax(-1).to(dtype).requires_grad_(),

@@ -17,13 +17,17 @@ Three launches, each as parallel as its work allows:
             normalised over the states. The states are held as pairs (blank 2k, label 2k+1):
             every blank emits one value per frame (one load), and the only shifted value a frame
             needs is the label before the pair, which the blank steps from and the label skips
-            from. Each program writes its history (N, T, 2S+1) in fp32 (fp64 for fp64); the
-            shifted value is read back from the previous frame's row, after a barrier that makes
-            the row visible to every thread; without a gradient alpha alternates between two
-            rows. The pairs are swept in tiles (MAX_STATE_TILE states at most): a frame's tiles
-            only read the previous frame, so any label length runs. With one tile the values stay
-            in registers between frames and the next frame's emissions are loaded before this
-            frame's barrier.
+            from. With a gradient each program writes its history (N, T, 2S+1) in fp32 (fp64
+            for fp64), which only the gradient kernel reads. Where one tile holds every pair
+            (S + 1 <= MAX_STATE_TILE / 2), the values stay in registers between frames and the
+            shifted value is a one-lane shift of the labels (`tl.gather`: warp shuffles within
+            one warp, shared memory across warps), so a frame's critical path has no global
+            round trip (and within one warp no barrier), and the next frame's emissions load
+            during this frame's arithmetic; without a gradient nothing is stored. Longer label
+            lengths are swept in tiles of MAX_STATE_TILE states: a frame's tiles only read the
+            previous frame, whose row (of the history, or of two alternating rows without a
+            gradient) they read back after a barrier that makes it visible to every thread, so
+            any label length runs.
   gradient  `_gradient_kernel`, fully parallel over (time, batch): a program takes
             GRADIENT_FRAMES frames of one sequence (reading its sorted states once for all).
             Each element of a frame's gradient row is written once: a dense sweep writes the
@@ -126,11 +130,10 @@ def _finite_max(r):
 
 
 @triton.jit
-def _advance(blank, label, previous_row, before_state, blank_valid, label_valid, before_ok,
-             skip_ok, blank_emit, label_emit, previous_max):
+def _advance(blank, label, before, blank_valid, label_valid, skip_ok, blank_emit, label_emit,
+             previous_max):
     """A frame of the recursion at a tile of pairs, from the previous frame's values at the same
-    states (blank, label), less the previous frame's max."""
-    before = tl.load(previous_row + before_state, mask=before_ok, other=float("-inf"))
+    states (blank, label) and at the label before each pair, less the previous frame's max."""
     blank, label, before = blank - previous_max, label - previous_max, before - previous_max
     neg_inf = float("-inf")
     new_blank = tl.where(blank_valid, logsumexp3(blank, before, neg_inf) + blank_emit, neg_inf)
@@ -145,7 +148,8 @@ def _recursion_kernel(
     stats_ptr,  # (T, N, 2) per frame: max and log sum exp(z - max) of the logits; with LOGITS
     ext_ptr,  # (N, W) extended labels (read only inside each sequence's 2L+1 states)
     input_lengths_ptr, target_lengths_ptr,  # (N,) int64
-    history_ptr,  # (directions, N, rows, W): alpha rows, then beta's; W = 2S+1 states
+    history_ptr,  # (directions, N, rows, W): alpha rows, then beta's; W = 2S+1 states (unused
+    # with one tile and no gradient)
     rows,  # T with a gradient (the whole history), else 2 alternating rows
     emission_max_ptr,  # (N, T) each frame's emission max over the states; with COMPUTE_GRAD
     loss_ptr,  # (N,) per-sequence loss, accumulation dtype
@@ -171,7 +175,7 @@ def _recursion_kernel(
     first = tl.where(backward != 0, num_frames - 1, 0)
     has_frames = num_frames > 0
     first_row = history + (tl.maximum(first, 0) % rows) * width
-    blank_state, label_state, before_state, blank_valid, label_valid, before_ok, skip_ok, \
+    blank_state, label_state, _first_before, blank_valid, label_valid, before_ok, skip_ok, \
         label_offsets = _pairs(ext_row, k, target_length, backward, x_stride_c)
     x_first = x_row + first * x_stride_t
     blank_emit = tl.load(x_first + blank_offset, mask=has_frames, other=0.0).to(ACC)
@@ -183,8 +187,9 @@ def _recursion_kernel(
     log_scale = tl.where(has_frames, _emission_offset(emission_max, stats_ptr,
                                                       first * batch + n, ACC, LOGITS), 0.0)
     stored = tl.where(first >= 0, num_pairs, 0)  # pairs stored: beta with no frames stores none
-    tl.store(first_row + blank_state, blank, mask=k < stored)  # the tile of pair 0
-    tl.store(first_row + label_state, label, mask=k < tl.minimum(stored, target_length))
+    if COMPUTE_GRAD or not SINGLE_TILE:  # one tile without a gradient keeps no history
+        tl.store(first_row + blank_state, blank, mask=k < stored)  # the tile of pair 0
+        tl.store(first_row + label_state, label, mask=k < tl.minimum(stored, target_length))
     if not SINGLE_TILE:
         for start in range(BLOCK_P, num_pairs, BLOCK_P):
             tile_blank, tile_label, _, _, _, _, _, _ = _pairs(ext_row, start + k, target_length,
@@ -196,7 +201,7 @@ def _recursion_kernel(
         tl.store(emission_max_ptr + n * rows, emission_max)
     previous_max = _finite_max(tl.maximum(blank, label))
 
-    if SINGLE_TILE:  # the next frame's emissions in flight during this frame's barrier
+    if SINGLE_TILE:  # the next frame's emissions in flight during this frame's arithmetic
         x_next = x_row + (first + direction) * x_stride_t
         next_blank_emit = tl.load(x_next + blank_offset, mask=num_frames > 1, other=0.0).to(ACC)
         next_label_emit = _emissions(x_next, label_offsets,
@@ -204,7 +209,6 @@ def _recursion_kernel(
     for i in range(1, num_frames):
         t = first + i * direction
         frame_row = history + (t % rows) * width
-        previous_row = history + ((t - direction) % rows) * width
         x_frame = x_row + t * x_stride_t
         if SINGLE_TILE:
             blank_emit, label_emit = next_blank_emit, next_label_emit
@@ -215,14 +219,17 @@ def _recursion_kernel(
                                          k < tl.where(i + 1 < num_frames, target_length, 0), ACC)
             emission_max = _finite_max(tl.where(k == 0, tl.maximum(blank_emit, label_emit),
                                                 label_emit))
-            tl.debug_barrier()  # the previous frame stored by every thread before it is read
-            blank, label = _advance(blank, label, previous_row, before_state, blank_valid,
-                                    label_valid, before_ok, skip_ok, blank_emit - emission_max,
-                                    label_emit - emission_max, previous_max)
-            tl.store(frame_row + blank_state, blank, mask=blank_valid)
-            tl.store(frame_row + label_state, label, mask=label_valid)
+            # the label before each pair is the previous pair's label: a shift in registers
+            before = tl.where(before_ok, tl.gather(label, tl.maximum(k - 1, 0), 0), neg_inf)
+            blank, label = _advance(blank, label, before, blank_valid, label_valid, skip_ok,
+                                    blank_emit - emission_max, label_emit - emission_max,
+                                    previous_max)
+            if COMPUTE_GRAD:
+                tl.store(frame_row + blank_state, blank, mask=blank_valid)
+                tl.store(frame_row + label_state, label, mask=label_valid)
             frame_max = _finite_max(tl.maximum(blank, label))
         else:
+            previous_row = history + ((t - direction) % rows) * width
             blank_emit = tl.load(x_frame + blank_offset).to(ACC)
             emission_max = blank_emit
             for start in range(0, target_length, BLOCK_P):
@@ -242,9 +249,10 @@ def _recursion_kernel(
                                 other=float("-inf"))
                 label = tl.load(previous_row + tile_label, mask=tile_label_valid,
                                 other=float("-inf"))
-                blank, label = _advance(blank, label, previous_row, tile_before,
-                                        tile_blank_valid, tile_label_valid, tile_before_ok,
-                                        tile_skip_ok, blank_emit - emission_max,
+                before = tl.load(previous_row + tile_before, mask=tile_before_ok,
+                                 other=float("-inf"))
+                blank, label = _advance(blank, label, before, tile_blank_valid,
+                                        tile_label_valid, tile_skip_ok, blank_emit - emission_max,
                                         label_emit - emission_max, previous_max)
                 tl.store(frame_row + tile_blank, blank, mask=tile_blank_valid)
                 tl.store(frame_row + tile_label, label, mask=tile_label_valid)
@@ -258,10 +266,15 @@ def _recursion_kernel(
 
     # both sweeps end on their last two states (alpha: the last label and the final blank);
     # alpha's gives the loss
-    tl.debug_barrier()
-    last_row = history + (tl.maximum(num_frames - 1, 0) % rows) * width
     final = 2 * target_length - tl.arange(0, 2)
-    final_r = tl.load(last_row + final, mask=final >= 0, other=float("-inf"))
+    if SINGLE_TILE:  # still in registers: blank 2L of pair L, label 2L - 1 of pair L - 1
+        final_blank = tl.max(tl.where(k == target_length, blank, neg_inf), axis=0)
+        final_label = tl.max(tl.where(k == target_length - 1, label, neg_inf), axis=0)
+        final_r = tl.where(final % 2 == 0, final_blank, final_label)
+    else:
+        tl.debug_barrier()
+        last_row = history + (tl.maximum(num_frames - 1, 0) % rows) * width
+        final_r = tl.load(last_row + final, mask=final >= 0, other=float("-inf"))
     final_r, shift = subtract_max(final_r)
     loss = -(log_scale + shift + tl.log(tl.sum(tl.exp(final_r), axis=0)))
     tl.store(loss_ptr + n, loss, mask=backward == 0)
@@ -449,7 +462,7 @@ def _state_tile(width):
 
 
 def _recursion_warps(block_s):
-    # a barrier every frame: few warps, several states per thread
+    # a cross-thread exchange every frame: few warps, several states per thread
     return max(1, min(4, block_s // 256))
 
 
@@ -474,15 +487,18 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compu
         _frame_stats_kernel[(num_frames * batch,)](
             x, *x.stride(), stats, input_lengths, batch, num_classes,
             ACC=ACC, BLOCK=block, num_warps=row_warps(block))
+    single_tile = num_pairs <= block_p
     rows, directions = (num_frames, 2) if compute_grad else (2, 1)
-    history = torch.empty(directions, batch, rows, width, dtype=acc, device=device)
+    history = loss  # one tile without a gradient keeps its states in registers
+    if compute_grad or not single_tile:
+        history = torch.empty(directions, batch, rows, width, dtype=acc, device=device)
     emission_max = loss  # written only with a gradient
     if compute_grad:
         emission_max = torch.empty(batch, num_frames, dtype=acc, device=device)
     _recursion_kernel[(batch, directions)](
         x, *x.stride(), stats, extended, input_lengths, target_lengths, history, rows,
         emission_max, loss, batch, width, blank * x.stride(2),
-        ACC=ACC, BLOCK_P=block_p, SINGLE_TILE=num_pairs <= block_p, LOGITS=logits,
+        ACC=ACC, BLOCK_P=block_p, SINGLE_TILE=single_tile, LOGITS=logits,
         COMPUTE_GRAD=compute_grad, num_warps=_recursion_warps(2 * block_p))
     if not compute_grad:
         return loss, None
