@@ -519,6 +519,19 @@ def test_looped_rows_keep_their_last_block(row_launches, num_classes, case):  # 
                                 for launch in row_launches)
 
 
+@pytest.mark.parametrize("num_classes", [2500, 1000])
+def test_fp64_rows_loop_over_half_blocks(row_launches, num_classes):
+    """fp64 rows longer than a block loop over blocks half as wide (the full width spilled
+    registers for sm_90); a row that fits one block keeps it whole."""
+    from fusedloss.triton_kernels._common import MAX_ROW_BLOCK
+    x = _logits((5, num_classes), dtype=torch.float64)
+    assert_close_to_reference("cross_entropy", x, _labels((5,), num_classes), label_smoothing=0.1)
+    looped = num_classes > MAX_ROW_BLOCK
+    assert row_launches and all(
+        launch["BLOCK"] == (MAX_ROW_BLOCK // 2 if looped else 1024)
+        and launch["SINGLE_BLOCK"] != looped for launch in row_launches)
+
+
 def test_looped_rows_inplace_backward(row_launches):
     """The kept last block's gradient written over the logits first, then the blocks below it
     read and overwritten one by one: the out-of-place gradient bit for bit."""

@@ -22,8 +22,8 @@ GPU_LAUNCH_PARAMS = not interpreting() or os.environ.get("FUSEDLOSS_LAUNCH_PARAM
 # Largest vocabulary block one program sweeps at a time. Rows longer than this loop over blocks
 # with an online log-sum-exp; shorter rows take one block of the next power of two. 8192 with 32
 # warps compiles for sm_90 (benchmarks/compile_sm90.py) without register spills in every fp32,
-# fp16 and bf16 variant of the cross-entropy row kernel (fp64 with every option on spills a few
-# hundred bytes); 32768 spilled up to 1.6 KB per thread with every option on.
+# fp16 and bf16 variant of the cross-entropy row kernel (fp64 rows loop over half of it:
+# cross_entropy._looped_row_block); 32768 spilled up to 1.6 KB per thread with every option on.
 MAX_ROW_BLOCK = 8192 if GPU_LAUNCH_PARAMS else 1024
 # Longest row the cross-entropy kernel holds whole in one block, read once rather than twice,
 # where little else is live beside it (cross_entropy._held_row_block: hard labels, no

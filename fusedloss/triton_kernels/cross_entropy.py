@@ -752,10 +752,11 @@ def _num_stages(dtype, focal, split_with_second_row=False):
     """Software-pipelining stages of the block loops (blocks in flight per program), the most
     that compile for sm_90 without register spills on both CI stacks (benchmarks/compile_sm90.py,
     triton 3.9 and 3.6): 2 for 16-bit logits, one block's load in flight beside the block being
-    reduced; 1 for fp32 and fp64, whose 8192-wide blocks are twice and four times the bytes.
+    reduced; 1 for fp32 and fp64, whose blocks (8192 and 4096 wide) are twice the bytes.
     3 stages spilled in every dtype (fp32 at V = 50257, whose rows are not 16-byte aligned so the
     loads in flight wait in registers: 112 bytes a thread; every option on at V = 128256: 8 to
-    16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes).
+    16 bytes); 2 stages spilled fp32 on triton 3.6 (4 to 8 bytes) and fp64 (32 to 64 bytes, in
+    8192-wide blocks).
     fp32 focal loss is the exception: 1 stage spilled it on triton 3.6 (36 bytes), 2 do not.
     Rows split at 16-byte boundaries (_row_split) with a second row vector (soft labels, class
     weights) take 1: 2 spilled 16-bit logits on triton 3.6 (soft labels with every option on at
@@ -803,13 +804,26 @@ def _split_fits_registers(dtype, weighted, label_smoothing, z_loss, softcap):
 def _holds_last_block(dtype, weighted, label_smoothing):
     """Whether a looped row keeps its last block in registers from pass 1 to pass 2 (read once,
     not twice), where that compiles for sm_90 without register spills on both CI stacks
-    (benchmarks/compile_sm90.py, triton 3.9 and 3.6): not in fp64 (plain rows of 32000 to
-    128256 classes spilled 56 to 136 bytes), nor with class weights and label smoothing
+    (benchmarks/compile_sm90.py, triton 3.9 and 3.6): not in fp64 (in 8192-wide blocks plain
+    rows of 32000 to 128256 classes spilled 56 to 136 bytes; in its 4096-wide ones they fit,
+    but rows with options spilled up to 336), nor with class weights and label smoothing
     together (4 bytes at V = 50257 in 16 bits on triton 3.6; 12 to 172 with z-loss, soft-capping
     and lse on as well). Those two rows, held or not, are what still spills for sm_80 (A100):
     12 bytes with weights and smoothing in 16 bits, 40 with every option in fp32; orderings of
     the sweeps that avoided it there spilled other variants for sm_90."""
     return dtype != torch.float64 and not (weighted and label_smoothing != 0)
+
+
+def _looped_row_block(num_classes, dtype):
+    """The block of a row that is not held whole: row_block's, halved for fp64 rows past one
+    block. 8192 fp64 elements over 32 warps (64 registers a thread) spilled 160 to 690 bytes a
+    thread for sm_90 with class weights, smoothing, z-loss or soft-capping on; 4096 over 16
+    warps (128 registers) spill at most 100, with every option on (benchmarks/compile_sm90.py).
+    A quarter spilled a little less but keeps half the bytes in flight."""
+    block = row_block(num_classes)
+    if dtype == torch.float64 and num_classes > block:
+        return block // 2
+    return block
 
 
 def _held_row_block(logits, vector, *, soft, focal, label_smoothing, z_loss, softcap, lse,
@@ -869,7 +883,7 @@ def launch_row_kernel(logits, target, weight, grad, loss, lse, denominator, *, s
     held = _held_row_block(logits, vector, soft=soft, focal=focal,
                            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                            lse=lse, stats=stats)
-    block = held or row_block(num_classes)
+    block = held or _looped_row_block(num_classes, logits.dtype)
     single_block = num_classes <= block
     warps = held_row_warps(block) if held else row_warps(block)
     programs = (partials.numel() - 2 if partials is not None else
