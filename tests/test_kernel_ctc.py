@@ -91,6 +91,24 @@ def test_states_in_tiles(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_one_tile_over_several_warps(name, device):
+    """129 pairs: one tile of 256 on 2 warps on a GPU, where the shift between frames moves
+    values from one warp to the other (through shared memory; within a warp it is shuffles), up
+    to the final blank (pair 128), which steps from label 127. The gradient is checked on
+    CUDA; through the interpreter its kernel's associative scan (a Python call per element)
+    would take 20 s here, and the interpreter has no warps to cross, so there the values alone
+    are compared (the gradient kernel has its own tests above)."""
+    labels = torch.arange(128) % (NUM_CLASSES - 1) + 1
+    labels[[40, 127]] = labels[[39, 126]]  # two repeats, one before the final blank
+    targets = torch.stack([labels, labels.roll(3)])
+    x = _input(name, (136, 2, NUM_CLASSES), seed=11)
+    if device == "cpu":
+        x = x.detach()
+    assert_close_to_reference(name, x, targets, torch.tensor([136, 120]), torch.tensor([128, 100]),
+                              reduction="sum")
+
+
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("blank", [NUM_CLASSES - 1, NUM_CLASSES // 2])
 def test_blank_not_zero(name, blank):
     rows, input_lengths = _batch(blank)
