@@ -195,6 +195,34 @@ def _within(values, low, high):
     return (values >= low) & (values <= high)  # NaN compares false: refused
 
 
+def ctc_labels_in_use(rows, target_lengths, blank):
+    """CTC's padded (N, S) labels where each target's length reads them, blank elsewhere (the
+    values its range check covers)."""
+    used = (torch.arange(rows.shape[1], device=rows.device)
+            < target_lengths.to(rows.device).unsqueeze(1))
+    return torch.where(used, rows, blank)
+
+
+CRF_MASK_ERROR = "mask of the first timestep must all be on"
+
+
+def crf_tag_error(num_tags):
+    return (f"tags must be tag indices in [-{num_tags}, {num_tags}) (negative ones counting "
+            "from the end) wherever the score reads them")
+
+
+def crf_tags_read(tags, mask):
+    """The CRF's tags where pytorch-crf's gold score reads them, 0 elsewhere (the values its
+    range check covers): each step that is on, the step before it (the transition's source, on
+    or not) and step L-1 with L the mask's row sum (the end transition)."""
+    if mask is None:
+        return tags
+    read = mask.clone()
+    read[:, :-1] |= mask[:, 1:]
+    last = (mask.sum(1, keepdim=True) - 1).clamp(min=0)
+    return torch.where(read.scatter_(1, last, True), tags, 0)
+
+
 def check_class_weight(weight, num_classes, dtype, name="weight"):
     """A per-class weight: (num_classes,) and of the input's dtype, as torch's class-index losses
     require (`dtype` None: any floating dtype, where torch promotes instead)."""

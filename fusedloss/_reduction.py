@@ -59,8 +59,11 @@ def reduce(loss, reduction, denominator=None):
     total = loss.sum()
     if reduction == "sum":
         return total
-    denominator = torch.as_tensor(loss.numel() if denominator is None else denominator,
-                                  dtype=total.dtype, device=total.device)
+    if denominator is None:
+        # the element count, 0 only for an empty loss (torch's 0/0 there too): one division,
+        # by the exact count (a 16-bit tensor of it would round counts past 256)
+        return total / loss.numel()
+    denominator = torch.as_tensor(denominator, dtype=total.dtype, device=total.device)
     if loss.numel() == 0:
         return total / denominator
     nonzero = denominator != 0

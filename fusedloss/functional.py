@@ -494,7 +494,8 @@ def _ctc_rows(targets, target_lengths, width):
 
 
 def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction):
-    """torch.nn.functional.ctc_loss's checks and normalisation; returns int64 targets and lengths."""
+    """torch.nn.functional.ctc_loss's checks and normalisation; returns int64 targets and
+    lengths, and the label check's message where the call records it (_check_ctc_labels)."""
     reduction = _reduction.check_reduction(reduction)
     if log_probs.dim() not in (2, 3):
         raise RuntimeError("Expected log_probs to be a 3-dimensional (T, N, C) or 2-dimensional "
@@ -547,15 +548,23 @@ def _check_ctc(log_probs, targets, input_lengths, target_lengths, blank, reducti
                                f"(the sum of target_lengths), but got size {targets.numel()}")
         # both backends take padded rows; their width is the longest target, known on the host
         targets = rows = _ctc_rows(targets, target_lengths.to(targets.device), longest)
-    _check_ctc_labels(rows, target_lengths, blank, num_classes)
-    return targets, input_lengths, target_lengths
+    # off the host the kernels' first launch records the label check as it reads the labels
+    queued_label_error = _check_ctc_labels(rows, target_lengths, blank, num_classes,
+                                           kernel_records=True)
+    return targets, input_lengths, target_lengths, queued_label_error
 
 
-def _check_ctc_labels(rows, target_lengths, blank, num_classes):
-    used = torch.arange(rows.shape[1], device=rows.device) < target_lengths.to(rows.device).unsqueeze(1)
-    # torch reads out-of-range labels unchecked (garbage or a crash); refuse them instead.
-    _args.check_in_range(torch.where(used, rows, blank), 0, num_classes, IndexError,
-                         f"ctc_loss(): target label out of range [0, {num_classes})")
+def _check_ctc_labels(rows, target_lengths, blank, num_classes, kernel_records=False):
+    """Every label inside its target's length in [0, C): torch reads out-of-range labels
+    unchecked (garbage or a crash); refuse them instead. With kernel_records, where the check
+    is not the host's, nothing is queued here and its message is returned for the call (the
+    kernels record it, the reference queues it), else None."""
+    message = f"ctc_loss(): target label out of range [0, {num_classes})"
+    if kernel_records and rows.numel() and not _args.checks_on_host(rows.device):
+        return message
+    _args.check_in_range(_args.ctc_labels_in_use(rows, target_lengths, blank), 0, num_classes,
+                         IndexError, message)
+    return None
 
 
 def _ctc_checked_in_graph(targets, input_lengths, target_lengths, num_frames, num_classes, blank,
@@ -585,7 +594,7 @@ def _ctc_checked_in_graph(targets, input_lengths, target_lengths, num_frames, nu
     _args.check_in_range(target_lengths, low, high, RuntimeError,
                          f"Expected target_lengths to have values in [{low}, {high - 1}]")
     _check_ctc_labels(rows, target_lengths, blank, num_classes)
-    return targets, input_lengths, target_lengths
+    return targets, input_lengths, target_lengths, None
 
 
 def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor,
@@ -595,10 +604,11 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor,
     """torch.nn.functional.ctc_loss: log_probs (T, N, C) or unbatched (T, C); targets padded
     (N, S) or concatenated 1-D; lengths as tensors or lists. Labels outside [0, C) inside a
     target's length raise IndexError (torch does not check them)."""
-    targets, input_lengths, target_lengths = _check_ctc(log_probs, targets, input_lengths,
-                                                        target_lengths, blank, reduction)
+    targets, input_lengths, target_lengths, queued_label_error = _check_ctc(
+        log_probs, targets, input_lengths, target_lengths, blank, reduction)
     return call("ctc_loss", log_probs.device, log_probs, targets, input_lengths, target_lengths,
-                blank=blank, reduction=reduction, zero_infinity=zero_infinity)
+                blank=blank, reduction=reduction, zero_infinity=zero_infinity,
+                queued_label_error=queued_label_error)
 
 
 def ctc_loss_with_logits(logits: torch.Tensor, targets: torch.Tensor,
@@ -607,17 +617,21 @@ def ctc_loss_with_logits(logits: torch.Tensor, targets: torch.Tensor,
                          reduction: str = "mean", zero_infinity: bool = False) -> torch.Tensor:
     """ctc_loss on log_softmax(logits, -1) with the softmax fused in; the gradient is w.r.t. the
     logits. Same arguments and checks as ctc_loss."""
-    targets, input_lengths, target_lengths = _check_ctc(logits, targets, input_lengths,
-                                                        target_lengths, blank, reduction)
+    targets, input_lengths, target_lengths, queued_label_error = _check_ctc(
+        logits, targets, input_lengths, target_lengths, blank, reduction)
     return call("ctc_loss_with_logits", logits.device, logits, targets, input_lengths,
-                target_lengths, blank=blank, reduction=reduction, zero_infinity=zero_infinity)
+                target_lengths, blank=blank, reduction=reduction, zero_infinity=zero_infinity,
+                queued_label_error=queued_label_error)
 
 
 # --- crf ------------------------------------------------------------------------------------
 
 def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=None, mask=None):
     """pytorch-crf's checks (ValueError) on batch-first inputs; returns tags as int64 tag indices
-    (negative ones wrapped, as pytorch-crf's indexing wraps them), mask as bool."""
+    (in [-K, K) wherever the gold score reads them, negative ones counting from the end, as
+    pytorch-crf's indexing wraps them), mask as bool, and the queued checks' messages where the
+    kernels record them (off the host: the mask's first step, the tags' range), as keyword
+    arguments for the call."""
     _args.check_same_device(emissions, transitions, start_transitions, end_transitions, tags, mask)
     if emissions.dim() != 3:
         raise ValueError(f"emissions must have dimension of 3, got {emissions.dim()}")
@@ -637,31 +651,28 @@ def _check_crf(emissions, transitions, start_transitions, end_transitions, tags=
         if tags.is_floating_point() or tags.is_complex():
             raise ValueError(f"tags must be an integer tensor, got {tags.dtype}")
         tags = tags.long()
+    # off the host the kernels' first launch records both value checks as it reads the mask
+    # and the tags (the reference queues them)
+    recorded = emissions.shape[0] > 0 and not _args.checks_on_host(emissions.device)
+    queued = {}
     if mask is not None:
         if emissions.shape[:2] != mask.shape:
             raise ValueError("the first two dimensions of emissions and mask must match, "
                              f"got {tuple(emissions.shape[:2])} and {tuple(mask.shape)}")
         mask = mask.bool()
-        _args.check_in_range(mask[:, 0].to(torch.int8), 1, 2, ValueError,
-                             "mask of the first timestep must all be on")
+        if recorded:
+            queued["queued_mask_error"] = _args.CRF_MASK_ERROR
+        else:
+            _args.check_in_range(mask[:, 0].to(torch.int8), 1, 2, ValueError,
+                                 _args.CRF_MASK_ERROR)
     if tags is not None:
-        read = _crf_tags_read(tags, mask)
-        _args.check_in_range(torch.where(read, tags, 0), -num_tags, num_tags, IndexError,
-                             f"tags must be tag indices in [-{num_tags}, {num_tags}) (negative "
-                             "ones counting from the end) wherever the score reads them")
-        tags = tags.remainder(num_tags)  # in range where read; any in-range value elsewhere
-    return tags, mask
-
-
-def _crf_tags_read(tags, mask):
-    """Where pytorch-crf's gold score reads a tag: each step that is on, the step before it (the
-    transition's source, on or not) and step L-1 with L the mask's row sum (the end transition)."""
-    if mask is None:
-        return torch.ones_like(tags, dtype=torch.bool)
-    read = mask.clone()
-    read[:, :-1] |= mask[:, 1:]
-    last = (mask.sum(1, keepdim=True) - 1).clamp(min=0)
-    return read.scatter_(1, last, True)
+        message = _args.crf_tag_error(num_tags)
+        if recorded:
+            queued["queued_tag_error"] = message
+        else:
+            _args.check_in_range(_args.crf_tags_read(tags, mask), -num_tags, num_tags,
+                                 IndexError, message)
+    return tags, mask, queued
 
 
 def crf_nll(emissions: torch.Tensor, tags: torch.Tensor, transitions: torch.Tensor,
@@ -675,27 +686,30 @@ def crf_nll(emissions: torch.Tensor, tags: torch.Tensor, transitions: torch.Tens
     lives in fusedloss.nn.CRF only.
     """
     reduction = _reduction.check_reduction(reduction)
-    tags, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, tags, mask)
+    tags, mask, queued = _check_crf(emissions, transitions, start_transitions, end_transitions,
+                                    tags, mask)
     return call("crf_nll", emissions.device, emissions, tags, transitions, start_transitions,
-                end_transitions, mask=mask, reduction=reduction)
+                end_transitions, mask=mask, reduction=reduction, **queued)
 
 
 def crf_decode(emissions: torch.Tensor, transitions: torch.Tensor, start_transitions: torch.Tensor,
                end_transitions: torch.Tensor,
                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Viterbi: (best_scores (B,), best_tags (B, T) int64, -1 past each sequence's length)."""
-    _, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, mask=mask)
+    _, mask, queued = _check_crf(emissions, transitions, start_transitions, end_transitions,
+                                 mask=mask)
     return call("crf_decode", emissions.device, emissions, transitions, start_transitions,
-                end_transitions, mask=mask)
+                end_transitions, mask=mask, **queued)
 
 
 def crf_marginals(emissions: torch.Tensor, transitions: torch.Tensor,
                   start_transitions: torch.Tensor, end_transitions: torch.Tensor,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-position tag marginals P(y_t = k) (B, T, K); rows past a sequence's length are zero."""
-    _, mask = _check_crf(emissions, transitions, start_transitions, end_transitions, mask=mask)
+    _, mask, queued = _check_crf(emissions, transitions, start_transitions, end_transitions,
+                                 mask=mask)
     return call("crf_marginals", emissions.device, emissions, transitions, start_transitions,
-                end_transitions, mask=mask)
+                end_transitions, mask=mask, **queued)
 
 
 # --- hsigmoid (its row checks serve nce too) ------------------------------------------------

@@ -313,3 +313,56 @@ def test_module_matches_pytorch_crf(batch_first, reduction, torchcrf):
     assert ours_paths == theirs_paths
     for a, b in zip(ours_tensors, theirs_tensors):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_steps_kernel_reads_lengths_and_tags_as_the_gold_score_does():
+    """The first launch's outputs against torch's own count of them: L (the mask's row sum), the
+    last step that is on, and the tags wrapped into [0, K) exactly where pytorch-crf's gold
+    score reads them (each step on, the step before it, step L - 1), 0 elsewhere."""
+    num_tags = 5
+    emissions, tags, *_, mask = _crf_inputs(3, STEPS, num_tags, HOLES)
+    tags = torch.randint(-num_tags, num_tags, tags.shape, generator=torch.Generator().manual_seed(1))
+    steps = crf_kernels._Steps.of(emissions, mask, tags)
+    positions = torch.arange(STEPS)
+    lengths = mask.sum(1)
+    read = mask.clone()
+    read[:, :-1] |= mask[:, 1:]
+    read[torch.arange(3), (lengths - 1).clamp(min=0)] = True
+    assert torch.equal(steps.lengths, lengths)
+    assert torch.equal(steps.last, torch.where(mask, positions, 0).amax(1))
+    assert torch.equal(steps.tags.long(), torch.where(read, tags.remainder(num_tags), 0))
+    assert steps.tags.dtype == torch.int32
+
+
+def test_checks_recorded_on_cudas_path_refuse_only_what_is_read():
+    """With the checks queued as on CUDA, the steps kernel records the tags' range where the gold
+    score reads them and the mask's first step: tags far out of range where nothing reads them
+    give the host path's values; a read tag out of range, or a first step off, raises the
+    queued assert's RuntimeError."""
+    from fusedloss import _args
+    emissions, tags, transitions, start, end, mask = _crf_inputs(3, STEPS, 5, HOLES)
+    unread = torch.ones_like(mask)
+    unread[:, :-1] = ~(mask[:, :-1] | mask[:, 1:])
+    unread[torch.arange(3), mask.sum(1) - 1] = False
+    unread &= ~mask
+    assert unread.any()
+    far = torch.where(unread, 1000, tags)
+    expected = F.crf_nll(emissions, tags, transitions, start, end, mask, "none")
+    expected_grads = torch.autograd.grad(expected.sum(), (emissions, transitions, start, end))
+    with _args.checks_queued_as_on_cuda():
+        actual = F.crf_nll(emissions, far, transitions, start, end, mask, "none")
+        actual_grads = torch.autograd.grad(actual.sum(), (emissions, transitions, start, end))
+        read_bad = tags.clone()
+        read_bad[1, 0] = 5
+        with pytest.raises(RuntimeError, match="tag indices"):
+            F.crf_nll(emissions, read_bad, transitions, start, end, mask)
+        late_start = mask.clone()
+        late_start[2, 0] = False
+        for call in (lambda: F.crf_nll(emissions, tags, transitions, start, end, late_start),
+                     lambda: F.crf_decode(emissions.detach(), transitions, start, end, late_start),
+                     lambda: F.crf_marginals(emissions, transitions, start, end, late_start)):
+            with pytest.raises(RuntimeError, match="first timestep"):
+                call()
+    assert torch.equal(actual, expected)
+    for a, e in zip(actual_grads, expected_grads):
+        assert torch.equal(a, e)

@@ -207,3 +207,29 @@ def test_backward_twice_is_the_same(reduction):
     first, = torch.autograd.grad(loss, x, retain_graph=True)
     second, = torch.autograd.grad(loss, x, torch.tensor(2.0), retain_graph=True)
     torch.testing.assert_close(second, 2 * first)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_states_kernel_records_the_label_check_on_cudas_path(reduction):
+    """With the checks queued as on CUDA, the states kernel checks the labels as it reads them:
+    only those inside a target's length. Padding outside [0, C) past the lengths gives the
+    host path's values and gradient; one label out of range inside a length raises the queued
+    assert's RuntimeError."""
+    from fusedloss import _args
+    rows, input_lengths = _batch(feasible_only=True)
+    clean = _targets(rows, "padded", pad=0)
+    garbage = clean.clone()
+    for row, labels in zip(garbage, rows):
+        row[len(labels):] = torch.tensor([NUM_CLASSES + 5, -3] * 4)[:row.numel() - len(labels)]
+    lengths = torch.tensor(input_lengths), torch.tensor([len(row) for row in rows])
+    x = _input("ctc_loss", (10, len(rows), NUM_CLASSES))
+    expected = F.ctc_loss(x, clean, *lengths, reduction=reduction)
+    expected_grad, = torch.autograd.grad(expected.sum(), x)
+    with _args.checks_queued_as_on_cuda():
+        actual = F.ctc_loss(x, garbage, *lengths, reduction=reduction)
+        actual_grad, = torch.autograd.grad(actual.sum(), x)
+        bad = clean.clone()
+        bad[1, len(rows[1]) - 1] = NUM_CLASSES
+        with pytest.raises(RuntimeError, match="label out of range"):
+            F.ctc_loss(x, bad, *lengths, reduction=reduction)
+    assert torch.equal(actual, expected) and torch.equal(actual_grad, expected_grad)

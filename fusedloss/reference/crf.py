@@ -7,13 +7,18 @@ transition the gold score takes; the formulas are pytorch-crf's, so the two agre
 """
 import torch
 
+from .. import _args
 from .._reduction import reduce
 from .ctc import safe_logsumexp
 
 
-def _mask_or_ones(emissions, mask):
+def _mask_or_ones(emissions, mask, queued_mask_error):
+    """The mask as bool (all on for None); queued_mask_error: where functional.py left the
+    first-step check to the call (CUDA), its message, queued on the device here."""
     if mask is None:
         return torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+    if queued_mask_error is not None:
+        _args.queue_within(mask[:, 0].to(torch.int8), 1, 1, queued_mask_error)
     return mask.bool()
 
 
@@ -49,22 +54,30 @@ def _path_score(emissions, tags, transitions, start_transitions, end_transitions
 
 
 def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, mask=None,
-            reduction="mean"):
+            reduction="mean", queued_mask_error=None, queued_tag_error=None):
     """Per sequence log Z - score(tags); 'mean' averages over the batch ('token_mean' is
-    nn.CRF's business: it needs the token count, which a functional 'mean' would hide)."""
-    mask = _mask_or_ones(emissions, mask)
-    tags = tags.long()  # read wherever pytorch-crf reads them; -1 indexes the last tag, as there
+    nn.CRF's business: it needs the token count, which a functional 'mean' would hide).
+    queued_tag_error: as queued_mask_error (_mask_or_ones), for the tags' range."""
+    mask = _mask_or_ones(emissions, mask, queued_mask_error)
+    num_tags = emissions.shape[2]
+    if queued_tag_error is not None:
+        _args.queue_within(_args.crf_tags_read(tags, mask), -num_tags, num_tags - 1,
+                           queued_tag_error)
+    # in [-K, K) where pytorch-crf reads them, -1 indexing the last tag as there; the score
+    # indexes every step, so the ones it never reads are wrapped into range too
+    tags = tags.long().remainder(num_tags)
     log_z = _log_partition(emissions, transitions, start_transitions, end_transitions, mask)
     score = _path_score(emissions, tags, transitions, start_transitions, end_transitions, mask)
     return reduce(log_z - score, reduction)
 
 
-def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=None):
+def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=None,
+               queued_mask_error=None):
     """Viterbi: (best path score (B,), best tags (B, T) with -1 past each sequence's length).
 
     Ties go to the lowest tag index (torch.max), as in pytorch-crf.
     """
-    mask = _mask_or_ones(emissions, mask)
+    mask = _mask_or_ones(emissions, mask, queued_mask_error)
     batch_size, num_steps, _ = emissions.shape
     score = start_transitions + emissions[:, 0]
     backpointers = []  # backpointers[t - 1][b, k]: best previous tag when step t has tag k
@@ -85,9 +98,10 @@ def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=
     return best_scores, best_tags
 
 
-def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None):
+def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None,
+                  queued_mask_error=None):
     """P(tag at step t = k | emissions) by forward-backward, (B, T, K); zero where the mask is off."""
-    mask = _mask_or_ones(emissions, mask)
+    mask = _mask_or_ones(emissions, mask, queued_mask_error)
     alphas = _forward_scores(emissions, transitions, start_transitions, mask)
     # beta[t][b, k]: log-sum of the scores of every continuation after step t given tag k there,
     # end transition included; a step that is off passes beta on unchanged, as alpha.

@@ -8,6 +8,7 @@ Autograd through the recursion gives the gradient.
 """
 import torch
 
+from .. import _args
 from .._reduction import reduce
 
 
@@ -48,14 +49,15 @@ def _interleave(blank_state, label_states):
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
-             zero_infinity=False):
+             zero_infinity=False, queued_label_error=None):
     """torch.nn.functional.ctc_loss: log_probs (T, N, C) or (T, C), lengths as int64 tensors.
 
     An infeasible alignment (input too short for the target) gives an infinite loss; its gradient
     here is 0 (torch's can be nan). zero_infinity=True replaces infinite losses by 0.
     Autograd gives the true d loss / d log_probs; torch's native backward returns that plus
     exp(log_probs) inside each input length, a difference log_softmax's backward removes, so the
-    two agree on gradients taken through log_softmax.
+    two agree on gradients taken through log_softmax. queued_label_error: where functional.py
+    left the label range check to the call (CUDA), its message, queued on the device here.
     """
     unbatched = log_probs.dim() == 2
     if unbatched:
@@ -64,13 +66,15 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     input_lengths = input_lengths.reshape(-1)
     target_lengths = target_lengths.reshape(-1)
     targets = _padded_targets(targets, target_lengths).long()
-    num_frames, batch, _ = log_probs.shape
+    num_frames, batch, num_classes = log_probs.shape
     width = targets.shape[1]
 
     # Extended labels: blank at even states, target label at odd ones (blank past the length,
     # so every index is a valid class; those states never reach the end states that are read).
     position = torch.arange(width, device=targets.device)
     labels = torch.where(position < target_lengths.unsqueeze(1), targets, blank)
+    if queued_label_error is not None:
+        _args.queue_within(labels, 0, num_classes - 1, queued_label_error)
     extended = _interleave(targets.new_full((1, 1), blank), labels)
     # The skip s-2 -> s is allowed into a label state whose label differs from the previous label.
     differs = torch.cat([torch.zeros_like(labels[:, :1], dtype=torch.bool),
@@ -105,7 +109,8 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
 
 
 def ctc_loss_with_logits(logits, targets, input_lengths, target_lengths, blank=0, reduction="mean",
-                         zero_infinity=False):
+                         zero_infinity=False, queued_label_error=None):
     """ctc_loss on log_softmax(logits) over the class dimension; autograd gives d/d logits."""
     return ctc_loss(torch.log_softmax(logits, dim=-1), targets, input_lengths, target_lengths,
-                    blank=blank, reduction=reduction, zero_infinity=zero_infinity)
+                    blank=blank, reduction=reduction, zero_infinity=zero_infinity,
+                    queued_label_error=queued_label_error)

@@ -26,8 +26,15 @@ from-tile reductions, which stream the transitions from L2. Viterbi does the
 same with its mask bit and emission row. Loads only move: every value is the same bit for bit
 (the tests run the one-tile code and the tiled code on the same K and compare exactly).
 
-Algorithm: three kernels, each filling the GPU on its own axis.
+Algorithm: three kernels, each filling the GPU on its own axis, after a small first launch.
 
+  0. steps, grid (B,): one sweep of each mask row for L and the last step that is on, and with
+     tags a second that reads a tag only where the gold score does (each step on, the step
+     before it, step L - 1), wraps it into [0, K) and writes 0 everywhere else (int32), so no
+     later kernel indexes with a tag it was not given in range. Where the value checks are the
+     call's (CUDA), it records them as it reads: a verdict each for the mask's first step and
+     the tags' range, one queued assert each, in place of the torch ops a check over the
+     tensors would take.
   1. sweeps, grid (B, 2): alpha (direction 0) and beta (direction 1) run at once, one program
      each per sequence, the time loop inside the kernel. Beta is alpha on the reversed chain of
      steps that are on, with the transitions transposed and start/end swapped, so both run one
@@ -133,6 +140,13 @@ def _tag_warps(tile):
 
 
 @triton.jit
+def _end_step(lengths_ptr, b, valid=True):
+    """L - 1 (0 for a sequence with no step on): the step of the tag whose end transition
+    pytorch-crf's gold score takes."""
+    return tl.maximum(tl.load(lengths_ptr + b, mask=valid, other=1), 1) - 1
+
+
+@triton.jit
 def _merge_lse(m, total, weighted, x, carry, AXIS: tl.constexpr, TANGENT: tl.constexpr):
     """One tile of an online logsumexp of x along AXIS: (running max, sum of exp(x - max) and,
     when TANGENT, of exp(x - max) * carry), each rescaled to the new max. An all -inf line
@@ -192,7 +206,7 @@ def _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_col
 def _crf_sweep_kernel(
     emissions_ptr, stride_eb, stride_et, stride_ek,
     tags_ptr, stride_gb, stride_gt,  # gold tags in [0, K), read when HAS_TAGS
-    end_tags_ptr,  # (B,) int64: tags[b, L-1], whose end transition the gold score takes
+    lengths_ptr,  # (B,) int64: L, the steps that are on; tags[b, L-1] takes the gold end
     transitions_ptr, stride_ti, stride_tj,
     start_ptr, stride_s, end_ptr, stride_e,
     mask_ptr, stride_mb, stride_mt,  # (B, T) uint8, 0 where a step is off (strides 0: all on)
@@ -408,7 +422,8 @@ def _crf_sweep_kernel(
     # alpha: log Z (less the gold score) = the normalisers + logsumexp_j(state_last + end)
     end_gold = 0.0
     if HAS_TAGS:
-        end_gold = tl.load(end_ptr + tl.load(end_tags_ptr + b) * stride_e).to(ACC)
+        end_tag = tl.load(tags_ptr + b * stride_gb + _end_step(lengths_ptr, b) * stride_gt)
+        end_gold = tl.load(end_ptr + end_tag * stride_e).to(ACC)
     m = tl.full([], float("-inf"), dtype=ACC)
     total_exp = tl.full([], 0, dtype=ACC)
     for jt in range(0, num_tiles):
@@ -446,7 +461,7 @@ def _crf_marginal_kernel(
     state_ptr,  # (2, B, T, K) contiguous, as the sweeps stored it
     carry_ptr,  # (2, B, T, K) contiguous, when TANGENT
     tangent_ptr, stride_ub, stride_ut, stride_uk,  # (B, T, K), when TANGENT
-    tags_ptr, stride_gb, stride_gt, end_tags_ptr,  # when HAS_TAGS
+    tags_ptr, stride_gb, stride_gt, lengths_ptr,  # when HAS_TAGS; lengths (B,) as the sweep's
     mask_ptr, stride_mb, stride_mt, last_ptr,
     enter_ptr,  # (B, T): alpha's enter_t, when PAIRS
     pair_shift_ptr,  # (B, T): Q_t for the transition kernel, when PAIRS
@@ -495,7 +510,8 @@ def _crf_marginal_kernel(
     if EDGES:
         last = tl.load(last_ptr + b, mask=rvalid, other=-1)
         if HAS_TAGS:
-            end_tag = tl.load(end_tags_ptr + b, mask=rvalid, other=-1)
+            end_tag = tl.load(tags_ptr + b * stride_gb + _end_step(lengths_ptr, b, rvalid)
+                              * stride_gt, mask=rvalid, other=-1)
     for jt in range(0, num_tiles):
         cols = (jt * TILE + k)[None, :]
         live = rvalid[:, None] & (cols < num_tags)
@@ -724,6 +740,48 @@ def _crf_viterbi_kernel(
         tl.store(tags_row + t, -1)
 
 
+@triton.jit
+def _crf_steps_kernel(
+    mask_ptr, stride_mb, stride_mt,  # (B, T) uint8, 0 where a step is off (strides 0: all on)
+    tags_ptr, stride_gb, stride_gt,  # (B, T) int64 gold tags, in [-K, K) where read; HAS_TAGS
+    last_ptr, lengths_ptr,  # (B,) int64, written: the last step that is on, and L, how many are
+    wrapped_ptr,  # (B, T) int32, written: the tags in [0, K) where read, 0 elsewhere; HAS_TAGS
+    verdict_ptr,  # (2,) int32 ones, cleared where the first step is off ([0], CHECK_MASK) and
+    # where a tag read is out of range ([1], CHECK_TAGS)
+    num_steps, num_tags,
+    BLOCK: tl.constexpr, HAS_TAGS: tl.constexpr, CHECK_MASK: tl.constexpr,
+    CHECK_TAGS: tl.constexpr,
+):
+    # kernel 0 of the module header: one program per sequence, two sweeps of its row
+    b = tl.program_id(0).to(tl.int64)
+    mask_row = mask_ptr + b * stride_mb
+    t = tl.arange(0, BLOCK)
+    count = tl.zeros([], tl.int64)
+    last = tl.zeros([], tl.int64)
+    for start in range(0, num_steps, BLOCK):
+        on = tl.load(mask_row + (start + t) * stride_mt, mask=start + t < num_steps, other=0) != 0
+        count += tl.sum(on.to(tl.int64), axis=0)
+        last = tl.maximum(last, tl.max(tl.where(on, start + t, 0), axis=0).to(tl.int64))
+    tl.store(last_ptr + b, last)
+    tl.store(lengths_ptr + b, count)
+    if CHECK_MASK:
+        tl.store(verdict_ptr, 0, mask=tl.load(mask_row) == 0)
+    if HAS_TAGS:
+        end_step = tl.maximum(count, 1) - 1
+        for start in range(0, num_steps, BLOCK):
+            s = start + t
+            inside = s < num_steps
+            on = tl.load(mask_row + s * stride_mt, mask=inside, other=0) != 0
+            on_next = tl.load(mask_row + (s + 1) * stride_mt, mask=s + 1 < num_steps, other=0) != 0
+            read = inside & (on | on_next | (s == end_step))
+            tag = tl.load(tags_ptr + b * stride_gb + s * stride_gt, mask=read, other=0)
+            in_range = (tag >= -num_tags) & (tag < num_tags)
+            if CHECK_TAGS:
+                tl.store(verdict_ptr + 1 + 0 * s, 0, mask=read & ~in_range)
+            wrapped = tl.where(read & in_range, tl.where(tag < 0, tag + num_tags, tag), 0)
+            tl.store(wrapped_ptr + b * num_steps + s, wrapped.to(tl.int32), mask=inside)
+
+
 # --- launchers -----------------------------------------------------------------------------
 
 def _result_dtype(*tensors):
@@ -732,33 +790,45 @@ def _result_dtype(*tensors):
 
 @dataclasses.dataclass
 class _Steps:
-    """Which steps of each sequence are on, as the kernels read them (all on device, no sync)."""
+    """Which steps of each sequence are on, and the gold tags, as the kernels read them (all on
+    device, no sync): `_crf_steps_kernel`'s outputs."""
     mask: torch.Tensor  # (B, T) uint8; strides 0 when every step is on
     last: torch.Tensor  # (B,) int64: the last step that is on
     lengths: torch.Tensor  # (B,) int64: the number of steps that are on, L
+    tags: torch.Tensor | None  # (B, T) int32 in [0, K) where the gold score reads them, else 0
 
     @classmethod
-    def of(cls, emissions, mask):
-        batch, num_steps = emissions.shape[:2]
+    def of(cls, emissions, mask, tags=None, mask_error=None, tag_error=None):
+        """mask_error, tag_error: the messages of the value checks this launch records, where
+        they are the call's (CUDA); one assert is queued on each verdict."""
+        batch, num_steps, num_tags = emissions.shape
         device = emissions.device
         if mask is None:
-            full = torch.full((batch,), num_steps, dtype=torch.int64, device=device)
-            return cls(torch.ones((1, 1), dtype=torch.uint8, device=device).expand(batch, num_steps),
-                       full - 1, full)
-        positions = torch.arange(num_steps, device=device)
-        return cls(mask.view(torch.uint8), torch.where(mask, positions, 0).amax(1),
-                   mask.sum(1, dtype=torch.int64))
-
-    def end_tags(self, tags):
-        """tags[b, L-1]: the tag whose end transition pytorch-crf's gold score takes."""
-        return tags.gather(1, (self.lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            mask = torch.ones((1, 1), dtype=torch.uint8, device=device).expand(batch, num_steps)
+        mask = mask.view(torch.uint8)
+        last, lengths = (torch.empty(batch, dtype=torch.int64, device=device) for _ in "ll")
+        wrapped = verdicts = last  # placeholders where not wanted
+        if tags is not None:
+            wrapped = torch.empty((batch, num_steps), dtype=torch.int32, device=device)
+        checks = (mask_error, tag_error)
+        if any(message is not None for message in checks):
+            verdicts = torch.ones(2, dtype=torch.int32, device=device)
+        if batch > 0:
+            _crf_steps_kernel[(batch,)](
+                mask, *mask.stride(), *((tags, *tags.stride()) if tags is not None else (last, 0, 0)),
+                last, lengths, wrapped, verdicts, num_steps, num_tags,
+                BLOCK=min(triton.next_power_of_2(num_steps), 1024), HAS_TAGS=tags is not None,
+                CHECK_MASK=mask_error is not None, CHECK_TAGS=tag_error is not None)
+        for verdict, message in zip(verdicts, checks):
+            if message is not None:  # queued: no host sync (the CPU checks before any launch)
+                torch._assert_async(verdict, message)
+        return cls(mask, last, lengths, wrapped if tags is not None else None)
 
 
 @dataclasses.dataclass
 class _Problem:
     """One call's tensors and launch sizes, shared by its kernels."""
     emissions: torch.Tensor
-    tags: torch.Tensor  # or None (log Z, marginals)
     transitions: torch.Tensor
     start: torch.Tensor
     end: torch.Tensor
@@ -777,14 +847,18 @@ class _Problem:
     def single_tile(self):
         return _in_registers(self.shape[2])
 
+    @property
+    def tags(self):
+        return self.steps.tags  # None for log Z and the marginals
+
     def buffer(self, *shape, dtype=None):
         return torch.empty(shape, dtype=dtype or self.acc, device=self.emissions.device)
 
     def tag_args(self):
-        """(tags, strides, end tags) for the kernels; placeholders without tags."""
+        """(tags, strides, lengths) for the kernels; placeholders without tags."""
         if self.tags is None:
             return self.steps.lengths, 0, 0, self.steps.lengths
-        return self.tags, *self.tags.stride(), self.steps.end_tags(self.tags)
+        return self.tags, *self.tags.stride(), self.steps.lengths
 
 
 def _sweeps(problem, store_all, tangent=None):
@@ -921,15 +995,17 @@ def _per_sequence(grad_output):
 
 
 def crf_nll(emissions, tags, transitions, start_transitions, end_transitions, mask=None,
-            reduction="mean"):
+            reduction="mean", queued_mask_error=None, queued_tag_error=None):
+    """queued_mask_error, queued_tag_error: where the value checks are the call's (CUDA), their
+    messages: the steps kernel records them as it reads the mask and the tags (_Steps.of)."""
     needs = wanted_gradients(emissions, transitions, start_transitions, end_transitions)
-    steps = _Steps.of(emissions, mask)
+    steps = _Steps.of(emissions, mask, tags, queued_mask_error, queued_tag_error)
     # the kernels write the gradients of the reduced loss: the mean's 1/B is folded in there
     weight = 1.0 / max(emissions.shape[0], 1) if reduction == "mean" else 1.0
 
     def sweep(emissions, transitions, start, end):
         dtype = _result_dtype(emissions, transitions, start, end)
-        problem = _Problem(emissions, tags, transitions, start, end, steps,
+        problem = _Problem(emissions, transitions, start, end, steps,
                            accumulation_dtype(dtype))
         swept = _sweeps(problem, store_all=any(needs))
         nll = swept[0]
@@ -959,7 +1035,7 @@ class _CRFMarginals(torch.autograd.Function):
     @staticmethod
     def forward(ctx, emissions, transitions, start, end, steps):
         dtype = _result_dtype(emissions, transitions, start, end)
-        problem = _Problem(emissions, None, transitions, start, end, steps,
+        problem = _Problem(emissions, transitions, start, end, steps,
                            accumulation_dtype(dtype))
         marginals = torch.empty(emissions.shape, dtype=loss_dtype(dtype, emissions.device),
                                 device=emissions.device)
@@ -974,7 +1050,7 @@ class _CRFMarginals(torch.autograd.Function):
     def backward(ctx, grad_output):
         emissions, transitions, start, end = ctx.saved_tensors
         needs = ctx.needs_input_grad[:4]
-        problem = _Problem(emissions, None, transitions, start, end, ctx.steps, ctx.acc)
+        problem = _Problem(emissions, transitions, start, end, ctx.steps, ctx.acc)
         swept = _sweeps(problem, store_all=True, tangent=grad_output)
         emissions_grad = torch.empty(emissions.shape, dtype=emissions.dtype,
                                      device=emissions.device)
@@ -991,12 +1067,16 @@ class _CRFMarginals(torch.autograd.Function):
                 _summed_rows(end_grad, end.dtype) if needs[3] else None, None)
 
 
-def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None):
+def crf_marginals(emissions, transitions, start_transitions, end_transitions, mask=None,
+                  queued_mask_error=None):
+    """queued_mask_error: as crf_nll's."""
     return _CRFMarginals.apply(emissions, transitions, start_transitions, end_transitions,
-                               _Steps.of(emissions, mask))
+                               _Steps.of(emissions, mask, mask_error=queued_mask_error))
 
 
-def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=None):
+def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=None,
+               queued_mask_error=None):
+    """queued_mask_error: as crf_nll's."""
     batch, num_steps, num_tags = emissions.shape
     dtype = _result_dtype(emissions, transitions, start_transitions, end_transitions)
     acc = accumulation_dtype(dtype)
@@ -1006,7 +1086,7 @@ def crf_decode(emissions, transitions, start_transitions, end_transitions, mask=
     if batch > 0:
         tile = _tag_tile(num_tags)
         single_tile = _in_registers(num_tags)
-        steps = _Steps.of(emissions, mask)
+        steps = _Steps.of(emissions, mask, mask_error=queued_mask_error)
         running = torch.empty((batch, 2, num_tags) if not single_tile else (0,), dtype=acc,
                               device=device)
         backpointers = torch.empty((batch, num_steps, num_tags), dtype=torch.int32, device=device)

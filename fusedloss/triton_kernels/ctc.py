@@ -5,7 +5,11 @@ Extended labels. A target l_1..l_L becomes b l_1 b l_2 ... l_L b: 2L+1 states, b
 states, labels at odd ones. An alignment stays, moves one state per frame, or skips the blank
 between two different labels.
 
-Three launches, each as parallel as its work allows:
+Four launches, each as parallel as its work allows:
+  states    `_states_kernel`, one program per sequence: the extended labels (N, 2S+1) from the
+            padded targets, and with a gradient the byte map of the classes they hold (below);
+            where the label range check is the call's (CUDA), it records it as it reads the
+            labels: one verdict, one queued assert, no pass of torch ops over the targets.
   stats     (logits only) `_frame_stats_kernel`, one program per (t, n) frame: the frame's max
             and log-sum-exp, (T, N, 2), from which every emission log p_t(c) follows.
   recursions  `_recursion_kernel`, 2N programs: program (n, 0) runs alpha forward in time,
@@ -33,8 +37,8 @@ Three launches, each as parallel as its work allows:
             Each element of a frame's gradient row is written once: a dense sweep writes the
             classes no state owns (0, or the softmax for logits, times the reduction's factor;
             every class for frames outside the input), skipping the states' classes by a
-            (N, C + 1) byte map scattered from the extended labels in the launcher (read once
-            per program when the row fits one block), and each state's class gets
+            (N, C + 1) byte map the states kernel scatters (read once per program when the
+            row fits one block), and each state's class gets
             -(sum of the posteriors of the states of that class) (softmax - that sum for
             logits: the chain rule through log_softmax); the two sets are disjoint, so no
             barrier orders them. Several states
@@ -55,10 +59,13 @@ Three launches, each as parallel as its work allows:
             constants add up in `log_scale`, and loss = -(log_scale + lse(r at the last blank and
             last label)). A frame constant cancels in the posteriors, so beta drops its own.
 Reduction. 'sum' and 'mean' (each loss over max(L, 1), then the batch mean) are taken inside the
-autograd Function, their per-sequence factor folded into the gradient kernel's store, so a
+autograd Function: the alpha program writes each loss as reduced (over max(L, 1), zeroed where
+infinite with zero_infinity), the batch sum and its 1/N are two torch ops, and the per-sequence
+factor is folded into the gradient kernel's store, so a
 `loss.backward()` hands the shared precomputed-gradient backward a grad_output of exactly 1 and
 the gradient is never touched again; 'none' scales each sequence's rows by its grad_output.
-zero_infinity zeroes infinite losses (their gradient is 0 either way).
+zero_infinity zeroes infinite losses (their gradient is 0 either way; the gradient kernel reads
+the raw loss to find them).
 
 Host syncs: none. Targets arrive as padded (N, S) rows (functional.py pads concatenated targets
 to the longest length, which its one read of the lengths already knows).
@@ -153,9 +160,12 @@ def _recursion_kernel(
     rows,  # T with a gradient (the whole history), else 2 alternating rows
     emission_max_ptr,  # (N, T) each frame's emission max over the states; with COMPUTE_GRAD
     loss_ptr,  # (N,) per-sequence loss, accumulation dtype
+    reported_ptr,  # (N,) the loss as reported: 0 if infinite with zero_infinity, over max(L, 1)
+    # with MEAN
     batch, width, blank_offset,  # blank_offset: the blank's class times the class stride
+    zero_infinity,
     ACC: tl.constexpr, BLOCK_P: tl.constexpr, SINGLE_TILE: tl.constexpr,
-    LOGITS: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+    LOGITS: tl.constexpr, COMPUTE_GRAD: tl.constexpr, MEAN: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     backward = tl.program_id(1)  # 0: alpha, forward in time; 1: beta, backward
@@ -277,7 +287,11 @@ def _recursion_kernel(
         final_r = tl.load(last_row + final, mask=final >= 0, other=float("-inf"))
     final_r, shift = subtract_max(final_r)
     loss = -(log_scale + shift + tl.log(tl.sum(tl.exp(final_r), axis=0)))
-    tl.store(loss_ptr + n, loss, mask=backward == 0)
+    tl.store(loss_ptr + n, loss, mask=backward == 0)  # the gradient kernel reads it raw
+    reported = tl.where((zero_infinity != 0) & (loss == float("inf")), 0.0, loss)
+    if MEAN:  # torch: each loss over its target length, then the batch mean
+        reported = reported / tl.maximum(target_length, 1).to(ACC)
+    tl.store(reported_ptr + n, reported, mask=backward == 0)
 
 
 @triton.jit
@@ -445,16 +459,59 @@ def _frame_stats_kernel(
     tl.store(stats_ptr + 2 * frame + 1, tl.log(total))
 
 
+@triton.jit
+def _states_kernel(
+    targets_ptr, stride_tn, stride_ts,  # (N, S) padded labels, read inside each length
+    target_lengths_ptr,  # (N,) int64
+    extended_ptr,  # (N, W) the extended labels, written
+    state_classes_ptr,  # (N, C + 1) uint8, zeroed: 1 stored at each state's class; with CLASS_MAP
+    verdict_ptr,  # 0-d int32 of ones, cleared where a label is out of range; with CHECK
+    width, blank, num_classes,
+    BLOCK: tl.constexpr, CLASS_MAP: tl.constexpr, CHECK: tl.constexpr,
+):
+    # one program per sequence: blank at even states, the labels at odd ones, num_classes past
+    # the 2L+1 states; the map's column C takes those padding states
+    n = tl.program_id(0).to(tl.int64)
+    num_states = 2 * tl.load(target_lengths_ptr + n) + 1
+    for start in range(0, width, BLOCK):
+        s = start + tl.arange(0, BLOCK)
+        is_label = (s < num_states) & (s % 2 == 1)
+        label = tl.load(targets_ptr + n * stride_tn + (s // 2) * stride_ts, mask=is_label,
+                        other=blank)
+        if CHECK:  # a label out of range is never used as an index: the assert stops the call
+            out_of_range = is_label & ((label < 0) | (label >= num_classes))
+            tl.store(verdict_ptr + 0 * s, 0, mask=out_of_range)
+            label = tl.where(out_of_range, blank, label)
+        classes = tl.where(s < num_states, label, num_classes)
+        tl.store(extended_ptr + n * width + s, classes, mask=s < width)
+        if CLASS_MAP:
+            tl.store(state_classes_ptr + n * (num_classes + 1) + classes,
+                     tl.full([BLOCK], 1, tl.uint8), mask=s < width)
+
+
 # --- launchers -----------------------------------------------------------------------------
 
-def _extended_labels(targets, target_lengths, blank, num_classes):
-    """(N, 2S+1): blank at even states, labels at odd ones, num_classes past each 2L+1 (so
-    that sorting by class puts those last)."""
-    batch, width = targets.shape
-    extended = torch.full((batch, 2 * width + 1), blank, dtype=torch.int64, device=targets.device)
-    extended[:, 1::2] = targets
-    states = torch.arange(2 * width + 1, device=targets.device)
-    return torch.where(states < 2 * target_lengths.unsqueeze(1) + 1, extended, num_classes)
+def _states(targets, target_lengths, blank, num_classes, class_map, label_error):
+    """The extended labels (N, 2S+1), num_classes past each 2L+1 states (so that sorting by class
+    puts those last); with class_map the (N, C + 1) byte map of the classes they hold; the label
+    check's verdict (a 0-d int32, nonzero if every label is in range) with label_error, on which
+    one assert is queued."""
+    batch, labels = targets.shape
+    width = 2 * labels + 1
+    device = targets.device
+    extended = torch.empty((batch, width), dtype=torch.int64, device=device)
+    state_classes = verdict = extended  # placeholders where not wanted
+    if class_map:
+        state_classes = torch.zeros((batch, num_classes + 1), dtype=torch.uint8, device=device)
+    if label_error is not None:
+        verdict = torch.ones((), dtype=torch.int32, device=device)
+    _states_kernel[(batch,)](
+        targets, *targets.stride(), target_lengths, extended, state_classes, verdict, width,
+        blank, num_classes, BLOCK=min(triton.next_power_of_2(width), 1024),
+        CLASS_MAP=class_map, CHECK=label_error is not None)
+    if label_error is not None:  # queued: no host sync (the CPU checks before any launch)
+        torch._assert_async(verdict, label_error)
+    return extended, state_classes
 
 
 def _state_tile(width):
@@ -466,13 +523,17 @@ def _recursion_warps(block_s):
     return max(1, min(4, block_s // 256))
 
 
-def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compute_grad, mean):
-    """Per-sequence losses (N,) in the accumulation dtype, and d(loss_n)/dx (T, N, C), over
-    N max(L_n, 1) with `mean`, or None without compute_grad."""
+def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compute_grad, mean,
+                 zero_infinity, label_error):
+    """Per-sequence losses (N,) in the accumulation dtype as reduced (0 where infinite with
+    zero_infinity, over max(L_n, 1) with `mean`), and d(loss_n)/dx (T, N, C), over
+    N max(L_n, 1) with `mean`, or None without compute_grad. label_error: the message of the
+    label check the states kernel records (module header), where it is the call's."""
     acc = accumulation_dtype(x.dtype)
     num_frames, batch, num_classes = x.shape
     device = x.device
-    extended = _extended_labels(targets, target_lengths, blank, num_classes)
+    extended, state_classes = _states(targets, target_lengths, blank, num_classes, compute_grad,
+                                      label_error)
     width = extended.shape[1]
     num_pairs = targets.shape[1] + 1
     block_p = min(triton.next_power_of_2(num_pairs), MAX_STATE_TILE // 2)
@@ -480,6 +541,7 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compu
     ACC = triton_accumulation(x.dtype)
 
     loss = torch.empty(batch, dtype=acc, device=device)
+    reported = torch.empty(batch, dtype=acc, device=device)
     stats = loss  # read only for logits
     if logits:
         stats = torch.empty(num_frames, batch, 2, dtype=acc, device=device)
@@ -497,16 +559,13 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compu
         emission_max = torch.empty(batch, num_frames, dtype=acc, device=device)
     _recursion_kernel[(batch, directions)](
         x, *x.stride(), stats, extended, input_lengths, target_lengths, history, rows,
-        emission_max, loss, batch, width, blank * x.stride(2),
+        emission_max, loss, reported, batch, width, blank * x.stride(2), int(zero_infinity),
         ACC=ACC, BLOCK_P=block_p, SINGLE_TILE=single_tile, LOGITS=logits,
-        COMPUTE_GRAD=compute_grad, num_warps=_recursion_warps(2 * block_p))
+        COMPUTE_GRAD=compute_grad, MEAN=mean, num_warps=_recursion_warps(2 * block_p))
     if not compute_grad:
-        return loss, None
+        return reported, None
 
     sorted_classes, order = torch.sort(extended, dim=1, stable=True)
-    # the classes some state owns (blank included; padding states land in column C)
-    state_classes = torch.zeros((batch, num_classes + 1), dtype=torch.uint8,
-                                device=device).scatter_(1, extended, 1)
     grad = torch.empty(x.shape, dtype=x.dtype, device=device)
     block_c = row_block(num_classes)
     _gradient_kernel[(triton.cdiv(num_frames, GRADIENT_FRAMES), batch)](
@@ -516,7 +575,7 @@ def _ctc_forward(x, targets, input_lengths, target_lengths, blank, logits, compu
         ACC=ACC, BLOCK_S=block_s, BLOCK_C=block_c, FRAMES=GRADIENT_FRAMES,
         SINGLE_TILE=width <= block_s, ONE_CLASS_BLOCK=num_classes <= block_c, LOGITS=logits,
         MEAN=mean, num_warps=row_warps(block_c))
-    return loss, grad
+    return reported, grad
 
 
 def _per_sequence(grad_output):
@@ -525,7 +584,8 @@ def _per_sequence(grad_output):
     return grad_output.view(1, -1, 1)
 
 
-def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, logits):
+def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, logits,
+         label_error):
     input_lengths = input_lengths.reshape(-1).contiguous()
     target_lengths = target_lengths.reshape(-1).contiguous()
     (compute_grad,) = wanted_gradients(x)
@@ -537,12 +597,9 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
         # unbatched: the target is one row
         rows = targets if x.dim() == 3 else targets.reshape(1, -1)
         loss, grad = _ctc_forward(batched.detach(), rows, input_lengths, target_lengths, blank,
-                                  logits, compute_grad, mean=reduction == "mean")
-        if zero_infinity:
-            loss = torch.where(torch.isinf(loss), torch.zeros_like(loss), loss)
-        if reduction == "mean":  # torch: each loss over its target length, then the batch mean
-            loss = loss / target_lengths.clamp(min=1).to(loss.dtype)
-        elif x.dim() == 2:
+                                  logits, compute_grad, reduction == "mean", zero_infinity,
+                                  label_error)
+        if x.dim() == 2:
             loss = loss.squeeze(0)
         loss = reduce(loss, reduction).to(loss_dtype(x.dtype, x.device))
         return Sweep((loss,), [None if grad is None else grad.view(batched.shape)],
@@ -552,15 +609,18 @@ def _ctc(x, targets, input_lengths, target_lengths, blank, reduction, zero_infin
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
-             zero_infinity=False):
+             zero_infinity=False, queued_label_error=None):
+    """queued_label_error: where the label range check is the call's (CUDA), its message: the
+    states kernel records the check as it reads the labels and one assert is queued."""
     return _ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction,
-                zero_infinity, logits=False)
+                zero_infinity, logits=False, label_error=queued_label_error)
 
 
 def ctc_loss_with_logits(logits, targets, input_lengths, target_lengths, blank=0,
-                         reduction="mean", zero_infinity=False):
+                         reduction="mean", zero_infinity=False, queued_label_error=None):
+    """queued_label_error: as ctc_loss's."""
     return _ctc(logits, targets, input_lengths, target_lengths, blank, reduction,
-                zero_infinity, logits=True)
+                zero_infinity, logits=True, label_error=queued_label_error)
 
 
 KERNELS = {"ctc_loss": ctc_loss, "ctc_loss_with_logits": ctc_loss_with_logits}
