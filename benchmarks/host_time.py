@@ -27,6 +27,9 @@ def _cases():
     classes = torch.randint(0, 16, (8,), generator=generator)
     x = torch.randn(16, generator=generator, requires_grad=True)
     y = torch.rand(16, generator=generator)
+    log_probs = torch.randn(8, 2, 5, generator=generator).log_softmax(-1).requires_grad_()
+    labels = torch.randint(1, 5, (2, 3), generator=generator)
+    lengths = torch.full((2,), 8), torch.full((2,), 3)
 
     def fwd_bwd(loss_fn, leaf):
         return lambda *args: torch.autograd.grad(loss_fn(*args), leaf)
@@ -38,6 +41,8 @@ def _cases():
         ("mse_loss fwd+bwd", fwd_bwd(F.mse_loss, x), fwd_bwd(TF.mse_loss, x), (x, y)),
         ("binary_cross_entropy_with_logits fwd+bwd", fwd_bwd(F.binary_cross_entropy_with_logits, x),
          fwd_bwd(TF.binary_cross_entropy_with_logits, x), (x, y)),
+        ("ctc_loss fwd+bwd", fwd_bwd(F.ctc_loss, log_probs), fwd_bwd(TF.ctc_loss, log_probs),
+         (log_probs, labels, *lengths)),
     ]
 
 

@@ -375,12 +375,14 @@ SEQUENCE_CASES = [
     # the CRF's alpha and beta sweeps run at once, so both store their (B, T, K) fp32 states for
     # the parallel marginals kernel to read: two emission reads, two state writes and reads, the
     # gradient written once in the emissions' dtype. A first small launch reads the mask and the
-    # tags (L, the last step, the tags wrapped into range where read) and, on CUDA, records both
-    # value checks: two verdicts, two queued asserts, where the CPU's checks are torch ops
-    Case("crf_nll B=4 T=32 K=9 fp32", _crf(4, 32, 9, torch.float32), 2.0, 5.74, 26),
+    # tags (L, the last step, the tags wrapped into range where read and the end transition's
+    # tag; int64, as the kernels read them: int32 tags spilled the K = 300 transition kernel)
+    # and, on CUDA, records both value checks: two verdicts, two queued asserts, where the
+    # CPU's checks are torch ops
+    Case("crf_nll B=4 T=32 K=9 fp32", _crf(4, 32, 9, torch.float32), 2.0, 5.94, 27),
     Case("crf_nll B=4 T=32 K=9 fp32 (checks queued as on CUDA)",
-         _queued(_crf(4, 32, 9, torch.float32)), 2.0, 4.72, 17),
-    Case("crf_nll B=4 T=32 K=9 bf16", _crf(4, 32, 9, torch.bfloat16), 2.0, 8.91, 27),
+         _queued(_crf(4, 32, 9, torch.float32)), 2.0, 4.92, 18),
+    Case("crf_nll B=4 T=32 K=9 bf16", _crf(4, 32, 9, torch.bfloat16), 2.0, 9.31, 28),
     # hsigmoid (default tree: 63 nodes, paths of 6) and NCE (1 + 7 classes a sample) on the
     # weight alone; the weight gradient's scatter runs in the forward (sort, segment bounds and
     # pieces, two launches), the backward's scale kernels return at once for grad_output 1

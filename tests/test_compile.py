@@ -144,6 +144,14 @@ BAD_VALUES = {
                                           torch.tensor([[1, 2], [1, 1]]), torch.tensor([5, 9]),
                                           torch.tensor([2, 1])),
                      r"input_lengths to have values in \[0, 5\]"),
+    # recorded by the CRF's first launch inside the op
+    "crf tag": (F.crf_nll, lambda: (torch.randn(2, 3, 4), torch.tensor([[0, 1, 4], [2, 3, 1]]),
+                                    torch.randn(4, 4), torch.randn(4), torch.randn(4)),
+                "tags must be tag indices"),
+    "crf first step": (F.crf_decode, lambda: (torch.randn(2, 3, 4), torch.randn(4, 4),
+                                              torch.randn(4), torch.randn(4),
+                                              torch.tensor([[1, 1, 0], [0, 1, 1]]).bool()),
+                       "mask of the first timestep"),
 }
 
 

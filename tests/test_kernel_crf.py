@@ -317,8 +317,9 @@ def test_module_matches_pytorch_crf(batch_first, reduction, torchcrf):
 
 def test_steps_kernel_reads_lengths_and_tags_as_the_gold_score_does():
     """The first launch's outputs against torch's own count of them: L (the mask's row sum), the
-    last step that is on, and the tags wrapped into [0, K) exactly where pytorch-crf's gold
-    score reads them (each step on, the step before it, step L - 1), 0 elsewhere."""
+    last step that is on, the tags wrapped into [0, K) exactly where pytorch-crf's gold score
+    reads them (each step on, the step before it, step L - 1), 0 elsewhere, and the tag of step
+    L - 1, whose end transition it takes."""
     num_tags = 5
     emissions, tags, *_, mask = _crf_inputs(3, STEPS, num_tags, HOLES)
     tags = torch.randint(-num_tags, num_tags, tags.shape, generator=torch.Generator().manual_seed(1))
@@ -331,7 +332,9 @@ def test_steps_kernel_reads_lengths_and_tags_as_the_gold_score_does():
     assert torch.equal(steps.lengths, lengths)
     assert torch.equal(steps.last, torch.where(mask, positions, 0).amax(1))
     assert torch.equal(steps.tags.long(), torch.where(read, tags.remainder(num_tags), 0))
-    assert steps.tags.dtype == torch.int32
+    assert steps.tags.dtype == torch.int64
+    end_steps = (lengths - 1).clamp(min=0)
+    assert torch.equal(steps.end_tags, tags.remainder(num_tags)[torch.arange(3), end_steps])
 
 
 def test_checks_recorded_on_cudas_path_refuse_only_what_is_read():

@@ -30,7 +30,7 @@ Algorithm: three kernels, each filling the GPU on its own axis, after a small fi
 
   0. steps, grid (B,): one sweep of each mask row for L and the last step that is on, and with
      tags a second that reads a tag only where the gold score does (each step on, the step
-     before it, step L - 1), wraps it into [0, K) and writes 0 everywhere else (int32), so no
+     before it, step L - 1), wraps it into [0, K) and writes 0 everywhere else, so no
      later kernel indexes with a tag it was not given in range. Where the value checks are the
      call's (CUDA), it records them as it reads: a verdict each for the mask's first step and
      the tags' range, one queued assert each, in place of the torch ops a check over the
@@ -140,13 +140,6 @@ def _tag_warps(tile):
 
 
 @triton.jit
-def _end_step(lengths_ptr, b, valid=True):
-    """L - 1 (0 for a sequence with no step on): the step of the tag whose end transition
-    pytorch-crf's gold score takes."""
-    return tl.maximum(tl.load(lengths_ptr + b, mask=valid, other=1), 1) - 1
-
-
-@triton.jit
 def _merge_lse(m, total, weighted, x, carry, AXIS: tl.constexpr, TANGENT: tl.constexpr):
     """One tile of an online logsumexp of x along AXIS: (running max, sum of exp(x - max) and,
     when TANGENT, of exp(x - max) * carry), each rescaled to the new max. An all -inf line
@@ -206,7 +199,7 @@ def _step_ahead(s, last, forward, mask_t, mask_step, emit_t, emit_step, emit_col
 def _crf_sweep_kernel(
     emissions_ptr, stride_eb, stride_et, stride_ek,
     tags_ptr, stride_gb, stride_gt,  # gold tags in [0, K), read when HAS_TAGS
-    lengths_ptr,  # (B,) int64: L, the steps that are on; tags[b, L-1] takes the gold end
+    end_tags_ptr,  # (B,) int64: tags[b, L-1], whose end transition the gold score takes
     transitions_ptr, stride_ti, stride_tj,
     start_ptr, stride_s, end_ptr, stride_e,
     mask_ptr, stride_mb, stride_mt,  # (B, T) uint8, 0 where a step is off (strides 0: all on)
@@ -422,8 +415,7 @@ def _crf_sweep_kernel(
     # alpha: log Z (less the gold score) = the normalisers + logsumexp_j(state_last + end)
     end_gold = 0.0
     if HAS_TAGS:
-        end_tag = tl.load(tags_ptr + b * stride_gb + _end_step(lengths_ptr, b) * stride_gt)
-        end_gold = tl.load(end_ptr + end_tag * stride_e).to(ACC)
+        end_gold = tl.load(end_ptr + tl.load(end_tags_ptr + b) * stride_e).to(ACC)
     m = tl.full([], float("-inf"), dtype=ACC)
     total_exp = tl.full([], 0, dtype=ACC)
     for jt in range(0, num_tiles):
@@ -461,7 +453,7 @@ def _crf_marginal_kernel(
     state_ptr,  # (2, B, T, K) contiguous, as the sweeps stored it
     carry_ptr,  # (2, B, T, K) contiguous, when TANGENT
     tangent_ptr, stride_ub, stride_ut, stride_uk,  # (B, T, K), when TANGENT
-    tags_ptr, stride_gb, stride_gt, lengths_ptr,  # when HAS_TAGS; lengths (B,) as the sweep's
+    tags_ptr, stride_gb, stride_gt, end_tags_ptr,  # when HAS_TAGS
     mask_ptr, stride_mb, stride_mt, last_ptr,
     enter_ptr,  # (B, T): alpha's enter_t, when PAIRS
     pair_shift_ptr,  # (B, T): Q_t for the transition kernel, when PAIRS
@@ -510,8 +502,7 @@ def _crf_marginal_kernel(
     if EDGES:
         last = tl.load(last_ptr + b, mask=rvalid, other=-1)
         if HAS_TAGS:
-            end_tag = tl.load(tags_ptr + b * stride_gb + _end_step(lengths_ptr, b, rvalid)
-                              * stride_gt, mask=rvalid, other=-1)
+            end_tag = tl.load(end_tags_ptr + b, mask=rvalid, other=-1)
     for jt in range(0, num_tiles):
         cols = (jt * TILE + k)[None, :]
         live = rvalid[:, None] & (cols < num_tags)
@@ -745,7 +736,8 @@ def _crf_steps_kernel(
     mask_ptr, stride_mb, stride_mt,  # (B, T) uint8, 0 where a step is off (strides 0: all on)
     tags_ptr, stride_gb, stride_gt,  # (B, T) int64 gold tags, in [-K, K) where read; HAS_TAGS
     last_ptr, lengths_ptr,  # (B,) int64, written: the last step that is on, and L, how many are
-    wrapped_ptr,  # (B, T) int32, written: the tags in [0, K) where read, 0 elsewhere; HAS_TAGS
+    wrapped_ptr,  # (B, T) int64, written: the tags in [0, K) where read, 0 elsewhere; HAS_TAGS
+    end_tags_ptr,  # (B,) int64, written: the wrapped tag of step L - 1 (step 0 if L = 0); HAS_TAGS
     verdict_ptr,  # (2,) int32 ones, cleared where the first step is off ([0], CHECK_MASK) and
     # where a tag read is out of range ([1], CHECK_TAGS)
     num_steps, num_tags,
@@ -779,7 +771,8 @@ def _crf_steps_kernel(
             if CHECK_TAGS:
                 tl.store(verdict_ptr + 1 + 0 * s, 0, mask=read & ~in_range)
             wrapped = tl.where(read & in_range, tl.where(tag < 0, tag + num_tags, tag), 0)
-            tl.store(wrapped_ptr + b * num_steps + s, wrapped.to(tl.int32), mask=inside)
+            tl.store(wrapped_ptr + b * num_steps + s, wrapped, mask=inside)
+            tl.store(end_tags_ptr + b + 0 * s, wrapped, mask=inside & (s == end_step))
 
 
 # --- launchers -----------------------------------------------------------------------------
@@ -795,7 +788,8 @@ class _Steps:
     mask: torch.Tensor  # (B, T) uint8; strides 0 when every step is on
     last: torch.Tensor  # (B,) int64: the last step that is on
     lengths: torch.Tensor  # (B,) int64: the number of steps that are on, L
-    tags: torch.Tensor | None  # (B, T) int32 in [0, K) where the gold score reads them, else 0
+    tags: torch.Tensor | None  # (B, T) int64 in [0, K) where the gold score reads them, else 0
+    end_tags: torch.Tensor | None  # (B,) int64: tags[b, L-1], the gold end transition's tag
 
     @classmethod
     def of(cls, emissions, mask, tags=None, mask_error=None, tag_error=None):
@@ -807,22 +801,25 @@ class _Steps:
             mask = torch.ones((1, 1), dtype=torch.uint8, device=device).expand(batch, num_steps)
         mask = mask.view(torch.uint8)
         last, lengths = (torch.empty(batch, dtype=torch.int64, device=device) for _ in "ll")
-        wrapped = verdicts = last  # placeholders where not wanted
+        wrapped = end_tags = verdicts = last  # placeholders where not wanted
         if tags is not None:
-            wrapped = torch.empty((batch, num_steps), dtype=torch.int32, device=device)
+            wrapped = torch.empty((batch, num_steps), dtype=torch.int64, device=device)
+            end_tags = torch.empty(batch, dtype=torch.int64, device=device)
         checks = (mask_error, tag_error)
         if any(message is not None for message in checks):
             verdicts = torch.ones(2, dtype=torch.int32, device=device)
         if batch > 0:
             _crf_steps_kernel[(batch,)](
                 mask, *mask.stride(), *((tags, *tags.stride()) if tags is not None else (last, 0, 0)),
-                last, lengths, wrapped, verdicts, num_steps, num_tags,
+                last, lengths, wrapped, end_tags, verdicts, num_steps, num_tags,
                 BLOCK=min(triton.next_power_of_2(num_steps), 1024), HAS_TAGS=tags is not None,
                 CHECK_MASK=mask_error is not None, CHECK_TAGS=tag_error is not None)
         for verdict, message in zip(verdicts, checks):
             if message is not None:  # queued: no host sync (the CPU checks before any launch)
                 torch._assert_async(verdict, message)
-        return cls(mask, last, lengths, wrapped if tags is not None else None)
+        if tags is None:
+            return cls(mask, last, lengths, None, None)
+        return cls(mask, last, lengths, wrapped, end_tags)
 
 
 @dataclasses.dataclass
@@ -855,10 +852,10 @@ class _Problem:
         return torch.empty(shape, dtype=dtype or self.acc, device=self.emissions.device)
 
     def tag_args(self):
-        """(tags, strides, lengths) for the kernels; placeholders without tags."""
+        """(tags, strides, end tags) for the kernels; placeholders without tags."""
         if self.tags is None:
             return self.steps.lengths, 0, 0, self.steps.lengths
-        return self.tags, *self.tags.stride(), self.steps.lengths
+        return self.tags, *self.tags.stride(), self.steps.end_tags
 
 
 def _sweeps(problem, store_all, tangent=None):
