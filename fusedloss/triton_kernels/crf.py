@@ -805,8 +805,9 @@ class _Steps:
         if tags is not None:
             wrapped = torch.empty((batch, num_steps), dtype=torch.int64, device=device)
             end_tags = torch.empty(batch, dtype=torch.int64, device=device)
-        checks = (mask_error, tag_error)
-        if any(message is not None for message in checks):
+        checks = [(index, message) for index, message in enumerate((mask_error, tag_error))
+                  if message is not None]
+        if checks:
             verdicts = torch.ones(2, dtype=torch.int32, device=device)
         if batch > 0:
             _crf_steps_kernel[(batch,)](
@@ -814,9 +815,8 @@ class _Steps:
                 last, lengths, wrapped, end_tags, verdicts, num_steps, num_tags,
                 BLOCK=min(triton.next_power_of_2(num_steps), 1024), HAS_TAGS=tags is not None,
                 CHECK_MASK=mask_error is not None, CHECK_TAGS=tag_error is not None)
-        for verdict, message in zip(verdicts, checks):
-            if message is not None:  # queued: no host sync (the CPU checks before any launch)
-                torch._assert_async(verdict, message)
+        for index, message in checks:  # queued: no host sync (the CPU checks before any launch)
+            torch._assert_async(verdicts[index], message)
         if tags is None:
             return cls(mask, last, lengths, None, None)
         return cls(mask, last, lengths, wrapped, end_tags)
