@@ -121,6 +121,17 @@ def triton_accumulation(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+@triton.jit
+def step_row(buffer, step, width, EVERY_STEP: tl.constexpr):
+    """Where a recursion keeps its state at `step`: row `step` of a buffer of every step, else
+    one of two alternating rows. Selected by a bit, not `step % rows`: an integer remainder is a
+    subroutine call in every step of the serial chain (and triton 3.6 spilled registers around
+    it)."""
+    if EVERY_STEP:
+        return buffer + step * width
+    return buffer + (step & 1) * width
+
+
 # The interpreter's fp32 -> bf16 cast truncates where the GPU's rounds to nearest even
 _ROUND_BF16_BY_HAND = tl.constexpr(interpreting())
 

@@ -106,7 +106,8 @@ import triton.language as tl
 
 from .._autocast import loss_dtype
 from .._reduction import reduce
-from ._common import GPU_LAUNCH_PARAMS, accumulation_dtype, fp32_pair, round_to, triton_accumulation
+from ._common import (GPU_LAUNCH_PARAMS, accumulation_dtype, fp32_pair, round_to, step_row,
+                      triton_accumulation)
 from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
 
 # Widest tile of tags: where one covers K, the (K, K) transitions stay in registers (at 128, 32
@@ -265,7 +266,8 @@ def _crf_sweep_kernel(
         state = first + emit - shift
         stored = tl.where(forward, state, first)
         if STORE_ALL or not SINGLE_TILE:
-            tl.store(state_row + (first_step % state_steps) * num_tags + cols, stored, mask=cvalid)
+            tl.store(step_row(state_row, first_step, num_tags, STORE_ALL) + cols, stored,
+                     mask=cvalid)
         if TANGENT:
             carry = tl.load(tangent_row + first_step * stride_ut + cols * stride_uk, mask=cvalid,
                             other=0.0).to(ACC)
@@ -330,7 +332,7 @@ def _crf_sweep_kernel(
         else:
             state_at = state_row + (t % 2) * num_tags
         if not SINGLE_TILE:
-            previous_at = state_row + (previous % state_steps) * num_tags
+            previous_at = step_row(state_row, previous, num_tags, STORE_ALL)
         new_norm = tl.full([], float("-inf"), dtype=ACC)
         new_state = tl.full((TILE,), 0, dtype=ACC)
         new_carry = tl.full((TILE,), 0, dtype=ACC)
@@ -424,7 +426,7 @@ def _crf_sweep_kernel(
         if SINGLE_TILE:
             final = state
         else:
-            final = tl.load(state_row + (previous % state_steps) * num_tags + cols,
+            final = tl.load(step_row(state_row, previous, num_tags, STORE_ALL) + cols,
                             mask=tl.where(forward, cvalid, False), other=float("-inf")) - norm
         final += tl.load(end_ptr + cols * stride_e, mask=tl.where(forward, cvalid, False),
                          other=float("-inf")).to(ACC) - end_gold

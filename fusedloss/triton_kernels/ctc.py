@@ -75,7 +75,8 @@ import triton
 import triton.language as tl
 
 from .._reduction import reduce
-from ._common import accumulation_dtype, round_to, row_block, row_warps, triton_accumulation
+from ._common import (accumulation_dtype, round_to, row_block, row_warps, step_row,
+                      triton_accumulation)
 from ._math import logsumexp3, subtract_max
 from .._autocast import loss_dtype
 from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
@@ -150,16 +151,6 @@ def _advance(blank, label, before, blank_valid, label_valid, skip_ok, blank_emit
 
 
 @triton.jit
-def _history_row(history, t, width, COMPUTE_GRAD: tl.constexpr):
-    """Frame t's row: the whole history with a gradient, else one of two alternating rows. A
-    bit, not `t % rows`: an integer remainder is a subroutine call in every frame of the chain
-    (and spilled registers around it on triton 3.6)."""
-    if COMPUTE_GRAD:
-        return history + t * width
-    return history + (t & 1) * width
-
-
-@triton.jit
 def _recursion_kernel(
     x_ptr, x_stride_t, x_stride_n, x_stride_c,  # (T, N, C) log-probabilities, or logits
     stats_ptr,  # (T, N, 2) per frame: max and log sum exp(z - max) of the logits; with LOGITS
@@ -194,7 +185,7 @@ def _recursion_kernel(
     # state 0 (beta stores nothing then). Scalar conditions enter masks as lane limits.
     first = tl.where(backward != 0, num_frames - 1, 0)
     has_frames = num_frames > 0
-    first_row = _history_row(history, tl.maximum(first, 0), width, COMPUTE_GRAD)
+    first_row = step_row(history, tl.maximum(first, 0), width, COMPUTE_GRAD)
     blank_state, label_state, _first_before, blank_valid, label_valid, before_ok, skip_ok, \
         label_offsets = _pairs(ext_row, k, target_length, backward, x_stride_c)
     x_first = x_row + first * x_stride_t
@@ -228,7 +219,7 @@ def _recursion_kernel(
                                      k < tl.where(num_frames > 1, target_length, 0), ACC)
     for i in range(1, num_frames):
         t = first + i * direction
-        frame_row = _history_row(history, t, width, COMPUTE_GRAD)
+        frame_row = step_row(history, t, width, COMPUTE_GRAD)
         x_frame = x_row + t * x_stride_t
         if SINGLE_TILE:
             blank_emit, label_emit = next_blank_emit, next_label_emit
@@ -249,7 +240,7 @@ def _recursion_kernel(
                 tl.store(frame_row + label_state, label, mask=label_valid)
             frame_max = _finite_max(tl.maximum(blank, label))
         else:
-            previous_row = _history_row(history, t - direction, width, COMPUTE_GRAD)
+            previous_row = step_row(history, t - direction, width, COMPUTE_GRAD)
             blank_emit = tl.load(x_frame + blank_offset).to(ACC)
             emission_max = blank_emit
             for start in range(0, target_length, BLOCK_P):
@@ -293,7 +284,7 @@ def _recursion_kernel(
         final_r = tl.where(final % 2 == 0, final_blank, final_label)
     else:
         tl.debug_barrier()
-        last_row = _history_row(history, tl.maximum(num_frames - 1, 0), width, COMPUTE_GRAD)
+        last_row = step_row(history, tl.maximum(num_frames - 1, 0), width, COMPUTE_GRAD)
         final_r = tl.load(last_row + final, mask=final >= 0, other=float("-inf"))
     final_r, shift = subtract_max(final_r)
     loss = -(log_scale + shift + tl.log(tl.sum(tl.exp(final_r), axis=0)))
