@@ -120,7 +120,7 @@ def check_class_indices(target, num_classes, ignore_index, kernel_records=False)
     if target.dtype not in (torch.int64, torch.uint8):
         raise RuntimeError(f"expected target dtype to be Long or Byte (class indices), got {target.dtype}")
     message = f"target out of bounds for {num_classes} classes"
-    if kernel_records and target.numel() and not checks_on_host(target.device):
+    if kernel_records and kernel_records_check(target):
         return message
     target = _physical(target)
 
@@ -165,9 +165,21 @@ def _class_indices_in_range(target, num_classes, ignore_index):
     return all(count == 0 for bucket, count in enumerate(counts) if bucket not in accepted)
 
 
-def check_in_range(values, low, high, error, message):
-    """Raise error(message) where any of the integer `values` falls outside [low, high)."""
+def kernel_records_check(values):
+    """Whether a value check over `values` is left to the kernel that reads them, for a call
+    whose kernel can record it (a verdict it clears, one queued assert): wherever the check is
+    not the host's and there is a value to read."""
+    return values.numel() > 0 and not checks_on_host(values.device)
+
+
+def check_in_range(values, low, high, error, message, kernel_records=False):
+    """Raise error(message) where any of the integer `values` falls outside [low, high).
+    kernel_records: as check_class_indices'; returns the message where the check is the
+    kernel's, else None."""
+    if kernel_records and kernel_records_check(values):
+        return message
     check_within(values, low, high - 1, error, message)
+    return None
 
 
 def check_within(values, low, high, error, message):

@@ -560,7 +560,7 @@ def _check_ctc_labels(rows, target_lengths, blank, num_classes, kernel_records=F
     is not the host's, nothing is queued here and its message is returned for the call (the
     kernels record it, the reference queues it), else None."""
     message = f"ctc_loss(): target label out of range [0, {num_classes})"
-    if kernel_records and rows.numel() and not _args.checks_on_host(rows.device):
+    if kernel_records and _args.kernel_records_check(rows):
         return message
     _args.check_in_range(_args.ctc_labels_in_use(rows, target_lengths, blank), 0, num_classes,
                          IndexError, message)
@@ -755,18 +755,23 @@ def hsigmoid_loss(input: torch.Tensor, label: torch.Tensor, num_classes: int, we
         if num_nodes != num_classes - 1:
             raise ValueError(f"weight must have num_classes - 1 = {num_classes - 1} rows for the "
                              f"default tree, got {num_nodes}")
-        _args.check_in_range(label, 0, num_classes, ValueError,
-                             f"label must be a class index in [0, {num_classes})")
+        # off the host the forward kernel records each range check as it reads the indices
+        queued_index_error = _args.check_in_range(
+            label, 0, num_classes, ValueError, f"label must be a class index in [0, {num_classes})",
+            kernel_records=True)
     else:
         if (path_table.dim() != 2 or path_table.shape[0] != input.shape[0]
                 or path_code.shape != path_table.shape):
             raise ValueError("path_table and path_code must both have shape (N, L), got "
                              f"{tuple(path_table.shape)} and {tuple(path_code.shape)}")
-        _args.check_in_range(path_table, -1, num_nodes, ValueError,
-                             f"path_table entries must be node indices in [0, {num_nodes}) or -1 padding")
+        queued_index_error = _args.check_in_range(
+            path_table, -1, num_nodes, ValueError,
+            f"path_table entries must be node indices in [0, {num_nodes}) or -1 padding",
+            kernel_records=True)
         path_table, path_code = path_table.long(), path_code.long()
     return call("hsigmoid_loss", input.device, input, label, num_classes, weight, bias=bias,
-                path_table=path_table, path_code=path_code, reduction=reduction)
+                path_table=path_table, path_code=path_code, reduction=reduction,
+                queued_index_error=queued_index_error)
 
 
 # --- nce ------------------------------------------------------------------------------------
@@ -795,8 +800,12 @@ def nce_loss(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
         raise ValueError(f"noise_log_probs must have shape ({num_classes},), got "
                          f"{tuple(noise_log_probs.shape)}")
     noise_samples = noise_samples.long()
-    for name, index in (("target", target), ("noise_samples", noise_samples)):
+    # off the host the forward kernel records each range check as it reads the classes
+    queued_target_error, queued_noise_error = (
         _args.check_in_range(index, 0, num_classes, IndexError,
-                             f"{name} out of range: expected class indices in [0, {num_classes})")
+                             f"{name} out of range: expected class indices in [0, {num_classes})",
+                             kernel_records=True)
+        for name, index in (("target", target), ("noise_samples", noise_samples)))
     return call("nce_loss", input.device, input, target, weight, bias, noise_samples,
-                noise_log_probs, reduction=reduction)
+                noise_log_probs, reduction=reduction, queued_target_error=queued_target_error,
+                queued_noise_error=queued_noise_error)

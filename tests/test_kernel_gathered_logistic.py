@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fusedloss.functional as F
-from fusedloss import _backend, _dispatch
+from fusedloss import _args, _backend, _dispatch
 from fusedloss.testing import assert_close_to_reference
 from fusedloss.triton_kernels import _gathered_logistic
 
@@ -103,6 +103,15 @@ def test_rows_of_many_pieces(reduction):
     args, _ = nce_args(torch.float32, seed=8, batch=16, features=5, num_classes=2, num_noise=3)
     args[-1].requires_grad_()
     assert_close_to_reference("nce_loss", *args, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_padding_and_rows_across_chunks(reduction):
+    # a custom tree of 5 nodes over 32 x 4 entries, 0 to 3 of each sample's 4 of them -1
+    # padding: the sorted entries (16 to a chunk in the interpreter) open with a run of padding
+    # across chunks, which no program scatters, and each node's run crosses chunk boundaries
+    args, kwargs = hsigmoid_args(torch.float64, seed=5, batch=32, features=3, custom=True)
+    assert_close_to_reference("hsigmoid_loss", *args, reduction=reduction, **kwargs)
 
 
 @pytest.mark.parametrize("loss", ["hsigmoid_loss", "nce_loss"])
@@ -206,3 +215,33 @@ def test_deterministic(loss):
 
     first, second = run(), run()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("case", ["label", "path_table", "target", "noise_samples"])
+def test_forward_kernel_records_the_index_check_on_cudas_path(case, monkeypatch):
+    """With the checks queued as on CUDA, the forward kernel records the range check as it reads
+    the indices (no torch op over them: the host's queueing is never reached): an index out of
+    range raises the check's RuntimeError, and indices in range (-1 padding in a path table
+    included) give the host path's values bit for bit."""
+    def queued_by_torch_ops(*args):
+        raise AssertionError("the check was queued by torch ops, not recorded by the kernel")
+    if case in ("label", "path_table"):
+        loss, message = "hsigmoid_loss", case
+        args, kwargs = hsigmoid_args(torch.float32, seed=2, features=5, bias=False,
+                                     custom=case == "path_table")
+    else:
+        loss, message = "nce_loss", f"{case} out of range"
+        args, kwargs = nce_args(torch.float32, seed=2, features=5)
+    args = [a.detach() if torch.is_tensor(a) else a for a in args]
+    indices = kwargs[case] if case in kwargs else args[{"label": 1, "target": 1,
+                                                        "noise_samples": 4}[case]]
+    expected = getattr(F, loss)(*args, reduction="none", **kwargs)
+    monkeypatch.setattr(_args, "_queue_check", queued_by_torch_ops)
+    with _args.checks_queued_as_on_cuda():
+        assert torch.equal(getattr(F, loss)(*args, reduction="none", **kwargs), expected)
+        original = indices.clone()
+        for bad in (-2, 12):  # 12: past the classes and nodes of every case
+            indices.view(-1)[3] = bad
+            with pytest.raises(RuntimeError, match=message):
+                getattr(F, loss)(*args, reduction="mean", **kwargs)
+            indices.copy_(original)

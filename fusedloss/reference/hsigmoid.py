@@ -7,6 +7,7 @@ nodes and bits directly (path_table, path_code, padded with -1).
 """
 import torch
 
+from .. import _args
 from .._reduction import reduce
 
 
@@ -22,12 +23,19 @@ def default_paths(label, num_classes):
 
 
 def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None, path_code=None,
-                  reduction="mean"):
+                  reduction="mean", queued_index_error=None):
     """Per sample sum over its path nodes of softplus(z) - bit * z, z = input . weight[node] + bias[node].
 
     'none' gives (N,) (Paddle returns (N, 1)). Paddle clips z to [-40, 40] first; this does not,
-    which only differs where |z| > 40.
+    which only differs where |z| > 40. queued_index_error: where functional.py left the range
+    check of the labels (default tree) or of path_table to the call (CUDA), its message, queued
+    on the device here.
     """
+    if queued_index_error is not None:
+        if path_table is None:
+            _args.queue_within(label, 0, num_classes - 1, queued_index_error)
+        else:
+            _args.queue_within(path_table, -1, weight.shape[0] - 1, queued_index_error)
     if path_table is None:
         path_table, path_code = default_paths(label, num_classes)
     on_path = path_table >= 0

@@ -7,15 +7,22 @@ from the noise distribution q. The true class costs -log(o / (o + b)), each nega
 """
 import torch
 
+from .. import _args
 from .._reduction import reduce
 
 
-def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean"):
+def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean",
+             queued_target_error=None, queued_noise_error=None):
     """Per sample: the true class's cost plus the costs of its k negatives.
 
     input (N, D), target (N,) or (N, 1), weight (C, D), bias (C,) or None, noise_samples (N, k),
     noise_log_probs (C,). Worked in log space (log o = logsigmoid(s)) so large scores stay finite.
+    queued_target_error, queued_noise_error: where functional.py left the range check of the
+    target or of the noise samples to the call (CUDA), its message, queued on the device here.
     """
+    for indices, message in ((target, queued_target_error), (noise_samples, queued_noise_error)):
+        if message is not None:
+            _args.queue_within(indices, 0, weight.shape[0] - 1, message)
     classes = torch.cat([target.reshape(-1, 1), noise_samples], dim=1).long()  # (N, 1 + k)
     scores = (input.unsqueeze(1) * weight[classes]).sum(-1)
     if bias is not None:

@@ -21,15 +21,19 @@ Passes:
            sum_j dz_j W[r_j] comes from the same gathered tile when the features fit one chunk;
            otherwise pass 2 re-reads the W rows (mostly from cache).
   scatter  the weight/bias (and NCE's noise log-prob) gradients, deterministic and without
-           atomics: the (sample, entry) pairs are stably sorted by row (torch.sort) and
-           searchsorted gives each row's segment. Segments are cut into pieces of P entries,
-           one program per (piece, feature chunk), so a row every sample visits (the default
-           tree's root) is shared by many programs: a row of one piece (untouched rows
-           included, which write zeros, so dW needs no memset) is written by its program; a
-           longer row's pieces write fp32 partials that a second launch sums per row in piece
-           order. P is sized from the entry count alone (no host synchronisation): a piece costs
-           P / BLOCK_E steps and the longest possible row's reduction E / (P * REDUCE_ROWS)
-           steps, both about sqrt(E / (BLOCK_E * REDUCE_ROWS)).
+           atomics: the (sample, entry) pairs are stably sorted by row (torch.sort, the one torch
+           op) and cut into chunks of P consecutive sorted entries. A row's entries are a run
+           of the sorted order, which each program finds by binary search (no per-row bounds,
+           counts or prefix sums built by torch ops). One program per (row, feature chunk)
+           takes the row's head, its run up to the end of the chunk it starts in; one per
+           (chunk, feature chunk) takes the body of the run that reaches into that chunk from
+           before it. A run within one chunk (untouched rows included, which write zeros, so
+           dW needs no memset) is written by its head program; a longer run's head and bodies
+           write fp32 partials that a second launch sums per row in chunk order. So a row every
+           sample visits (the default tree's root) is split over many programs. P is sized
+           from the entry count alone (no host synchronisation): a piece costs P / BLOCK_E
+           steps and the longest possible row's reduction E / (P * REDUCE_ROWS) steps, both
+           about sqrt(E / (BLOCK_E * REDUCE_ROWS)).
   'mean' / 'sum' run the scatter in the forward, with 1/N folded into dz, so every gradient is
   final and the backward is the shared precomputed-gradient one (_precomputed_gradient.py: it
   moves nothing when grad_output is 1). 'none' cannot: its per-sample grad_output weighs each
@@ -61,7 +65,7 @@ from ._precomputed_gradient import Sweep, precomputed_gradient, scale_gradient, 
 # every chunk loop and cut rows into several pieces.
 MAX_BLOCK_D = 64 if GPU_LAUNCH_PARAMS else 32     # feature columns per step (fp32)
 MAX_BLOCK_M = 32 if GPU_LAUNCH_PARAMS else 4      # entries (path nodes / classes) per step
-SCATTER_BLOCK_E = 32 if GPU_LAUNCH_PARAMS else 4  # segment entries per step of a piece
+SCATTER_BLOCK_E = 32 if GPU_LAUNCH_PARAMS else 4  # sorted entries per step of a piece
 REDUCE_ROWS = 32 if GPU_LAUNCH_PARAMS else 2      # partials per step of the reduction
 NUM_WARPS = 4
 
@@ -87,14 +91,28 @@ def _logistic_cost(t, y):
 # Paddle's default tree, from a sample's label: step j visits node (code >> (j + 1)) - 1 with
 # target bit (code >> j) & 1, code = label + num_classes, while that node exists (hsigmoid.py)
 @triton.jit
-def _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE: tl.constexpr):
-    """Rows of W of sample n's entries m, -1 for padding."""
+def _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, num_rows, lowest_row, verdict_ptr,
+                TREE: tl.constexpr, NCE: tl.constexpr, CHECK_ROWS: tl.constexpr):
+    """Rows of W of sample n's entries m, -1 for padding and for an index out of range (never
+    read at). CHECK_ROWS: the call's range check, recorded as the indices are read: the label
+    (TREE) outside [0, num_classes), or a row outside [lowest_row, num_rows), clears its verdict
+    (NCE: [0] the target's, entry 0, [1] the noise samples')."""
     if TREE:
-        node = (tl.load(label_ptr + n) + num_classes) >> (m.to(tl.int64) + 1)
+        label = tl.load(label_ptr + n)
+        node = (label + num_classes) >> (m.to(tl.int64) + 1)
         row = tl.where((node > 0) & (m < M), node - 1, -1)
+        if CHECK_ROWS:
+            tl.store(verdict_ptr, 0, mask=(label < 0) | (label >= num_classes))
     else:
         row = tl.load(rows_ptr + n * M + m, mask=m < M, other=-1)
-    return row
+        if CHECK_ROWS:
+            if NCE:
+                slot = tl.where(m > 0, 1, 0)
+            else:
+                slot = m * 0
+            tl.store(verdict_ptr + slot, 0,
+                     mask=(m < M) & ((row < lowest_row) | (row >= num_rows)))
+    return tl.where(row < num_rows, row, -1)
 
 
 @triton.jit
@@ -116,6 +134,9 @@ def _gathered_logistic_fwd_kernel(
                                      # written here when STORE_ROWS)
     codes_ptr,                       # (N, M) int64 target bits (hsigmoid; NCE: y = [j == 0])
     label_ptr, num_classes,          # (N,) int64 classes of the default tree (TREE)
+    num_rows, lowest_row,            # R, and the least row index (-1: padding) in range
+    verdict_ptr,                     # (2,) int32 ones, cleared where an index is out of range
+                                     # (CHECK_ROWS: _entry_rows)
     logq_ptr,                        # (R,) noise log-probabilities (NCE)
     num_noise,                       # k (NCE)
     divisor,                         # the gradients' divisor: N for 'mean', else 1
@@ -126,7 +147,8 @@ def _gathered_logistic_fwd_kernel(
     M, D,
     NCE: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_DZ: tl.constexpr,
     STORE_DLOGB: tl.constexpr, GRAD_X: tl.constexpr, ONE_CHUNK: tl.constexpr,
-    TREE: tl.constexpr, STORE_ROWS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    TREE: tl.constexpr, STORE_ROWS: tl.constexpr, CHECK_ROWS: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + n * stride_xn
@@ -138,7 +160,8 @@ def _gathered_logistic_fwd_kernel(
         gx = tl.zeros([BLOCK_D], ACC)
     for m0 in range(0, M, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
-        row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE)
+        row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, num_rows, lowest_row,
+                          verdict_ptr, TREE, NCE, CHECK_ROWS)
         if STORE_ROWS:
             tl.store(rows_ptr + n * M + m, row, mask=m < M)
         on = row >= 0
@@ -189,7 +212,8 @@ def _gathered_logistic_fwd_kernel(
                 acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
                 for m0 in range(0, M, BLOCK_M):
                     m = m0 + tl.arange(0, BLOCK_M)
-                    row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, TREE)
+                    row = _entry_rows(rows_ptr, label_ptr, n, m, M, num_classes, num_rows,
+                                      lowest_row, verdict_ptr, TREE, NCE, False)
                     on = row >= 0
                     dz = tl.load(dz_ptr + n * M + m, mask=on, other=0)
                     wc = tl.load(w_ptr + row[:, None] * stride_wr + dc[None, :] * stride_wd,
@@ -200,93 +224,117 @@ def _gathered_logistic_fwd_kernel(
 
 
 @triton.jit
+def _row_bounds(sorted_rows_ptr, num_entries, search_steps, r):
+    """(first, end) of row r's run in the sorted rows: two lower bounds, r and r + 1, found
+    together by a binary search of `search_steps` (> log2 of the entry count) halvings."""
+    wanted = r + tl.arange(0, 2)
+    low = tl.full([2], 0, tl.int64)
+    high = tl.full([2], 0, tl.int64) + num_entries
+    for _ in range(search_steps):
+        open_ = low < high
+        middle = (low + high) >> 1  # a shift: an integer division is a subroutine call
+        below = tl.load(sorted_rows_ptr + middle, mask=open_, other=0) < wanted
+        low = tl.where(open_ & below, middle + 1, low)
+        high = tl.where(open_ & ~below, middle, high)
+    lane = tl.arange(0, 2)
+    return tl.sum(tl.where(lane == 0, low, 0), axis=0), tl.sum(tl.where(lane == 1, low, 0), axis=0)
+
+
+@triton.jit
 def _scatter_pieces_kernel(
     x_ptr, stride_xn, stride_xd,     # input (N, D) (GRAD_W)
     coef_ptr,                        # (N * M,) dz per entry (GRAD_W, GRAD_B)
     coef_q_ptr,                      # (N * M,) d cost / d log b per entry (GRAD_Q)
     scale_ptr,                       # (N,) grad_output per sample (HAS_SCALE)
-    order_ptr,                       # entries stably sorted by row
-    bounds_ptr,                      # (R + 1,): row r's entries are order[bounds[r]:bounds[r + 1]]
-    piece_offsets_ptr,               # (R + 1,): row r's pieces are [piece_offsets[r], ...[r + 1])
-    piece_rows_ptr,                  # (grid,): 1 + the row of piece g (searchsorted's count)
-    slot_offsets_ptr,                # (R,): first partial slot of a row of several pieces
-    gw_ptr, gb_ptr, gq_ptr,          # (R, D) contiguous, (R,), (R,): rows of one piece
-    part_w_ptr, part_b_ptr, part_q_ptr,  # (S, D), (S,), (S,) partials of longer rows
-    lead_ptr,                        # (S,) the row whose first piece a slot holds, else -1
-    num_rows, piece_entries, M, D,
+    sorted_rows_ptr, order_ptr,      # (E,) the entries' rows sorted, and the entries in that order
+    gw_ptr, gb_ptr, gq_ptr,          # (R, D) contiguous, (R,), (R,): rows within one chunk
+    part_w_ptr, part_b_ptr, part_q_ptr,  # (2, chunks, D), (2, chunks), (2, chunks): partials
+    num_rows, num_entries, num_chunks, piece_entries, search_steps, M, D,
     GRAD_W: tl.constexpr, GRAD_B: tl.constexpr, GRAD_Q: tl.constexpr, HAS_SCALE: tl.constexpr,
     ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Programs [0, R): row r's head, its run up to the end of the chunk it starts in, written
+    to the row itself when the run ends there (untouched rows: zeros), else to the head partial
+    of that chunk. Programs R + c: chunk c's body, the entries of the run that reaches into
+    chunk c from before it, up to the chunk's end, into chunk c's body partial."""
     g = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    if g < tl.load(piece_offsets_ptr + num_rows):  # the grid is the pieces' upper bound
-        r = tl.load(piece_rows_ptr + g) - 1
-        first_piece = tl.load(piece_offsets_ptr + r)
-        pieces = tl.load(piece_offsets_ptr + r + 1) - first_piece
-        k = g - first_piece
-        start = tl.load(bounds_ptr + r) + k * piece_entries
-        end = tl.minimum(start + piece_entries, tl.load(bounds_ptr + r + 1))
-        d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        acc_w = tl.zeros([BLOCK_E, BLOCK_D], ACC)
-        acc_b = tl.zeros([BLOCK_E], ACC)
-        acc_q = tl.zeros([BLOCK_E], ACC)
-        for q0 in range(start, end, BLOCK_E):
-            q = q0 + tl.arange(0, BLOCK_E)
-            entry = tl.load(order_ptr + q, mask=q < end, other=0)
-            sample = entry // M
-            if HAS_SCALE:
-                s = tl.load(scale_ptr + sample, mask=q < end, other=0).to(ACC)
-            else:
-                s = (q < end).to(ACC)
-            if GRAD_W or GRAD_B:
-                c = tl.load(coef_ptr + entry, mask=q < end, other=0).to(ACC) * s
-                acc_b += c
-                if GRAD_W:
-                    xv = tl.load(x_ptr + sample[:, None] * stride_xn + d[None, :] * stride_xd,
-                                 mask=(q < end)[:, None] & (d < D)[None, :], other=0).to(ACC)
-                    acc_w += c[:, None] * xv
-            if GRAD_Q:
-                acc_q += tl.load(coef_q_ptr + entry, mask=q < end, other=0).to(ACC) * s
-        alone = pieces == 1
-        shared = pieces > 1
-        slot = tl.load(slot_offsets_ptr + r) + k
-        if GRAD_W:
-            w_sum = tl.sum(acc_w, axis=0)
-            # the masks compare d with a bound (the interpreter cannot mix a scalar mask in)
-            tl.store(gw_ptr + r * D + d, round_to(w_sum, gw_ptr.dtype.element_ty),
-                     mask=d < tl.where(alone, D, 0))
-            tl.store(part_w_ptr + slot * D + d, w_sum, mask=d < tl.where(alone, 0, D))
-        if pid_d == 0:
-            if GRAD_B:
-                b_sum = tl.sum(acc_b, axis=0)
-                tl.store(gb_ptr + r, round_to(b_sum, gb_ptr.dtype.element_ty), mask=alone)
-                tl.store(part_b_ptr + slot, b_sum, mask=shared)
-            if GRAD_Q:
-                q_sum = tl.sum(acc_q, axis=0)
-                tl.store(gq_ptr + r, round_to(q_sum, gq_ptr.dtype.element_ty), mask=alone)
-                tl.store(part_q_ptr + slot, q_sum, mask=shared)
-            tl.store(lead_ptr + slot, tl.where(k == 0, r, -1), mask=shared)
+    head = g < num_rows
+    chunk_start = (g - num_rows) * piece_entries
+    r = tl.where(head, g, tl.load(sorted_rows_ptr + chunk_start, mask=~head, other=-1))
+    first, end = _row_bounds(sorted_rows_ptr, num_entries, search_steps, r)
+    start = tl.where(head, first, chunk_start)
+    chunk = start // piece_entries
+    # a head, or a body of a row's run that began before the chunk (padding and, with a range
+    # check recorded, an index out of range is no row's)
+    live = (r >= 0) & (r < num_rows) & (head | (first < chunk_start))
+    stop = tl.minimum(end, (chunk + 1) * piece_entries)
+    several = (end - first > 0) & (first // piece_entries != (end - 1) // piece_entries)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    acc_w = tl.zeros([BLOCK_E, BLOCK_D], ACC)
+    acc_b = tl.zeros([BLOCK_E], ACC)
+    acc_q = tl.zeros([BLOCK_E], ACC)
+    for q0 in range(start, tl.where(live, stop, start), BLOCK_E):
+        q = q0 + tl.arange(0, BLOCK_E)
+        entry = tl.load(order_ptr + q, mask=q < stop, other=0)
+        sample = entry // M
+        if HAS_SCALE:
+            s = tl.load(scale_ptr + sample, mask=q < stop, other=0).to(ACC)
+        else:
+            s = (q < stop).to(ACC)
+        if GRAD_W or GRAD_B:
+            c = tl.load(coef_ptr + entry, mask=q < stop, other=0).to(ACC) * s
+            acc_b += c
+            if GRAD_W:
+                xv = tl.load(x_ptr + sample[:, None] * stride_xn + d[None, :] * stride_xd,
+                             mask=(q < stop)[:, None] & (d < D)[None, :], other=0).to(ACC)
+                acc_w += c[:, None] * xv
+        if GRAD_Q:
+            acc_q += tl.load(coef_q_ptr + entry, mask=q < stop, other=0).to(ACC) * s
+    direct = live & head & ~several
+    partial = live & ~direct
+    # partial slot: the head's of its chunk (first half) or chunk c's body (second half)
+    slot = tl.where(head, chunk, num_chunks + g - num_rows)
+    if GRAD_W:
+        w_sum = tl.sum(acc_w, axis=0)
+        # the masks compare d with a bound (the interpreter cannot mix a scalar mask in)
+        tl.store(gw_ptr + r * D + d, round_to(w_sum, gw_ptr.dtype.element_ty),
+                 mask=d < tl.where(direct, D, 0))
+        tl.store(part_w_ptr + slot * D + d, w_sum, mask=d < tl.where(partial, D, 0))
+    if pid_d == 0:
+        if GRAD_B:
+            b_sum = tl.sum(acc_b, axis=0)
+            tl.store(gb_ptr + r, round_to(b_sum, gb_ptr.dtype.element_ty), mask=direct)
+            tl.store(part_b_ptr + slot, b_sum, mask=partial)
+        if GRAD_Q:
+            q_sum = tl.sum(acc_q, axis=0)
+            tl.store(gq_ptr + r, round_to(q_sum, gq_ptr.dtype.element_ty), mask=direct)
+            tl.store(part_q_ptr + slot, q_sum, mask=partial)
 
 
 @triton.jit
 def _reduce_partials_kernel(
-    part_w_ptr, part_b_ptr, part_q_ptr, lead_ptr, piece_offsets_ptr, gw_ptr, gb_ptr, gq_ptr, D,
+    sorted_rows_ptr, part_w_ptr, part_b_ptr, part_q_ptr, gw_ptr, gb_ptr, gq_ptr,
+    num_rows, num_entries, num_chunks, piece_entries, search_steps, D,
     GRAD_W: tl.constexpr, GRAD_B: tl.constexpr, GRAD_Q: tl.constexpr,
     ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Per slot holding a row's first piece: that row's partials summed in piece order."""
-    s = tl.program_id(0).to(tl.int64)
+    """Per chunk c whose last run begins in it and goes on past it: that row's head partial
+    and then its body partials, chunk by chunk, summed in that order into the row."""
+    c = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    r = tl.load(lead_ptr + s)
-    if r >= 0:
-        pieces = tl.load(piece_offsets_ptr + r + 1) - tl.load(piece_offsets_ptr + r)
+    chunk_end = tl.minimum((c + 1) * piece_entries, num_entries)
+    r = tl.load(sorted_rows_ptr + chunk_end - 1)
+    first, end = _row_bounds(sorted_rows_ptr, num_entries, search_steps, r)
+    if (r >= 0) & (r < num_rows) & (first >= c * piece_entries) & (end > chunk_end):
+        pieces = (end - 1) // piece_entries - c + 1  # the head, then a body per chunk after it
         d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         acc_w = tl.zeros([BLOCK_S, BLOCK_D], ACC)
         acc_b = tl.zeros([BLOCK_S], ACC)
         acc_q = tl.zeros([BLOCK_S], ACC)
         for j0 in range(0, pieces, BLOCK_S):
             j = j0 + tl.arange(0, BLOCK_S)
-            slot = s + j
+            slot = tl.where(j == 0, c, num_chunks + c + j)
             if GRAD_W:
                 acc_w += tl.load(part_w_ptr + slot[:, None] * D + d[None, :],
                                  mask=(j < pieces)[:, None] & (d < D)[None, :], other=0)
@@ -314,10 +362,10 @@ def _block_d(num_features, acc):
 
 
 def piece_entries(num_entries):
-    """Entries per piece of a row's segment: BLOCK_E times the smallest step count s with
-    E / (BLOCK_E s) partials (a row holding every entry) reduced in at most s steps of
-    REDUCE_ROWS, so no program, piece or reduction, runs more than s ~ sqrt(E / (BLOCK_E *
-    REDUCE_ROWS)) steps, whatever the row lengths."""
+    """Sorted entries per chunk, P: BLOCK_E times the smallest step count s with the E / P
+    partials of a row holding every entry reduced in at most s steps of REDUCE_ROWS, so no
+    program, piece (a run's part within one chunk, at most P entries) or reduction, runs more
+    than s ~ sqrt(E / (BLOCK_E * REDUCE_ROWS)) steps, whatever the row lengths."""
     steps = max(1, math.ceil(math.sqrt(num_entries / (SCATTER_BLOCK_E * REDUCE_ROWS))))
     return SCATTER_BLOCK_E * steps
 
@@ -331,25 +379,16 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
     device, num_features = rows.device, x.shape[1]
     num_entries = rows.numel()
     per_piece = piece_entries(num_entries)
+    num_chunks = triton.cdiv(num_entries, per_piece)
     sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)
-    bounds = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=device))
-    # ceil(length / P) pieces, and one (of zeros) for an untouched row
-    pieces = ((bounds[1:] - bounds[:-1] - 1) // per_piece).clamp_(min=0) + 1
-    piece_offsets = torch.zeros(num_rows + 1, dtype=torch.int64, device=device)
-    torch.cumsum(pieces, 0, out=piece_offsets[1:])
-    several = torch.where(pieces > 1, pieces, 0)
-    slot_offsets = torch.cumsum(several, 0) - several
-    # a row of several pieces has over P entries, so its ceil(length / P) pieces number under
-    # 2 length / P: fewer than 2 E / P slots in all
-    num_slots = 2 * num_entries // per_piece + 1
-    part_w = (torch.empty(num_slots, num_features, device=device, dtype=acc)
+    # the partials: each chunk's head (its last run, when that goes on past it), then bodies
+    part_w = (torch.empty(2 * num_chunks, num_features, device=device, dtype=acc)
               if grad_w is not None else None)
-    part_b, part_q = (torch.empty(num_slots, device=device, dtype=acc) if g is not None else None
-                      for g in (grad_b, grad_q))
-    lead = torch.full((num_slots,), -1, device=device, dtype=torch.int64)
+    part_b, part_q = (torch.empty(2 * num_chunks, device=device, dtype=acc) if g is not None
+                      else None for g in (grad_b, grad_q))
     block_d = _block_d(num_features, acc)
     # at least one feature chunk even for D = 0: its first program writes the bias gradients
-    chunks = max(1, triton.cdiv(num_features, block_d)) if grad_w is not None else 1
+    chunks_d = max(1, triton.cdiv(num_features, block_d)) if grad_w is not None else 1
     flags = dict(GRAD_W=grad_w is not None, GRAD_B=grad_b is not None, GRAD_Q=grad_q is not None,
                  ACC=triton_accumulation(acc), BLOCK_D=block_d, num_warps=NUM_WARPS)
     any_out = next(t for t in (grad_w, grad_b, grad_q) if t is not None)
@@ -357,20 +396,19 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
     def pointer(t):  # a tensor the kernel does not read (its flag is off) still takes a pointer
         return any_out if t is None else t
 
-    # a row's pieces beyond its first hold more than P entries each: fewer than E / P in all
-    grid_pieces = num_rows + num_entries // per_piece
-    piece_rows = torch.searchsorted(piece_offsets, torch.arange(grid_pieces, device=device),
-                                    right=True)
-    _scatter_pieces_kernel[(grid_pieces, chunks)](
-        x, x.stride(0), x.stride(1), pointer(coef), pointer(coef_q), pointer(scale), order, bounds,
-        piece_offsets, piece_rows, slot_offsets, pointer(grad_w), pointer(grad_b), pointer(grad_q),
-        pointer(part_w), pointer(part_b), pointer(part_q), lead,
-        num_rows, per_piece, rows.shape[1], num_features,
+    search_steps = num_entries.bit_length()  # halvings of the binary search over E entries
+    _scatter_pieces_kernel[(num_rows + num_chunks, chunks_d)](
+        x, x.stride(0), x.stride(1), pointer(coef), pointer(coef_q), pointer(scale),
+        sorted_rows, order, pointer(grad_w), pointer(grad_b), pointer(grad_q),
+        pointer(part_w), pointer(part_b), pointer(part_q),
+        num_rows, num_entries, num_chunks, per_piece, search_steps, rows.shape[1], num_features,
         HAS_SCALE=scale is not None, BLOCK_E=SCATTER_BLOCK_E, **flags)
-    _reduce_partials_kernel[(num_slots, chunks)](
-        pointer(part_w), pointer(part_b), pointer(part_q), lead, piece_offsets,
-        pointer(grad_w), pointer(grad_b), pointer(grad_q), num_features, BLOCK_S=REDUCE_ROWS,
-        **flags)
+    if num_chunks > 1:  # a run goes on past its chunk only where there is a next one
+        _reduce_partials_kernel[(num_chunks - 1, chunks_d)](
+            sorted_rows, pointer(part_w), pointer(part_b), pointer(part_q),
+            pointer(grad_w), pointer(grad_b), pointer(grad_q),
+            num_rows, num_entries, num_chunks, per_piece, search_steps, num_features,
+            BLOCK_S=REDUCE_ROWS, **flags)
 
 
 def _forward(input, weight, bias, entries, noise_log_probs, num_noise, divisor, needs,
@@ -395,19 +433,25 @@ def _forward(input, weight, bias, entries, noise_log_probs, num_noise, divisor, 
     grad_x = (torch.empty(batch, num_features, device=input.device, dtype=grad_x_dtype)
               if need_x else None)
     block_d = _block_d(num_features, acc)
+    checks = [(index, message) for index, message in enumerate(entries.index_errors)
+              if message is not None]
+    verdicts = torch.ones(2, dtype=torch.int32, device=input.device) if checks else loss
     if batch > 0:
         _gathered_logistic_fwd_kernel[(batch,)](
             input, input.stride(0), input.stride(1), weight, weight.stride(0), weight.stride(1),
             bias.contiguous() if bias is not None else loss, loss if rows is None else rows,
             loss if codes is None else codes, entries.label if tree else loss,
-            entries.num_classes if tree else 0,
+            entries.num_classes if tree else 0, weight.shape[0], 0 if nce else -1, verdicts,
             noise_log_probs.contiguous() if nce else loss, num_noise, divisor, loss,
             loss if dz is None else dz, loss if dlogb is None else dlogb,
             loss if grad_x is None else grad_x, num_entries, num_features,
             NCE=nce, HAS_BIAS=bias is not None, STORE_DZ=dz is not None,
             STORE_DLOGB=dlogb is not None, GRAD_X=need_x, ONE_CHUNK=num_features <= block_d,
-            TREE=tree, STORE_ROWS=tree and rows is not None, ACC=triton_accumulation(acc), BLOCK_M=_block(num_entries, MAX_BLOCK_M),
+            TREE=tree, STORE_ROWS=tree and rows is not None, CHECK_ROWS=bool(checks),
+            ACC=triton_accumulation(acc), BLOCK_M=_block(num_entries, MAX_BLOCK_M),
             BLOCK_D=block_d, num_warps=NUM_WARPS)
+    for index, message in checks:  # queued: no host sync (the CPU checks before any launch)
+        torch._assert_async(verdicts[index], message)
     return loss, dz, dlogb, grad_x, rows
 
 
@@ -477,9 +521,13 @@ class _PerSampleGatheredLogistic(torch.autograd.Function):
 @dataclasses.dataclass
 class Paths:
     """Each sample's entries as given: rows (N, M) int64 of W (-1: padding) and, for
-    hsigmoid, codes (N, M) their target bits (NCE: None, the first entry is the target)."""
+    hsigmoid, codes (N, M) their target bits (NCE: None, the first entry is the target).
+    index_errors: where the rows' range check is the call's (CUDA), its message (NCE: the
+    target's, then the noise samples'), else None; the forward kernel records it as it reads
+    the rows, in [-1, R) (NCE: [0, R))."""
     rows: torch.Tensor
     codes: typing.Optional[torch.Tensor] = None
+    index_errors: tuple = ()
 
     @property
     def shape(self):
@@ -489,9 +537,11 @@ class Paths:
 @dataclasses.dataclass
 class DefaultTree:
     """hsigmoid's default tree, its paths computed in the forward kernel from the labels (N,)
-    int64; the kernel writes the rows out only where the scatter reads them."""
+    int64; the kernel writes the rows out only where the scatter reads them. index_errors: as
+    Paths', for the labels' range check, [0, num_classes)."""
     label: torch.Tensor
     num_classes: int
+    index_errors: tuple = ()
 
     @property
     def shape(self):  # the longest code is 2 * num_classes - 1

@@ -10,11 +10,15 @@ from ._gathered_logistic import DefaultTree, Paths, gathered_logistic
 
 
 def hsigmoid_loss(input, label, num_classes, weight, bias=None, path_table=None, path_code=None,
-                  reduction="mean"):
+                  reduction="mean", queued_index_error=None):
+    """queued_index_error: where the range check of the labels (default tree) or of path_table
+    is the call's (CUDA), its message: the forward kernel records it as it reads them."""
     if path_table is None:
-        entries = DefaultTree(label.long().reshape(-1).contiguous(), num_classes)
+        entries = DefaultTree(label.long().reshape(-1).contiguous(), num_classes,
+                              (queued_index_error,))
     else:
-        entries = Paths(path_table.long().contiguous(), path_code.long().contiguous())
+        entries = Paths(path_table.long().contiguous(), path_code.long().contiguous(),
+                        (queued_index_error,))
     return gathered_logistic(input, weight, bias, entries, None, 0, reduction)
 
 

@@ -15,9 +15,14 @@ import torch
 from ._gathered_logistic import Paths, gathered_logistic
 
 
-def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean"):
+def nce_loss(input, target, weight, bias, noise_samples, noise_log_probs, reduction="mean",
+             queued_target_error=None, queued_noise_error=None):
+    """queued_target_error, queued_noise_error: where the range check of the target or of the
+    noise samples is the call's (CUDA), its message: the forward kernel records it as it reads
+    the classes (the target is entry 0 of each sample, the noise samples the rest)."""
     classes = torch.cat([target.reshape(-1, 1), noise_samples], dim=1).long()  # (N, 1 + k)
-    return gathered_logistic(input, weight, bias, Paths(classes), noise_log_probs,
+    entries = Paths(classes, index_errors=(queued_target_error, queued_noise_error))
+    return gathered_logistic(input, weight, bias, entries, noise_log_probs,
                              noise_samples.shape[1], reduction)
 
 
