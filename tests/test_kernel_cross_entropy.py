@@ -86,6 +86,16 @@ def test_cross_entropy_options(labels, reduction, weighted, label_smoothing, log
                               label_smoothing=label_smoothing, **LOGIT_OPTIONS[logit_option])
 
 
+def test_nll_loss_reduced_across_programs():
+    """2100 tokens are three programs of the gather kernel (the interpreter's block of 1024):
+    the last to finish sums their losses and weights in program order, and divides for 'mean'
+    by the weights' sum, which the backward reads."""
+    log_probs = torch.log_softmax(_logits((2100, 3)).detach(), 1).requires_grad_()
+    target = _labels((2100,), 3)
+    target[::4] = -100
+    assert_close_to_reference("nll_loss", log_probs, target, weight=_class_weight(3))
+
+
 @pytest.mark.parametrize("num_classes", [5, BIG_V])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -132,6 +132,35 @@ def step_row(buffer, step, width, EVERY_STEP: tl.constexpr):
     return buffer + (step & 1) * width
 
 
+@triton.jit
+def ordered_program_sums(partials_ptr, pid, programs, first, second, PAIR: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """Deterministic sums over a launch's programs of one value each (`first`), or of two
+    (`second` too, with PAIR), in one pass and no second launch. `partials_ptr`: a zeroed buffer
+    of the accumulation dtype: a counter, `programs` slots for `first`, then (PAIR) `programs`
+    for `second`. Each program stores its values, then counts itself (atomic adds of 1.0 count
+    exactly in any order); the last to finish, told so by the count, sums the slots in program
+    order, whatever the order the programs ran in. Returns (whether this program finished last,
+    the first sum, the second), the sums meaningful in that program alone."""
+    tl.store(partials_ptr + 1 + pid, first)
+    if PAIR:
+        tl.store(partials_ptr + 1 + programs + pid, second)
+    tl.debug_barrier()  # every thread's stores precede the (releasing) count
+    finished = tl.atomic_add(partials_ptr, 1.0, sem="acq_rel")
+    last = finished == programs - 1
+    first_total = tl.zeros((BLOCK,), first.dtype)
+    second_total = tl.zeros((BLOCK,), first.dtype)
+    if last:
+        for start in range(0, programs, BLOCK):
+            index = start + tl.arange(0, BLOCK)
+            first_total += tl.load(partials_ptr + 1 + index, mask=index < programs, other=0.0,
+                                   cache_modifier=".cg")
+            if PAIR:
+                second_total += tl.load(partials_ptr + 1 + programs + index,
+                                        mask=index < programs, other=0.0, cache_modifier=".cg")
+    return last, tl.sum(first_total, axis=0), tl.sum(second_total, axis=0)
+
+
 # The interpreter's fp32 -> bf16 cast truncates where the GPU's rounds to nearest even
 _ROUND_BF16_BY_HAND = tl.constexpr(interpreting())
 

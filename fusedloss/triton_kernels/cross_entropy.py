@@ -28,8 +28,13 @@ The 'mean' divisor is computed by every program from the targets (N labels, and 
 of each: a few bytes per token, L2-resident, against a row of C logits), and the reduction over
 tokens happens in the launch: each program keeps the sum of its own tokens in order, stores it,
 and the program that finishes last (an acq_rel counter of whole numbers, exact in any order)
-sums the P partials in program order, divides and writes the loss: the same bits run to run.
-The backward only scales the stored gradient by grad_output (free when it is 1).
+sums the P partials in program order, divides and writes the loss: the same bits run to run
+(`_common.ordered_program_sums`). The backward only scales the stored gradient by grad_output
+(free when it is 1).
+
+NLL: a gather launch over blocks of tokens (each one's -w_t log p_t and w_t, the weights kept
+for the backward), reduced in the launch the same way, the weights' sum being the 'mean'
+divisor; its backward is one launch that writes the whole gradient once.
 
 The class-index check, where it is the launch's (CUDA, torch.compile: CHECK_TARGETS): a target
 that is neither a class nor ignore_index is treated as ignored (nothing is read at it) and
@@ -77,8 +82,8 @@ import triton.language as tl
 
 from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, MAX_HELD_ROW, MAX_ROW_BLOCK, accumulation_dtype,
-                      fp32_pair, held_row_warps, persistent_programs, round_to, row_block,
-                      row_warps, triton_accumulation)
+                      fp32_pair, held_row_warps, ordered_program_sums, persistent_programs,
+                      round_to, row_block, row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
 from .._autocast import loss_dtype
 from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
@@ -617,20 +622,10 @@ def _softmax_loss_kernel(
             tl.store(partials_ptr + 1 + programs, 1.0)
         else:
             tl.store(check_ptr, 0.0)
-    if REDUCE:
-        # deterministic cross-program sum: each program stores its partial (its rows in a fixed
-        # order), and the last to finish, told so by an integer-valued counter whose atomic adds
-        # give the same count in any order, sums the partials in program order
-        tl.store(partials_ptr + 1 + pid, partial)
-        tl.debug_barrier()  # every thread's stores precede the (releasing) count
-        finished = tl.atomic_add(partials_ptr, 1.0, sem="acq_rel")
-        if finished == programs - 1:
-            total = tl.zeros((TOKEN_BLOCK,), ACC)
-            for start in range(0, programs, TOKEN_BLOCK):
-                index = start + tl.arange(0, TOKEN_BLOCK)
-                total += tl.load(partials_ptr + 1 + index, mask=index < programs, other=0.0,
-                                 cache_modifier=".cg")
-            total = tl.sum(total, axis=0)
+    if REDUCE:  # each program's partial sums its rows in a fixed order
+        last, total, _ = ordered_program_sums(partials_ptr, pid, programs, partial, partial,
+                                              False, TOKEN_BLOCK)
+        if last:
             if MEAN:  # a mean over nothing (every token ignored or weighted 0) is NaN, as torch's
                 total = tl.where(denominator != 0, total / denominator, float("nan"))
             tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
@@ -644,14 +639,20 @@ def _nll_kernel(
     log_probs_ptr, stride_n, stride_c, stride_s,
     target_ptr,  # (N*S,) class indices
     weight_ptr,  # (C,) class weights; read when HAS_WEIGHT
-    loss_ptr,  # (N*S,) per-token loss, accumulation dtype
+    loss_ptr,  # (N*S,) per-token loss, accumulation dtype; with REDUCE 0-d, the loss's dtype
     target_weight_ptr,  # (N*S,) weight of each token's target, 0 when ignored
     check_ptr,  # CHECK_TARGETS: a 0-d verdict of ones, cleared where a target is out of range
+    partials_ptr,  # REDUCE: zeroed (1 + 2 programs,), _common.ordered_program_sums'
+    denominator_ptr,  # REDUCE: 0-d, the sum of the target weights ('mean' divisor)
     num_tokens, spatial, num_classes, ignore_index,
     ACC: tl.constexpr, BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    CHECK_TARGETS: tl.constexpr,
+    CHECK_TARGETS: tl.constexpr, REDUCE: tl.constexpr, MEAN: tl.constexpr,
 ):
-    tokens = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    """A block of tokens: each one's -w_t log p_t and w_t; with REDUCE their sum (over the sum
+    of the weights with MEAN, NaN where that is 0, as torch's) and the weights' sum, written by
+    the program that finishes last."""
+    pid = tl.program_id(0)
+    tokens = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = tokens < num_tokens
     label = tl.load(target_ptr + tokens, mask=in_range, other=0).to(tl.int64)
     # a target that is neither a class nor ignore_index counts as ignored: nothing is read at it
@@ -667,8 +668,19 @@ def _nll_kernel(
     else:
         w = kept.to(ACC)
     w = tl.where(kept, w, 0.0)
-    tl.store(loss_ptr + tokens, tl.where(kept, -w * log_p, 0.0), mask=in_range)
+    loss = tl.where(kept, -w * log_p, 0.0)
     tl.store(target_weight_ptr + tokens, w, mask=in_range)
+    if REDUCE:
+        last, total, weights = ordered_program_sums(
+            partials_ptr, pid, tl.num_programs(0), tl.sum(loss, axis=0), tl.sum(w, axis=0),
+            True, BLOCK)
+        if last:
+            if MEAN:
+                total = tl.where(weights != 0, total / weights, float("nan"))
+            tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
+            tl.store(denominator_ptr, weights)
+    else:
+        tl.store(loss_ptr + tokens, loss, mask=in_range)
 
 
 @triton.jit
@@ -1116,30 +1128,44 @@ class _NLLLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, index_error):
         acc = accumulation_dtype(input.dtype)
+        device = input.device
         log_probs = _as_tokens(input)
         num_rows, num_classes, spatial = log_probs.shape
         num_tokens = num_rows * spatial
         flat_target = target.reshape(-1).contiguous()
-        loss = torch.empty(num_tokens, dtype=acc, device=input.device)
-        target_weight = torch.empty(num_tokens, dtype=acc, device=input.device)
+        target_weight = torch.empty(num_tokens, dtype=acc, device=device)
+        # 'mean' and 'sum' are reduced by the launch itself, with its 'mean' divisor
+        in_kernel = reduction != "none" and num_tokens > 0
+        if in_kernel:
+            loss = torch.empty((), dtype=loss_dtype(input.dtype, device), device=device)
+            denominator = torch.empty((), dtype=acc, device=device)
+        else:
+            loss = torch.empty(num_tokens, dtype=acc, device=device)
         if num_tokens > 0:
             block = min(ELEMENTWISE_BLOCK, triton.next_power_of_2(num_tokens))
-            check = (torch.ones((), dtype=acc, device=input.device) if index_error is not None
+            programs = triton.cdiv(num_tokens, block)
+            check = (torch.ones((), dtype=acc, device=device) if index_error is not None
                      else None)
-            _nll_kernel[(triton.cdiv(num_tokens, block),)](
+            partials = (torch.zeros(1 + 2 * programs, dtype=acc, device=device) if in_kernel
+                        else None)
+            _nll_kernel[(programs,)](
                 log_probs, *log_probs.stride(), flat_target,
                 weight if weight is not None else loss, loss, target_weight,
-                check if check is not None else loss,
+                check if check is not None else loss, partials if in_kernel else loss,
+                denominator if in_kernel else loss,
                 num_tokens, spatial, num_classes, ignore_index,
                 ACC=triton_accumulation(input.dtype), BLOCK=block, HAS_WEIGHT=weight is not None,
-                CHECK_TARGETS=check is not None,
+                CHECK_TARGETS=check is not None, REDUCE=in_kernel, MEAN=reduction == "mean",
                 num_warps=row_warps(block),  # 4 warps on 4096 tokens spilled (ptxas, sm_90)
             )
             if check is not None:  # queued: no host sync (the CPU raises at once)
                 torch._assert_async(check, index_error)
-        denominator = target_weight.sum()
-        reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(
-            loss_dtype(input.dtype, input.device))
+        if in_kernel:
+            reduced = loss
+        else:  # the backward reads the divisor with 'mean' alone
+            denominator = target_weight.sum() if reduction == "mean" else target_weight
+            reduced = reduce(loss.view(_token_shape(input)), reduction, denominator).to(
+                loss_dtype(input.dtype, device))
         ctx.save_for_backward(flat_target, target_weight, denominator)
         ctx.shape = (num_rows, num_classes, spatial)
         ctx.input_shape, ctx.dtype = input.shape, input.dtype
