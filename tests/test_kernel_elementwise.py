@@ -149,12 +149,13 @@ def test_matches_reference(name, config, dtype, reduction):
     check(name, *build(name, config, (3, 2, 5), dtype, reduction=reduction))
 
 
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-@pytest.mark.parametrize("name", LOSSES)
-def test_more_than_one_block(name, reduction):
-    """3000 elements: several programs (the interpreter's block is 1024) and a ragged last one."""
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("name,config", ALL_CONFIGS)
+def test_more_than_one_block(name, config, reduction):
+    """3000 elements: several programs (the interpreter's block is 1024) and a ragged last one,
+    whose sums the last program to finish reduces (a weighted mean's weights too)."""
     shape = (3, 250) if name == "dice_loss" else (3, 1000)
-    check(name, *build(name, 0, shape, torch.float32, seed=1, reduction=reduction))
+    check(name, *build(name, config, shape, torch.float32, seed=1, reduction=reduction))
 
 
 @st.composite

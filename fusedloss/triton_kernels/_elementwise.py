@@ -11,10 +11,12 @@ ranking.py) passed as the constexpr LOSS, so each compiled kernel contains only 
 for one element, with `a, b, c` the operands (already loaded and cast to the accumulation dtype,
 in the order of the loss's Python signature; c is 1 when absent) and `p0, p1` its two scalar
 parameters, before any weight or reduction scaling. Derivatives of operands a loss does not have
-are returned as 0 and never stored. 'mean' and 'sum'
-finish with a torch sum of the partials: no atomics, so the same input gives the same bits. The
-backward only multiplies the saved gradients by grad_output (scalar or elementwise;
-_precomputed_gradient.py).
+are returned as 0 and never stored. 'mean' and 'sum' are reduced in the
+launch: each program sums its block, and the program that finishes last sums those partials in
+program order (_common.ordered_program_sums: the same input gives the same bits), divides for
+'mean' (by the element count, or by the weight sum of a weighted mean, summed alike) and writes
+the loss. The backward only multiplies the saved gradients by grad_output (scalar or
+elementwise; _precomputed_gradient.py).
 
 Range check (A_IN_UNIT, compiled into BCE on probabilities alone, where the check is queued on
 the device): each program also writes one int8 flag, whether every `a` it loaded lies in
@@ -34,10 +36,15 @@ import triton
 import triton.language as tl
 
 from .._reduction import reduce
-from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, broadcast_shape, fp32_pair, round_to,
-                      row_warps, triton_accumulation)
+from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, broadcast_shape, fp32_pair,
+                      ordered_program_sums, round_to, row_warps, triton_accumulation)
 from .._autocast import loss_dtype
 from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
+
+
+# Partials the last program adds per step of its reduction: few, for registers (with the
+# launch's block, fp64 sigmoid focal loss spilled 28 bytes a thread for sm_90; 16 at this width)
+PARTIALS_BLOCK = tl.constexpr(256)
 
 
 @triton.jit
@@ -64,7 +71,7 @@ def _store(ptr, offsets, value, mask, MASKED: tl.constexpr):
 
 @triton.jit
 def _elementwise_block(
-    a_ptr, b_ptr, c_ptr, w_ptr, c_period, w_period, loss_ptr, weight_sum_ptr, a_in_unit_ptr,
+    a_ptr, b_ptr, c_ptr, w_ptr, c_period, w_period, loss_ptr, a_in_unit_ptr,
     ga_ptr, gb_ptr, gc_ptr, gw_ptr, n, p0_hi, p0_lo, p1_hi, p1_lo, pid, offsets, mask,
     LOSS: tl.constexpr, HAS_C: tl.constexpr, HAS_W: tl.constexpr,
     C_REPEATS: tl.constexpr, W_REPEATS: tl.constexpr,
@@ -72,7 +79,8 @@ def _elementwise_block(
     GRAD_A: tl.constexpr, GRAD_B: tl.constexpr, GRAD_C: tl.constexpr, GRAD_W: tl.constexpr,
     ACC: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr,
 ):
-    """One program's block; MASKED only for the last, partial one (the kernel says why)."""
+    """One program's block; MASKED only for the last, partial one (the kernel says why).
+    Returns the block's sums of the loss and (WEIGHT_SUM) of the weight, with REDUCE."""
     a = _load(a_ptr, offsets, mask, n, False, ACC, MASKED)
     b = _load(b_ptr, offsets, mask, n, False, ACC, MASKED)
     if HAS_C:
@@ -103,20 +111,25 @@ def _elementwise_block(
     if GRAD_C:
         _store(gc_ptr, offsets, dc * scale, mask, MASKED)
 
+    loss_sum = tl.full([], 0.0, ACC)
+    weight_sum = tl.full([], 0.0, ACC)
     if REDUCE:
-        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+        loss_sum = tl.sum(tl.where(mask, loss, 0.0), axis=0)
         if WEIGHT_SUM:
-            tl.store(weight_sum_ptr + pid, tl.sum(tl.where(mask, w, 0.0), axis=0))
+            weight_sum = tl.sum(tl.where(mask, w, 0.0), axis=0)
     else:
         _store(loss_ptr, offsets, loss, mask, MASKED)
+    return loss_sum, weight_sum
 
 
 @triton.jit
 def _elementwise_loss_kernel(
     a_ptr, b_ptr, c_ptr, w_ptr,      # operands in the loss's signature order; c, w optional
     c_period, w_period,              # c and w repeat every `period` elements when *_REPEATS
-    loss_ptr,                        # per-element loss, or one partial sum per program (REDUCE)
-    weight_sum_ptr,                  # one partial sum of the weight per program (WEIGHT_SUM)
+    loss_ptr,                        # per-element loss, or the 0-d reduced loss (REDUCE)
+    partials_ptr,                    # REDUCE: zeroed (1 + 2 programs,), ordered_program_sums'
+    totals_ptr,                      # WEIGHT_SUM: (2,) the weighted mean and the weight sum, in
+                                     # the accumulation dtype (the backward's)
     a_in_unit_ptr,                   # one int8 per program: every a it read is in [0, 1] (A_IN_UNIT)
     ga_ptr, gb_ptr, gc_ptr, gw_ptr,  # gradients; gw holds the unweighted loss
     n,                               # element count
@@ -135,13 +148,29 @@ def _elementwise_loss_kernel(
     # a whole block goes unmasked: a mask against an n not known to be a multiple of 16 would
     # make every access of the launch scalar; only the last, partial block is masked. The block
     # is compiled twice (MASKED a constexpr of the static loop) and each program runs one.
+    loss_sum = tl.full([], 0.0, ACC)
+    weight_sum = tl.full([], 0.0, ACC)
     for masked in tl.static_range(2):
         if (masked == 1) == ((pid + 1) * BLOCK > n):
-            _elementwise_block(a_ptr, b_ptr, c_ptr, w_ptr, c_period, w_period, loss_ptr,
-                               weight_sum_ptr, a_in_unit_ptr, ga_ptr, gb_ptr, gc_ptr, gw_ptr, n,
-                               p0_hi, p0_lo, p1_hi, p1_lo, pid, offsets, mask, LOSS, HAS_C,
-                               HAS_W, C_REPEATS, W_REPEATS, REDUCE, MEAN, WEIGHT_SUM, A_IN_UNIT,
-                               GRAD_A, GRAD_B, GRAD_C, GRAD_W, ACC, BLOCK, masked == 1)
+            block_loss, block_weight = _elementwise_block(
+                a_ptr, b_ptr, c_ptr, w_ptr, c_period, w_period, loss_ptr, a_in_unit_ptr,
+                ga_ptr, gb_ptr, gc_ptr, gw_ptr, n, p0_hi, p0_lo, p1_hi, p1_lo, pid, offsets,
+                mask, LOSS, HAS_C, HAS_W, C_REPEATS, W_REPEATS, REDUCE, MEAN, WEIGHT_SUM,
+                A_IN_UNIT, GRAD_A, GRAD_B, GRAD_C, GRAD_W, ACC, BLOCK, masked == 1)
+            loss_sum += block_loss
+            weight_sum += block_weight
+    if REDUCE:
+        last, total, weight_total = ordered_program_sums(
+            partials_ptr, pid, tl.num_programs(0), loss_sum, weight_sum, WEIGHT_SUM,
+            PARTIALS_BLOCK)
+        if last:
+            if MEAN:
+                total = total / n
+            if WEIGHT_SUM:  # a weighted mean over no weight is NaN, as torch's
+                total = tl.where(weight_total != 0, total / weight_total, float("nan"))
+                tl.store(totals_ptr, total)
+                tl.store(totals_ptr + 1, weight_total)
+            tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
 
 
 def _repeating(t):
@@ -166,7 +195,6 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
     out_dtype = loss_dtype(functools.reduce(torch.promote_types, [t.dtype for t in present]),
                            a.device)
     acc = accumulation_dtype(out_dtype)
-    partial_sums = reduction != "none"  # one per program, reduced like the losses below
 
     a_flat, b_flat = (t.expand(shape).contiguous().reshape(-1) for t in (a, b))
     c_flat, c_period = _repeating(c.expand(shape)) if c is not None else (a_flat, n)
@@ -174,9 +202,12 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
     # fp64 takes half a block on the same threads: its operands need twice the registers
     block = ELEMENTWISE_BLOCK // 2 if acc == torch.float64 else ELEMENTWISE_BLOCK
     grid = (triton.cdiv(n, block),)
-    loss = torch.empty(grid[0] if partial_sums else n, device=a.device,
-                       dtype=acc if partial_sums else out_dtype)
-    weight_sum = torch.empty(grid[0], device=a.device, dtype=acc) if weighted_mean else loss
+    in_kernel = reduction != "none" and n > 0  # reduced in the launch (module header)
+    loss = torch.empty(() if in_kernel else n, device=a.device,
+                       dtype=out_dtype if in_kernel or reduction == "none" else acc)
+    partials = (torch.zeros(1 + 2 * grid[0], device=a.device, dtype=acc) if in_kernel
+                else loss)
+    totals = torch.empty(2, device=a.device, dtype=acc) if weighted_mean and in_kernel else loss
     checked = unit_interval_error is not None and n > 0
     a_in_unit = torch.empty(grid[0], device=a.device, dtype=torch.int8) if checked else loss
     # keep in the accumulation dtype what backward sums (a broadcast operand's gradient) or
@@ -187,24 +218,26 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
              for t, need, keep in zip(operands, needs, in_acc)]
     if n > 0:
         _elementwise_loss_kernel[grid](
-            a_flat, b_flat, c_flat, w_flat, c_period, w_period, loss, weight_sum, a_in_unit,
+            a_flat, b_flat, c_flat, w_flat, c_period, w_period, loss, partials, totals, a_in_unit,
             *[loss if g is None else g for g in grads], n, *fp32_pair(p0), *fp32_pair(p1),
             LOSS=loss_math, HAS_C=c is not None, HAS_W=w is not None,
             C_REPEATS=c_period != n, W_REPEATS=w_period != n,
-            REDUCE=partial_sums, MEAN=reduction == "mean" and not weighted_mean,
+            REDUCE=in_kernel, MEAN=reduction == "mean" and not weighted_mean,
             WEIGHT_SUM=weighted_mean, A_IN_UNIT=checked,
             GRAD_A=needs[0], GRAD_B=needs[1], GRAD_C=needs[2], GRAD_W=needs[3],
             ACC=triton_accumulation(acc), BLOCK=block, num_warps=row_warps(ELEMENTWISE_BLOCK))
     if checked:  # queued: no host sync (the CPU raises at once)
         torch._assert_async(a_in_unit.all(), unit_interval_error)
 
-    if weighted_mean:
-        weight_sum = weight_sum.sum()
-    result = reduce(loss.view(shape) if reduction == "none" else loss, reduction,
-                    weight_sum if weighted_mean else n)
+    if in_kernel:
+        result = loss
+        mean, weight_sum = totals if weighted_mean else (loss, None)
+    else:  # 'none', or a reduction over no element: torch's empty sum and mean
+        weight_sum = torch.zeros((), device=a.device, dtype=acc)
+        result = mean = reduce(loss.view(shape), reduction, weight_sum if weighted_mean else n)
     grads = [None if g is None else g.view(shape) for g in grads]
     if weighted_mean and grads[3] is not None:  # d/dw_i of sum(w l) / sum(w): (l_i - mean) / sum(w)
-        grads[3] = grads[3] - result
+        grads[3] = grads[3] - mean
 
     def over_weight_sum(grad_output):  # the weighted mean's denominator, known after the sweep
         return grad_output.to(weight_sum.dtype) / weight_sum
