@@ -21,19 +21,20 @@ Passes:
            sum_j dz_j W[r_j] comes from the same gathered tile when the features fit one chunk;
            otherwise pass 2 re-reads the W rows (mostly from cache).
   scatter  the weight/bias (and NCE's noise log-prob) gradients, deterministic and without
-           atomics: the (sample, entry) pairs are stably sorted by row (torch.sort, the one torch
-           op) and cut into chunks of P consecutive sorted entries. A row's entries are a run
-           of the sorted order, which each program finds by binary search (no per-row bounds,
-           counts or prefix sums built by torch ops). One program per (row, feature chunk)
-           takes the row's head, its run up to the end of the chunk it starts in; one per
-           (chunk, feature chunk) takes the body of the run that reaches into that chunk from
-           before it. A run within one chunk (untouched rows included, which write zeros, so
-           dW needs no memset) is written by its head program; a longer run's head and bodies
+           atomics: the (sample, entry) pairs are stably sorted by row (torch.sort), a row's
+           entries are then a run of the sorted order whose bounds searchsorted gives (with an
+           arange, three torch ops in all: no per-row counts or prefix sums), and it is cut
+           into chunks of P consecutive entries. One program per (row, feature chunk) takes
+           the row's head, its run up to the end of the chunk it starts in; one per (chunk,
+           feature chunk) takes the body of the run that reaches into that chunk from before
+           it. A run within one chunk (untouched rows included, which write zeros, so dW
+           needs no memset) is written by its head program; a longer run's head and bodies
            write fp32 partials that a second launch sums per row in chunk order. So a row every
            sample visits (the default tree's root) is split over many programs. P is sized
            from the entry count alone (no host synchronisation): a piece costs P / BLOCK_E
            steps and the longest possible row's reduction E / (P * REDUCE_ROWS) steps, both
-           about sqrt(E / (BLOCK_E * REDUCE_ROWS)).
+           about sqrt(E / (BLOCK_E * REDUCE_ROWS)). (A binary search in every program instead
+           of searchsorted would repeat each row's search once per feature chunk.)
   'mean' / 'sum' run the scatter in the forward, with 1/N folded into dz, so every gradient is
   final and the backward is the shared precomputed-gradient one (_precomputed_gradient.py: it
   moves nothing when grad_output is 1). 'none' cannot: its per-sample grad_output weighs each
@@ -224,20 +225,12 @@ def _gathered_logistic_fwd_kernel(
 
 
 @triton.jit
-def _row_bounds(sorted_rows_ptr, num_entries, search_steps, r):
-    """(first, end) of row r's run in the sorted rows: two lower bounds, r and r + 1, found
-    together by a binary search of `search_steps` (> log2 of the entry count) halvings."""
-    wanted = r + tl.arange(0, 2)
-    low = tl.full([2], 0, tl.int64)
-    high = tl.full([2], 0, tl.int64) + num_entries
-    for _ in range(search_steps):
-        open_ = low < high
-        middle = (low + high) >> 1  # a shift: an integer division is a subroutine call
-        below = tl.load(sorted_rows_ptr + middle, mask=open_, other=0) < wanted
-        low = tl.where(open_ & below, middle + 1, low)
-        high = tl.where(open_ & ~below, middle, high)
-    lane = tl.arange(0, 2)
-    return tl.sum(tl.where(lane == 0, low, 0), axis=0), tl.sum(tl.where(lane == 1, low, 0), axis=0)
+def _row_bounds(bounds_ptr, r, num_rows):
+    """(first, end) of row r's run in the sorted entries; an empty run for a row index out of
+    [0, R) (padding, or with a range check recorded an index out of range)."""
+    row = (r >= 0) & (r < num_rows)
+    return (tl.load(bounds_ptr + r, mask=row, other=0),
+            tl.load(bounds_ptr + r + 1, mask=row, other=0))
 
 
 @triton.jit
@@ -247,9 +240,10 @@ def _scatter_pieces_kernel(
     coef_q_ptr,                      # (N * M,) d cost / d log b per entry (GRAD_Q)
     scale_ptr,                       # (N,) grad_output per sample (HAS_SCALE)
     sorted_rows_ptr, order_ptr,      # (E,) the entries' rows sorted, and the entries in that order
+    bounds_ptr,                      # (R + 1,): row r's run is [bounds[r], bounds[r + 1])
     gw_ptr, gb_ptr, gq_ptr,          # (R, D) contiguous, (R,), (R,): rows within one chunk
     part_w_ptr, part_b_ptr, part_q_ptr,  # (2, chunks, D), (2, chunks), (2, chunks): partials
-    num_rows, num_entries, num_chunks, piece_entries, search_steps, M, D,
+    num_rows, num_entries, num_chunks, piece_entries, M, D,
     GRAD_W: tl.constexpr, GRAD_B: tl.constexpr, GRAD_Q: tl.constexpr, HAS_SCALE: tl.constexpr,
     ACC: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -262,7 +256,7 @@ def _scatter_pieces_kernel(
     head = g < num_rows
     chunk_start = (g - num_rows) * piece_entries
     r = tl.where(head, g, tl.load(sorted_rows_ptr + chunk_start, mask=~head, other=-1))
-    first, end = _row_bounds(sorted_rows_ptr, num_entries, search_steps, r)
+    first, end = _row_bounds(bounds_ptr, r, num_rows)
     start = tl.where(head, first, chunk_start)
     chunk = start // piece_entries
     # a head, or a body of a row's run that began before the chunk (padding and, with a range
@@ -314,8 +308,8 @@ def _scatter_pieces_kernel(
 
 @triton.jit
 def _reduce_partials_kernel(
-    sorted_rows_ptr, part_w_ptr, part_b_ptr, part_q_ptr, gw_ptr, gb_ptr, gq_ptr,
-    num_rows, num_entries, num_chunks, piece_entries, search_steps, D,
+    sorted_rows_ptr, bounds_ptr, part_w_ptr, part_b_ptr, part_q_ptr, gw_ptr, gb_ptr, gq_ptr,
+    num_rows, num_entries, num_chunks, piece_entries, D,
     GRAD_W: tl.constexpr, GRAD_B: tl.constexpr, GRAD_Q: tl.constexpr,
     ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -325,7 +319,7 @@ def _reduce_partials_kernel(
     pid_d = tl.program_id(1)
     chunk_end = tl.minimum((c + 1) * piece_entries, num_entries)
     r = tl.load(sorted_rows_ptr + chunk_end - 1)
-    first, end = _row_bounds(sorted_rows_ptr, num_entries, search_steps, r)
+    first, end = _row_bounds(bounds_ptr, r, num_rows)
     if (r >= 0) & (r < num_rows) & (first >= c * piece_entries) & (end > chunk_end):
         pieces = (end - 1) // piece_entries - c + 1  # the head, then a body per chunk after it
         d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -381,6 +375,7 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
     per_piece = piece_entries(num_entries)
     num_chunks = triton.cdiv(num_entries, per_piece)
     sorted_rows, order = torch.sort(rows.reshape(-1), stable=True)
+    bounds = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, device=device))
     # the partials: each chunk's head (its last run, when that goes on past it), then bodies
     part_w = (torch.empty(2 * num_chunks, num_features, device=device, dtype=acc)
               if grad_w is not None else None)
@@ -396,18 +391,17 @@ def _scatter(x, rows, num_rows, coef, coef_q, scale, grad_w, grad_b, grad_q, acc
     def pointer(t):  # a tensor the kernel does not read (its flag is off) still takes a pointer
         return any_out if t is None else t
 
-    search_steps = num_entries.bit_length()  # halvings of the binary search over E entries
     _scatter_pieces_kernel[(num_rows + num_chunks, chunks_d)](
         x, x.stride(0), x.stride(1), pointer(coef), pointer(coef_q), pointer(scale),
-        sorted_rows, order, pointer(grad_w), pointer(grad_b), pointer(grad_q),
+        sorted_rows, order, bounds, pointer(grad_w), pointer(grad_b), pointer(grad_q),
         pointer(part_w), pointer(part_b), pointer(part_q),
-        num_rows, num_entries, num_chunks, per_piece, search_steps, rows.shape[1], num_features,
+        num_rows, num_entries, num_chunks, per_piece, rows.shape[1], num_features,
         HAS_SCALE=scale is not None, BLOCK_E=SCATTER_BLOCK_E, **flags)
     if num_chunks > 1:  # a run goes on past its chunk only where there is a next one
         _reduce_partials_kernel[(num_chunks - 1, chunks_d)](
-            sorted_rows, pointer(part_w), pointer(part_b), pointer(part_q),
+            sorted_rows, bounds, pointer(part_w), pointer(part_b), pointer(part_q),
             pointer(grad_w), pointer(grad_b), pointer(grad_q),
-            num_rows, num_entries, num_chunks, per_piece, search_steps, num_features,
+            num_rows, num_entries, num_chunks, per_piece, num_features,
             BLOCK_S=REDUCE_ROWS, **flags)
 
 
