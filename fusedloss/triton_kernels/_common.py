@@ -139,7 +139,8 @@ def ordered_program_sums(partials_ptr, pid, programs, first, second, PAIR: tl.co
     (`second` too, with PAIR), in one pass and no second launch. `partials_ptr`: a zeroed buffer
     of the accumulation dtype: a counter, `programs` slots for `first`, then (PAIR) `programs`
     for `second`. Each program stores its values, then counts itself (atomic adds of 1.0 count
-    exactly in any order); the last to finish, told so by the count, sums the slots in program
+    exactly in any order, up to 2**24 programs in fp32: 2**36 elements of the elementwise
+    losses); the last to finish, told so by the count, sums the slots in program
     order, whatever the order the programs ran in. Returns (whether this program finished last,
     the first sum, the second), the sums meaningful in that program alone."""
     tl.store(partials_ptr + 1 + pid, first)
