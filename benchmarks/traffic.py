@@ -243,6 +243,14 @@ def _pointwise(fn, numel, dtype, probabilities=False):
     return build
 
 
+def _dice(samples, rows, classes, dtype):
+    def build():
+        x = torch.rand(samples, rows, classes, generator=_generator()).to(dtype).requires_grad_()
+        label = torch.randint(0, classes, (samples, rows, 1), generator=_generator())
+        return F.dice_loss, (x, label), x
+    return build
+
+
 def _queued(build):
     """A case's build with its loss run with every value check on CUDA's path
     (_args.checks_queued_as_on_cuda): a CUDA call cannot read a verdict on the host without a
@@ -304,6 +312,14 @@ CASES = [
     Case("binary_cross_entropy fp32 (probabilities, checks queued as on CUDA)",
          _queued(_pointwise(F.binary_cross_entropy, 1 << 16, torch.float32, probabilities=True)),
          3.0, 3.0, 9),
+    # dice: the forward reads the probabilities once, the backward writes their gradient once
+    # from each sample's two sums (the int64 labels, read by both, are index traffic: 0.5 of the
+    # input here, 8 bytes a row against 4 fp32 classes; the CPU's check reads them once more);
+    # three launches and no torch ops between them, and on CUDA the sums launch records the
+    # label check (a verdict, an assert)
+    Case("dice_loss N=8 R=4096 C=4 fp32", _dice(8, 4096, 4, torch.float32), 2.0, 3.5, 10),
+    Case("dice_loss N=8 R=4096 C=4 fp32 (checks queued as on CUDA)",
+         _queued(_dice(8, 4096, 4, torch.float32)), 2.0, 3.0, 11),
 ]
 
 

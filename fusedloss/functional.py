@@ -460,8 +460,11 @@ def dice_loss(input: torch.Tensor, label: torch.Tensor, epsilon: float = 1e-5,
     if input.dim() < 2 or label.shape != input.shape[:-1] + (1,):
         raise ValueError(f"dice_loss expects input (N, ..., C) and label (N, ..., 1); got input "
                          f"{list(input.shape)} and label {list(label.shape)}")
-    _args.check_class_indices(label, input.shape[-1], ignore_index=None)
-    return call("dice_loss", input.device, input, label, epsilon=epsilon, reduction=reduction)
+    # off the host the sums kernel records the range check as it reads the labels
+    queued_index_error = _args.check_class_indices(label, input.shape[-1], ignore_index=None,
+                                                   kernel_records=True)
+    return call("dice_loss", input.device, input, label, epsilon=epsilon, reduction=reduction,
+                queued_index_error=queued_index_error)
 
 
 # --- ctc ------------------------------------------------------------------------------------

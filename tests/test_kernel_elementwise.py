@@ -413,3 +413,42 @@ def test_compiled_bce_checks_in_its_kernel_alone(launches):
     assert "fusedloss.binary_cross_entropy.default" in targets, targets
     assert not any("assert" in target for target in targets), targets
     assert [launch["A_IN_UNIT"] for launch in launches] == [True]
+
+
+def test_dice_sums_kernel_records_the_label_check_on_cudas_path(monkeypatch):
+    """With the checks queued as on CUDA, the sums launch records the labels' range check as it
+    reads them (the host's queueing by torch ops is never reached): a label out of range raises
+    the check's RuntimeError, labels in range give the host path's values bit for bit."""
+    def queued_by_torch_ops(*args):
+        raise AssertionError("the check was queued by torch ops, not recorded by the kernel")
+    maker = Maker(torch.float32, seed=4)
+    x, label = maker.uniform((3, 5, 4), grad=False), maker.classes((3, 5, 1), 4)
+    expected = F.dice_loss(x, label, reduction="none")
+    monkeypatch.setattr(_args, "_queue_check", queued_by_torch_ops)
+    with _args.checks_queued_as_on_cuda():
+        assert torch.equal(F.dice_loss(x, label, reduction="none"), expected)
+        for bad in (-1, 4, 2 ** 32 + 1):  # the last is a class if narrowed to 32 bits
+            wrong = label.clone()
+            wrong[1, 2, 0] = bad
+            with pytest.raises(RuntimeError, match="out of bounds"):
+                F.dice_loss(x, wrong)
+
+
+def test_dice_per_sample_backward_reads_grad_output_by_stride():
+    # loss.sum().backward() hands 'none' an expanded grad_output (stride 0): the gradient kernel
+    # reads it by its stride; the truth is 'sum', bit for bit
+    maker = Maker(torch.float64, seed=5)
+    x, label = maker.uniform((3, 5, 4)), maker.classes((3, 5, 1), 4)
+    summed, = torch.autograd.grad(F.dice_loss(x, label, reduction="none").sum(), x)
+    expected, = torch.autograd.grad(F.dice_loss(x, label, reduction="sum"), x)
+    assert torch.equal(summed, expected)
+
+
+@pytest.mark.parametrize("shape", [(33, 3, 4), (2, 9000, 4)])
+def test_dice_finish_sums_every_sample_and_tile(shape):
+    # the one finishing program steps over 32 samples and 32 tiles a time: 33 samples take two
+    # steps of samples, 9000 rows (36 tiles of 256 in the interpreter) two steps of tiles
+    maker = Maker(torch.float32, seed=6)
+    args = (maker.uniform(shape), maker.classes((*shape[:-1], 1), shape[-1]))
+    for reduction in ("none", "mean"):
+        check("dice_loss", args, dict(reduction=reduction))
