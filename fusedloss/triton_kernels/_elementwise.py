@@ -127,7 +127,8 @@ def _elementwise_loss_kernel(
     a_ptr, b_ptr, c_ptr, w_ptr,      # operands in the loss's signature order; c, w optional
     c_period, w_period,              # c and w repeat every `period` elements when *_REPEATS
     loss_ptr,                        # per-element loss, or the 0-d reduced loss (REDUCE)
-    partials_ptr,                    # REDUCE: zeroed (1 + 2 programs,), ordered_program_sums'
+    partials_ptr,                    # REDUCE: zeroed (1 + programs,), (1 + 2 programs,) with
+                                     # WEIGHT_SUM: ordered_program_sums'
     totals_ptr,                      # WEIGHT_SUM: (2,) the weighted mean and the weight sum, in
                                      # the accumulation dtype (the backward's)
     a_in_unit_ptr,                   # one int8 per program: every a it read is in [0, 1] (A_IN_UNIT)
@@ -205,8 +206,8 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
     in_kernel = reduction != "none" and n > 0  # reduced in the launch (module header)
     loss = torch.empty(() if in_kernel else n, device=a.device,
                        dtype=out_dtype if in_kernel or reduction == "none" else acc)
-    partials = (torch.zeros(1 + 2 * grid[0], device=a.device, dtype=acc) if in_kernel
-                else loss)
+    partials = (torch.zeros(1 + (2 if weighted_mean else 1) * grid[0], device=a.device, dtype=acc)
+                if in_kernel else loss)
     totals = torch.empty(2, device=a.device, dtype=acc) if weighted_mean and in_kernel else loss
     checked = unit_interval_error is not None and n > 0
     a_in_unit = torch.empty(grid[0], device=a.device, dtype=torch.int8) if checked else loss
