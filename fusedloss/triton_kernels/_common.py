@@ -162,6 +162,13 @@ def ordered_program_sums(partials_ptr, pid, programs, first, second, PAIR: tl.co
     return last, tl.sum(first_total, axis=0), tl.sum(second_total, axis=0)
 
 
+@triton.jit
+def mean_or_nan(total, divisor):
+    """total / divisor, NaN where the divisor is 0: a mean over nothing (every token ignored, a
+    weight sum of 0) is NaN, as torch's."""
+    return tl.where(divisor != 0, total / divisor, float("nan"))
+
+
 # The interpreter's fp32 -> bf16 cast truncates where the GPU's rounds to nearest even
 _ROUND_BF16_BY_HAND = tl.constexpr(interpreting())
 

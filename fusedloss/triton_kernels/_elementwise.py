@@ -37,7 +37,8 @@ import triton.language as tl
 
 from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, accumulation_dtype, broadcast_shape, fp32_pair,
-                      ordered_program_sums, round_to, row_warps, triton_accumulation)
+                      mean_or_nan, ordered_program_sums, round_to, row_warps,
+                      triton_accumulation)
 from .._autocast import loss_dtype
 from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
 
@@ -167,8 +168,8 @@ def _elementwise_loss_kernel(
         if last:
             if MEAN:
                 total = total / n
-            if WEIGHT_SUM:  # a weighted mean over no weight is NaN, as torch's
-                total = tl.where(weight_total != 0, total / weight_total, float("nan"))
+            if WEIGHT_SUM:
+                total = mean_or_nan(total, weight_total)
                 tl.store(totals_ptr, total)
                 tl.store(totals_ptr + 1, weight_total)
             tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
@@ -234,7 +235,7 @@ def _sweep(loss_math, reduction, p0, p1, weighted_mean, unit_interval_error, nee
         result = loss
         mean, weight_sum = totals if weighted_mean else (loss, None)
     else:  # 'none', or a reduction over no element: torch's empty sum and mean
-        weight_sum = torch.zeros((), device=a.device, dtype=acc)
+        weight_sum = torch.zeros((), device=a.device, dtype=acc) if weighted_mean else None
         result = mean = reduce(loss.view(shape), reduction, weight_sum if weighted_mean else n)
     grads = [None if g is None else g.view(shape) for g in grads]
     if weighted_mean and grads[3] is not None:  # d/dw_i of sum(w l) / sum(w): (l_i - mean) / sum(w)

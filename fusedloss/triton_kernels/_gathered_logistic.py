@@ -288,7 +288,7 @@ def _scatter_pieces_kernel(
     direct = live & head & ~several
     partial = live & ~direct
     # partial slot: the head's of its chunk (first half) or chunk c's body (second half)
-    slot = tl.where(head, chunk, num_chunks + g - num_rows)
+    slot = tl.where(head, chunk, num_chunks + chunk)
     if GRAD_W:
         w_sum = tl.sum(acc_w, axis=0)
         # the masks compare d with a bound (the interpreter cannot mix a scalar mask in)

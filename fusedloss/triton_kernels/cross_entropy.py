@@ -82,8 +82,8 @@ import triton.language as tl
 
 from .._reduction import reduce
 from ._common import (ELEMENTWISE_BLOCK, MAX_HELD_ROW, MAX_ROW_BLOCK, accumulation_dtype,
-                      fp32_pair, held_row_warps, ordered_program_sums, persistent_programs,
-                      round_to, row_block, row_warps, triton_accumulation)
+                      fp32_pair, held_row_warps, mean_or_nan, ordered_program_sums,
+                      persistent_programs, round_to, row_block, row_warps, triton_accumulation)
 from ._math import pow_nonnegative, tanh
 from .._autocast import loss_dtype
 from ._precomputed_gradient import Sweep, precomputed_gradient, wanted_gradients
@@ -626,8 +626,8 @@ def _softmax_loss_kernel(
         last, total, _ = ordered_program_sums(partials_ptr, pid, programs, partial, partial,
                                               False, TOKEN_BLOCK)
         if last:
-            if MEAN:  # a mean over nothing (every token ignored or weighted 0) is NaN, as torch's
-                total = tl.where(denominator != 0, total / denominator, float("nan"))
+            if MEAN:  # every token ignored or weighted 0: NaN
+                total = mean_or_nan(total, denominator)
             tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
             if CHECK_TARGETS:  # the verdict in the spent counter's place: 1 if no target was marked
                 marked = tl.load(partials_ptr + 1 + programs, cache_modifier=".cg")
@@ -676,7 +676,7 @@ def _nll_kernel(
             True, BLOCK)
         if last:
             if MEAN:
-                total = tl.where(weights != 0, total / weights, float("nan"))
+                total = mean_or_nan(total, weights)
             tl.store(loss_ptr, round_to(total, loss_ptr.dtype.element_ty))
             tl.store(denominator_ptr, weights)
     else:

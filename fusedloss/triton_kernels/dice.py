@@ -158,7 +158,8 @@ class _DiceLoss(torch.autograd.Function):
         x = input.contiguous()
         label = label.contiguous()
         partial = torch.empty(num_samples * tiles, 2, device=device, dtype=acc)
-        verdict = torch.ones((), dtype=torch.int32, device=device) if index_error else partial
+        verdict = (torch.ones((), dtype=torch.int32, device=device) if index_error is not None
+                   else partial)
         if partial.numel() > 0:
             _dice_sums_kernel[(num_samples * tiles,)](
                 x, label, partial, verdict, tiles, rows, num_classes,
